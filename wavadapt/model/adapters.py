@@ -1,0 +1,285 @@
+"""Bottleneck adapters for transformers' wav2vec2 / HuBERT / WavLM encoders.
+
+Form (Houlsby et al. 2019, as used by both papers: "two fully connected layers followed by a layer norm
+with a skip connection")::
+
+    adapter(x) = x + LayerNorm(W_up · act(W_down · x))
+
+The adapter's layer norm gain starts at ``init_scale`` (1e-3), so a freshly inserted adapter is the
+identity up to ~1e-3 of the hidden-state scale while every weight still receives gradient.
+
+Two adapters sit in every adapted transformer layer: on the attention block's output (after the output
+projection) and on the feed-forward block's output (after its output projection and dropout), both
+before the residual add. They are attached with forward hooks and the layer norms are swapped for a
+subclass that shares the original parameters, so the base model's parameter names never change and
+real checkpoints load as they are. New parameters live under ``...layers.<i>.adapters.<name>.*`` and
+``...<layer_norm>.tasks.<name>.*``.
+
+Adapter sets are keyed by name (``en``, ``es``, ``es/asr``). The active *stack* is a tuple of names
+applied bottom-up (a task adapter on top of a language adapter, MAD-X style); it may be one stack for
+the whole batch or one per batch element (mixed-language batches).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from wavadapt.errors import WavadaptError
+
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "swish": nn.SiLU}
+
+Stack = tuple[str, ...]
+
+
+@dataclass
+class AdapterConfig:
+    """One adapter set: bottleneck size, where it goes, and whether it owns layer norms."""
+
+    size: int = 256
+    """Bottleneck dimension (both papers: 256)."""
+    activation: str = "relu"
+    top_n: int | None = None
+    """Adapt only the top N transformer layers; None adapts every layer."""
+    layer_norms: bool = True
+    """The set owns copies of the encoder layer norms of the layers it adapts (per-task layer norms)."""
+    init_scale: float = 1e-3
+    """Initial gain of the adapter's layer norm: the distance from identity at insertion."""
+
+
+class Bottleneck(nn.Module):
+    """x + LN(up(act(down(x)))): (B, T, D) -> (B, T, D)."""
+
+    def __init__(self, dim: int, size: int, activation: str = "relu", init_scale: float = 1e-3):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise WavadaptError(f"unknown adapter activation {activation!r}; choose from {sorted(ACTIVATIONS)}")
+        self.down = nn.Linear(dim, size)
+        self.act = ACTIVATIONS[activation]()
+        self.up = nn.Linear(size, dim)
+        self.norm = nn.LayerNorm(dim)
+        nn.init.normal_(self.down.weight, std=0.02)
+        nn.init.zeros_(self.down.bias)
+        nn.init.normal_(self.up.weight, std=0.02)
+        nn.init.zeros_(self.up.bias)
+        nn.init.constant_(self.norm.weight, init_scale)
+        nn.init.zeros_(self.norm.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.norm(self.up(self.act(self.down(x))))
+
+
+class Routing:
+    """Which adapter stack each batch element uses; shared by every hook of one model."""
+
+    def __init__(self) -> None:
+        self.stacks: Stack | list[Stack] | None = None
+
+    def groups(self, batch_size: int) -> Iterator[tuple[Stack, torch.Tensor | None]]:
+        """Yield (stack, batch indices or None for the whole batch) for the current routing."""
+        if self.stacks is None or isinstance(self.stacks, tuple):
+            yield (self.stacks or ()), None
+            return
+        if len(self.stacks) != batch_size:
+            raise WavadaptError(f"routing names {len(self.stacks)} stacks for a batch of {batch_size}")
+        for stack in dict.fromkeys(self.stacks):
+            yield stack, torch.tensor([i for i, s in enumerate(self.stacks) if s == stack])
+
+
+def _apply_grouped(routing: Routing, x: torch.Tensor, fn) -> torch.Tensor:
+    """Apply fn(stack, rows) to each routing group of x's batch dimension."""
+    groups = list(routing.groups(x.shape[0]))
+    if len(groups) == 1 and groups[0][1] is None:
+        return fn(groups[0][0], x)
+    out = x
+    for stack, index in groups:
+        index = index.to(x.device)
+        out = out.index_copy(0, index, fn(stack, x.index_select(0, index)))
+    return out
+
+
+class LayerAdapters(nn.Module):
+    """The adapters of one transformer layer, keyed by set name; applied by forward hooks."""
+
+    def __init__(self, routing: Routing):
+        super().__init__()
+        self.sets = nn.ModuleDict()
+        self.routing = routing
+
+    def _run(self, which: str, stack: Stack, x: torch.Tensor) -> torch.Tensor:
+        for name in stack:
+            if name in self.sets:
+                x = self.sets[name][which](x)
+        return x
+
+    def attention_hook(self, module, args, output):
+        # Attention modules return (hidden, weights, ...): adapt the hidden states only.
+        hidden = _apply_grouped(self.routing, output[0], lambda s, x: self._run("attention", s, x))
+        return (hidden, *output[1:])
+
+    def feed_forward_hook(self, module, args, output):
+        return _apply_grouped(self.routing, output, lambda s, x: self._run("feed_forward", s, x))
+
+
+class TaskLayerNorm(nn.LayerNorm):
+    """A LayerNorm that shares the base parameters and holds per-task copies; the routed stack's
+    topmost set that owns a copy decides which affine parameters normalise its rows."""
+
+    routing: Routing
+
+    @classmethod
+    def wrap(cls, base: nn.LayerNorm, routing: Routing) -> TaskLayerNorm:
+        ln = cls(base.normalized_shape, eps=base.eps, elementwise_affine=True,
+                 device=base.weight.device, dtype=base.weight.dtype)
+        ln.weight, ln.bias = base.weight, base.bias  # the same Parameter objects: names unchanged
+        ln.tasks = nn.ModuleDict()
+        ln.routing = routing
+        return ln
+
+    def add_task(self, name: str, init_from: str | None) -> None:
+        source = self.tasks[init_from] if init_from in self.tasks else self
+        copy = nn.LayerNorm(self.normalized_shape, eps=self.eps, device=self.weight.device, dtype=self.weight.dtype)
+        with torch.no_grad():
+            copy.weight.copy_(source.weight)
+            copy.bias.copy_(source.bias)
+        self.tasks[name] = copy
+
+    def _norm(self, stack: Stack, x: torch.Tensor) -> torch.Tensor:
+        owner = next((self.tasks[n] for n in reversed(stack) if n in self.tasks), self)
+        return nn.functional.layer_norm(x, self.normalized_shape, owner.weight, owner.bias, self.eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _apply_grouped(self.routing, x, self._norm)
+
+
+def encoder_of(model: nn.Module) -> nn.Module:
+    """The transformer encoder (the module holding ``layers``) of a base, CTC or pre-training model."""
+    for _, module in model.named_modules():
+        if type(module).__name__.endswith(("Encoder", "EncoderStableLayerNorm")) and hasattr(module, "layers"):
+            return module
+    raise WavadaptError(f"{type(model).__name__} has no wav2vec2/HuBERT/WavLM transformer encoder")
+
+
+def _routing(model: nn.Module) -> Routing:
+    encoder = encoder_of(model)
+    if not hasattr(encoder, "adapter_routing"):
+        encoder.adapter_routing = Routing()
+    return encoder.adapter_routing
+
+
+def _pre_ln(encoder: nn.Module) -> bool:
+    return type(encoder).__name__.endswith("StableLayerNorm")
+
+
+def adapted_layers(num_layers: int, top_n: int | None) -> list[int]:
+    """Indices of the layers an adapter set covers: all, or the top N."""
+    if top_n is None:
+        return list(range(num_layers))
+    if not 1 <= top_n <= num_layers:
+        raise WavadaptError(f"top_n must be in 1..{num_layers}, got {top_n}")
+    return list(range(num_layers - top_n, num_layers))
+
+
+def _task_layer_norm(owner: nn.Module, attr: str, routing: Routing) -> TaskLayerNorm:
+    ln = getattr(owner, attr)
+    if not isinstance(ln, TaskLayerNorm):
+        ln = TaskLayerNorm.wrap(ln, routing)
+        setattr(owner, attr, ln)
+    return ln
+
+
+def add_adapter(model: nn.Module, name: str, config: AdapterConfig, init_layer_norms_from: str | None = None) -> None:
+    """Insert adapter set ``name`` into every (or the top N) layer of the model's encoder.
+
+    Its layer-norm copies start from set ``init_layer_norms_from`` where that set has them (e.g. a task
+    adapter starting from its language's layer norms), else from the base model's.
+    """
+    if not name or "." in name:
+        raise WavadaptError(f"invalid adapter name {name!r}: must be non-empty and contain no '.'")
+    if name in adapter_names(model):
+        raise WavadaptError(f"the model already has an adapter set named {name!r}")
+    encoder = encoder_of(model)
+    routing = _routing(model)
+    layers = adapted_layers(len(encoder.layers), config.top_n)
+    for i in layers:
+        layer = encoder.layers[i]
+        if not hasattr(layer, "adapters"):
+            layer.adapters = LayerAdapters(routing)
+            layer.attention.register_forward_hook(layer.adapters.attention_hook)
+            layer.feed_forward.register_forward_hook(layer.adapters.feed_forward_hook)
+        dim = layer.feed_forward.output_dense.out_features
+        ref = layer.feed_forward.output_dense.weight
+        block = nn.ModuleDict({
+            kind: Bottleneck(dim, config.size, config.activation, config.init_scale)
+            for kind in ("attention", "feed_forward")
+        }).to(device=ref.device, dtype=ref.dtype)
+        layer.adapters.sets[name] = block
+        if config.layer_norms:
+            for attr in ("layer_norm", "final_layer_norm"):
+                _task_layer_norm(layer, attr, routing).add_task(name, init_layer_norms_from)
+    # The encoder-level norm runs after the layers in pre-LN models but before them in post-LN ones,
+    # where a top-N set owning it would need backward through every frozen layer.
+    if config.layer_norms and (config.top_n is None or _pre_ln(encoder)):
+        _task_layer_norm(encoder, "layer_norm", routing).add_task(name, init_layer_norms_from)
+    _registry(model)[name] = config
+
+
+def _registry(model: nn.Module) -> dict[str, AdapterConfig]:
+    encoder = encoder_of(model)
+    if not hasattr(encoder, "adapter_configs"):
+        encoder.adapter_configs = {}
+    return encoder.adapter_configs
+
+
+def adapter_names(model: nn.Module) -> list[str]:
+    """Names of the adapter sets in the model, in insertion order."""
+    return list(_registry(model))
+
+
+def adapter_config(model: nn.Module, name: str) -> AdapterConfig:
+    return _registry(model)[name]
+
+
+def _as_stack(names: str | Sequence[str] | None) -> Stack:
+    if names is None:
+        return ()
+    return (names,) if isinstance(names, str) else tuple(names)
+
+
+def set_active(model: nn.Module, stack: str | Sequence[str] | None = None,
+               per_sample: Sequence[str | Sequence[str] | None] | None = None) -> None:
+    """Activate one adapter stack for the whole batch (``"es"`` or ``("es", "es/asr")``), or route each
+    batch element to its own stack with ``per_sample``; ``None`` runs the bare backbone."""
+    known = set(adapter_names(model))
+    stacks = [_as_stack(s) for s in per_sample] if per_sample is not None else [_as_stack(stack)]
+    unknown = {n for s in stacks for n in s} - known
+    if unknown:
+        raise WavadaptError(f"unknown adapter set(s) {sorted(unknown)}; the model has {sorted(known)}")
+    _routing(model).stacks = stacks if per_sample is not None else stacks[0]
+
+
+def active_stack(model: nn.Module) -> Stack | list[Stack] | None:
+    return _routing(model).stacks
+
+
+@contextlib.contextmanager
+def disable_adapters(model: nn.Module):
+    """Run the bare backbone inside the block, then restore the previous routing."""
+    routing = _routing(model)
+    saved, routing.stacks = routing.stacks, None
+    try:
+        yield
+    finally:
+        routing.stacks = saved
+
+
+def adapter_parameters(model: nn.Module, name: str) -> dict[str, nn.Parameter]:
+    """Every parameter that belongs to adapter set ``name`` (adapters and its layer-norm copies)."""
+    if name not in adapter_names(model):
+        raise WavadaptError(f"unknown adapter set {name!r}; the model has {adapter_names(model)}")
+    marks = (f".adapters.sets.{name}.", f".tasks.{name}.")
+    return {k: p for k, p in model.named_parameters() if any(m in k for m in marks)}
