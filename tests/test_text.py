@@ -1,0 +1,177 @@
+"""Text normalisation, CTC vocabularies (HF vocab.json / fairseq dict parity) and fortune sentences."""
+
+import json
+
+import pytest
+from transformers import Wav2Vec2CTCTokenizer
+
+from wavadapt.data import sentences
+from wavadapt.data.sentences import MAX_WORDS, MIN_WORDS, fortune_sentences, load_sentences
+from wavadapt.data.text import ALPHABETS, Vocabulary, VocabularyError, normalize_text
+from wavadapt.errors import CorpusError
+
+
+@pytest.mark.parametrize(
+    ("language", "text", "expected"),
+    [
+        (
+            "en",
+            "Don’t stop—the café’s “best” well-known dogs' toys!",
+            "don't stop the cafe's best well known dogs toys",
+        ),
+        ("en", "'Quoted,' she said.", "quoted she said"),
+        ("es", "¿Qué tal, señor Núñez? ¡Un pingüino!", "qué tal señor núñez un pingüino"),
+        ("es", "L'été à Paris", "lété a paris"),  # no apostrophe in Spanish; à -> a, é stays
+        ("de", "Die Straße ist schön; Äpfel & Öl.", "die straße ist schön äpfel öl"),
+        ("it", "L'uomo è più forte, perché no? Città!", "l'uomo è più forte perché no città"),
+        ("xx", "Ça va, Ωmega-3?", "ça va ωmega"),  # unknown language: any unicode letter, digits dropped
+        ("hi", "नमस्ते दुनिया!", "नमस्ते दुनिया"),  # combining vowel signs survive
+    ],
+)
+def test_normalize_text(language, text, expected):
+    assert normalize_text(text, language) == expected
+
+
+def test_normalized_text_stays_in_alphabet():
+    for language, alphabet in ALPHABETS.items():
+        out = normalize_text("Ñandú Übermaß ÀÉÎÕÜ çà 42 x_y <b> Ærø", language)
+        assert set(out) <= set(alphabet) | {" "}, language
+
+
+def test_vocabulary_order_and_round_trip():
+    vocab = Vocabulary.build(["Hello, world!", "hello again"], language="en")
+    assert vocab.tokens[:5] == ["<pad>", "<s>", "</s>", "<unk>", "|"]
+    # Descending counts (l 5, o 3, a e h 2, ...), ties in alphabetical order.
+    assert vocab.tokens[5:] == ["l", "o", "a", "e", "h", "d", "g", "i", "n", "r", "w"]
+    assert vocab.counts["|"] == 2 + 2  # one per space and one per line: fairseq's .ltr lines end with "|"
+    assert vocab.blank_id == 0 and len(vocab) == len(set(vocab.tokens))
+    ids = vocab.encode("hello world")
+    assert ids[5] == vocab.word_delimiter_id
+    assert vocab.decode(ids) == "hello world"
+    assert vocab.encode("hex") == [vocab.tokens.index("h"), vocab.tokens.index("e"), vocab.unk_id]
+    assert vocab.oov_chars("hex ça") == {"x", "ç"}
+
+
+def test_ctc_decode_collapses_repeats_and_drops_blanks():
+    vocab = Vocabulary.build(["hello world"])
+    h, e, l, o, sp = (vocab.tokens.index(c) for c in "helo|")  # noqa: E741
+    ids = [0, h, h, e, 0, l, l, 0, l, o, o, sp, sp, 0, 0, vocab.tokens.index("w"), o, 0]
+    assert vocab.ctc_decode(ids) == "hello wo"
+
+
+def test_vocab_json_matches_huggingface_tokenizer(tmp_path):
+    texts = ["El niño comió pingüino.", "¿Qué más da?", "Señor, ¡ya está!"]
+    vocab = Vocabulary.build(texts, language="es")
+    path = tmp_path / "vocab.json"
+    vocab.save_json(path)
+    assert json.loads(path.read_text(encoding="utf-8")) == {t: i for i, t in enumerate(vocab.tokens)}
+    tokenizer = Wav2Vec2CTCTokenizer(str(path), word_delimiter_token="|")
+    sentence = normalize_text("¿Qué niño comió más?", "es")
+    assert tokenizer(sentence).input_ids == vocab.encode(sentence)
+    assert tokenizer.pad_token_id == vocab.blank_id and tokenizer.unk_token_id == vocab.unk_id
+    ids = [0, *vocab.encode(sentence)[:4], 0, 0, *vocab.encode(sentence)[4:], 0]
+    assert tokenizer.decode(ids) == vocab.ctc_decode(ids) == sentence
+    assert Vocabulary.load_json(path) == Vocabulary(vocab.tokens)
+
+
+def test_fairseq_dict_round_trip(tmp_path):
+    vocab = Vocabulary.build(["guten tag", "gute nacht"], language="de")
+    path = tmp_path / "dict.ltr.txt"
+    vocab.save_fairseq_dict(path)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "| 4" and lines[1] == "t 4"  # fairseq adds <s> <pad> </s> <unk> itself
+    assert len(lines) == len(vocab) - 4
+    assert Vocabulary.from_fairseq_dict(path) == vocab
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("vocab.json", "{not json", "cannot read vocab.json"),
+        ("vocab.json", '{"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "|": 5}', "ids must be 0..4"),
+        ("vocab.json", '{"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "|": 4}', "must start with"),
+        ("vocab.json", '{"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "a": 4}', "no word delimiter"),
+        ("dict.ltr.txt", "| 10\ne 5 extra\n", "dict.ltr.txt:2: expected '<token> <count>'"),
+        ("dict.ltr.txt", "| 10\ne 5\ne 3\n", "duplicate tokens ['e']"),
+    ],
+)
+def test_malformed_vocabulary_files_name_the_file(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    load = Vocabulary.load_json if name.endswith(".json") else Vocabulary.from_fairseq_dict
+    with pytest.raises(VocabularyError) as error:
+        load(path)
+    assert str(path) in str(error.value) and message in str(error.value)
+
+
+FORTUNE_FILE = """\
+A critic is a bundle of biases held loosely together by a sense of taste.
+		-- Whitney Balliett
+%
+The quick brown fox was tired.  He slept all day long!  Then he woke up.
+%
+      _____
+     /     \\
+    | () () |
+     \\  ^  /
+      |||||
+%
+The cat said zzzzz and went to sleep.
+%
+Aaaah, what a day this is!
+%
+I have 3 apples and I want more of them.
+%
+Kirk: Scotty, beam me up right now.
+Scotty: I cannae do it, captain.
+%
+He is unbiased
+-- he hates all creative people equally.
+%
+Mr. Smith went to Washington today.  Go to www.example.com for the rest of it.
+%
+NASA sent a rocket to the moon again.
+%
+"Are you the foreman around here?" he asked the man.
+"""
+
+
+def test_fortune_cleaning():
+    assert fortune_sentences(FORTUNE_FILE, "en") == [
+        "A critic is a bundle of biases held loosely together by a sense of taste.",
+        "The quick brown fox was tired.",
+        "He slept all day long!",
+        "Then he woke up.",
+        "He is unbiased -- he hates all creative people equally.",
+    ]
+
+
+def test_italian_fortunes_get_their_accents_back():
+    text = "E' difficile, pero' e' vero perche' la citta' e' piu' bella.\n%\nNe voglio un po' anche io.\n"
+    assert fortune_sentences(text, "it") == [
+        "È difficile, però è vero perché la città è più bella.",
+        "Ne voglio un po' anche io.",
+    ]
+
+
+@pytest.mark.parametrize(("language", "minimum"), [("en", 5000), ("es", 1000), ("de", 1000), ("it", 1000)])
+def test_installed_fortunes_give_many_clean_sentences(language, minimum):
+    sentences = load_sentences(language)
+    assert len(sentences) >= minimum
+    normalized = [normalize_text(s, language) for s in sentences]
+    assert len(set(normalized)) == len(normalized)
+    assert all(MIN_WORDS <= len(n.split()) <= MAX_WORDS for n in normalized)
+    assert not any(c.isdigit() or c in '"“”„«»@/' for s in sentences for c in s)
+    assert load_sentences(language) == sentences  # deterministic (and cached)
+
+
+def test_missing_fortune_package_is_named(tmp_path, monkeypatch):
+    monkeypatch.setattr(sentences, "FORTUNES_DIR", tmp_path)
+    sentences._load.cache_clear()
+    try:
+        with pytest.raises(CorpusError, match="apt-get install fortunes-de"):
+            load_sentences("de")
+    finally:
+        sentences._load.cache_clear()
+    with pytest.raises(CorpusError, match="no sentence source for language 'xx'"):
+        load_sentences("xx")

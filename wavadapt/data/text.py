@@ -1,0 +1,220 @@
+"""Per-language text normalisation and CTC character vocabularies (HF vocab.json, fairseq dict.ltr.txt)."""
+
+import functools
+import json
+import string
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from itertools import groupby
+from pathlib import Path
+
+from wavadapt.errors import WavadaptError
+
+_LATIN = string.ascii_lowercase
+
+# Lowercase characters a transcript may keep per language. Languages not listed keep every unicode letter.
+ALPHABETS: dict[str, str] = {
+    "en": _LATIN + "'",
+    "es": _LATIN + "ñáéíóúü",
+    "de": _LATIN + "äöüß",
+    "it": _LATIN + "àèéìòù'",
+    "fr": _LATIN + "àâæçéèêëîïôœùûüÿ'",
+}
+
+# Typographic variants of the apostrophe (right/left quote, grave, acute, prime).
+_APOSTROPHES = "’‘`´′"
+
+SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
+WORD_DELIMITER = "|"
+
+
+class VocabularyError(WavadaptError):
+    """A vocabulary file is malformed or a vocabulary cannot be built."""
+
+
+def normalize_text(text: str, language: str) -> str:
+    """Lowercase ``text`` and reduce it to the characters a CTC model of ``language`` predicts.
+
+    NFC, lowercase, typographic apostrophes to ``'``; accented letters outside the alphabet lose their
+    accent when the base letter is in it (``café`` -> ``cafe`` in English); punctuation, symbols and
+    hyphens become spaces; other characters (digits included: sentence sources drop sentences with
+    digits rather than spell them) are removed. An apostrophe is kept only between two letters of an
+    alphabet that has one (``don't``, ``l'uomo``), since elsewhere it is a quotation mark.
+    """
+    text = unicodedata.normalize("NFC", text).lower().translate(_char_map(language))
+    keep_apostrophe = "'" in ALPHABETS.get(language, "'")
+    return " ".join(w for w in (_clean_apostrophes(w, keep_apostrophe) for w in text.split()) if w)
+
+
+class _CharMap(dict):
+    """``str.translate`` table of one language, filled on first sight of each character (C-speed after)."""
+
+    def __init__(self, alphabet: str | None):
+        super().__init__()
+        self.alphabet = alphabet
+
+    def __missing__(self, code: int) -> str:
+        self[code] = value = _map_char(chr(code), self.alphabet)
+        return value
+
+
+@functools.cache
+def _char_map(language: str) -> _CharMap:
+    return _CharMap(ALPHABETS.get(language))
+
+
+def _map_char(c: str, alphabet: str | None) -> str:
+    """What one lowercase character becomes: itself, its unaccented base letter, a space, or nothing."""
+    if c in _APOSTROPHES or c == "'":
+        return "'"
+    if c in alphabet if alphabet is not None else (c.isalpha() or unicodedata.category(c)[0] == "M"):
+        return c  # combining marks count as letters without an alphabet: Indic vowel signs are marks
+    if unicodedata.category(c)[0] in "PSZ" or c.isspace():
+        return " "
+    base = unicodedata.normalize("NFD", c)[0]
+    return base if alphabet is not None and base in alphabet else ""
+
+
+def _clean_apostrophes(word: str, keep: bool) -> str:
+    """Keep apostrophes between two letters (when the language has them), drop the others."""
+    if "'" not in word:
+        return word
+    if not keep:
+        return word.replace("'", "")
+    chars = [
+        c
+        for i, c in enumerate(word)
+        if c != "'" or (0 < i < len(word) - 1 and word[i - 1] != "'" and word[i + 1] != "'")
+    ]
+    return "".join(chars)
+
+
+@dataclass
+class Vocabulary:
+    """CTC character vocabulary: ``<pad>`` (the CTC blank, id 0), ``<s>``, ``</s>``, ``<unk>``, ``|``, letters.
+
+    The order is that of the HF Wav2Vec2CTCTokenizer vocab.json converted from fairseq's dictionary,
+    so ids agree with fine-tuned checkpoints from either library. ``counts`` holds the character
+    counts of the transcripts it was built from (written to dict.ltr.txt); empty when unknown.
+    """
+
+    tokens: list[str]
+    counts: dict[str, int] = field(default_factory=dict)
+    _ids: dict[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if tuple(self.tokens[:4]) != SPECIAL_TOKENS:
+            raise VocabularyError(f"vocabulary must start with {list(SPECIAL_TOKENS)}, got {self.tokens[:4]}")
+        if WORD_DELIMITER not in self.tokens:
+            raise VocabularyError(f"vocabulary has no word delimiter {WORD_DELIMITER!r}")
+        self._ids = {t: i for i, t in enumerate(self.tokens)}
+        if len(self._ids) != len(self.tokens):
+            dupes = sorted(t for t, n in Counter(self.tokens).items() if n > 1)
+            raise VocabularyError(f"vocabulary has duplicate tokens {dupes}")
+
+    @classmethod
+    def build(cls, transcripts: Iterable[str], language: str | None = None) -> "Vocabulary":
+        """Count the characters of ``transcripts`` (normalised first when ``language`` is given).
+
+        Letters are ordered by descending count, ties alphabetically, as fairseq's dict.ltr.txt.
+        ``|`` counts word boundaries including the one that ends every fairseq .ltr line.
+        """
+        counts: Counter[str] = Counter()
+        for text in transcripts:
+            text = normalize_text(text, language) if language is not None else " ".join(text.split())
+            if text:
+                counts.update(text.replace(" ", WORD_DELIMITER) + WORD_DELIMITER)
+        if not counts:
+            raise VocabularyError("no transcripts to build a vocabulary from")
+        delimiter = counts.pop(WORD_DELIMITER)
+        letters = sorted(counts, key=lambda c: (-counts[c], c))
+        return cls([*SPECIAL_TOKENS, WORD_DELIMITER, *letters], {WORD_DELIMITER: delimiter, **counts})
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def blank_id(self) -> int:
+        """Id of the CTC blank ``<pad>``."""
+        return 0
+
+    @property
+    def unk_id(self) -> int:
+        return self._ids["<unk>"]
+
+    @property
+    def word_delimiter_id(self) -> int:
+        return self._ids[WORD_DELIMITER]
+
+    def encode(self, text: str) -> list[int]:
+        """Ids of the characters of (normalised) ``text``: spaces -> ``|``, unknown characters -> ``<unk>``."""
+        unk = self.unk_id
+        return [self._ids.get(c, unk) for c in " ".join(text.split()).replace(" ", WORD_DELIMITER)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Inverse of :meth:`encode` for normalised text: ``|`` -> space, special tokens skipped."""
+        chars = [self.tokens[i] for i in ids if i >= len(SPECIAL_TOKENS)]
+        return " ".join("".join(chars).replace(WORD_DELIMITER, " ").split())
+
+    def ctc_decode(self, ids: Iterable[int]) -> str:
+        """Greedy CTC output to text: collapse repeated ids, then drop blanks (and other specials)."""
+        return self.decode(i for i, _ in groupby(ids))
+
+    def oov_chars(self, text: str) -> set[str]:
+        """Characters of ``text`` (other than spaces) that the vocabulary cannot encode."""
+        return {c for c in text if c not in self._ids and not c.isspace()}
+
+    def save_json(self, path: str | Path) -> None:
+        """Write HF's vocab.json: ``{token: id}`` in id order (Wav2Vec2CTCTokenizer(vocab_file=path))."""
+        vocab = {t: i for i, t in enumerate(self.tokens)}
+        Path(path).write_text(json.dumps(vocab, ensure_ascii=False) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load_json(cls, path: str | Path) -> "Vocabulary":
+        """Read an HF vocab.json; ids must be 0..n-1 and start with ``<pad> <s> </s> <unk>``."""
+        try:
+            vocab = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise VocabularyError(f"{path}: cannot read vocab.json ({e})") from None
+        if not isinstance(vocab, dict) or not all(isinstance(t, str) and isinstance(i, int) for t, i in vocab.items()):
+            raise VocabularyError(f"{path}: vocab.json must be an object {{token: integer id}}")
+        if sorted(vocab.values()) != list(range(len(vocab))):
+            raise VocabularyError(f"{path}: ids must be 0..{len(vocab) - 1}, each used once")
+        try:
+            return cls(sorted(vocab, key=vocab.__getitem__))
+        except VocabularyError as e:
+            raise VocabularyError(f"{path}: {e}") from None
+
+    def save_fairseq_dict(self, path: str | Path) -> None:
+        """Write fairseq's dict.ltr.txt: ``<token> <count>`` for ``|`` and the letters, in id order.
+
+        fairseq's Dictionary adds its four special symbols itself. Counts are 0 when unknown (a
+        vocabulary loaded from vocab.json); fairseq keeps the file order, so ids are unaffected.
+        """
+        lines = [f"{t} {self.counts.get(t, 0)}\n" for t in self.tokens[len(SPECIAL_TOKENS) :]]
+        Path(path).write_text("".join(lines), encoding="utf-8")
+
+    @classmethod
+    def from_fairseq_dict(cls, path: str | Path) -> "Vocabulary":
+        """Read fairseq's dict.ltr.txt (``<token> <count> [#fairseq:overwrite]`` lines), keeping its order."""
+        try:
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise VocabularyError(f"{path}: cannot read fairseq dictionary ({e})") from None
+        tokens, counts = [], {}
+        for n, line in enumerate(lines, 1):
+            fields = line.split()
+            if fields[2:] == ["#fairseq:overwrite"]:
+                fields = fields[:2]
+            if not fields:
+                continue
+            if len(fields) != 2 or not fields[1].isdigit():
+                raise VocabularyError(f"{path}:{n}: expected '<token> <count>', got {line!r}")
+            tokens.append(fields[0])
+            counts[fields[0]] = int(fields[1])
+        try:
+            return cls([*SPECIAL_TOKENS, *tokens], counts)
+        except VocabularyError as e:
+            raise VocabularyError(f"{path}: {e}") from None
