@@ -1,0 +1,149 @@
+"""Corpus check: decode every file and name each one that would break or quietly hurt training."""
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Protocol
+
+import numpy as np
+from tqdm import tqdm
+
+from wavadapt.data.audio import SAMPLE_RATE, audio_info, decode
+from wavadapt.data.corpora import Utterance
+from wavadapt.data.text import normalize_text
+from wavadapt.errors import AudioError
+
+# Files the readers refuse (AudioError): training skips them, so the corpus is smaller than it looks.
+UNUSABLE = ("unreadable", "empty", "non-finite")
+# Files that train, but not as stored: mis-sized, filtered by length, band-limited, downmixed, mislabeled.
+WARNINGS = ("truncated", "too short", "too long", "sample rate", "stereo", "oov characters", "empty transcript")
+
+
+class CharVocabulary(Protocol):
+    """What the check needs from a vocabulary (wavadapt.data.text.Vocabulary)."""
+
+    def oov_chars(self, text: str) -> set[str]: ...
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem of one file; ``kind`` is one of UNUSABLE or WARNINGS."""
+
+    id: str
+    path: str
+    kind: str
+    detail: str
+
+    @property
+    def unusable(self) -> bool:
+        return self.kind in UNUSABLE
+
+
+@dataclass
+class CheckReport:
+    """Result of :func:`check_corpus`: files checked, seconds of decodable audio, files per sample
+    rate, and the problems by file."""
+
+    num_files: int
+    seconds: float
+    rates: dict[int, int]
+    problems: list[Problem]
+
+    @property
+    def unusable(self) -> list[Problem]:
+        return [p for p in self.problems if p.unusable]
+
+    @property
+    def ok(self) -> bool:
+        """True when every file can be read (warnings allowed)."""
+        return not self.unusable
+
+    def summary(self) -> str:
+        """A headline, counts per kind, then one line per problem: kind, file, detail."""
+        bad_files = len({p.path for p in self.unusable})
+        rates = ", ".join(f"{n} at {rate} Hz" for rate, n in sorted(self.rates.items()))
+        lines = [
+            f"{self.num_files} files, {self.seconds / 3600:.2f} h of audio: "
+            f"{bad_files} unusable, {len(self.problems) - len(self.unusable)} warnings",
+            f"  decoded: {rates or 'none'}",
+        ]
+        counts = Counter(p.kind for p in self.problems)
+        lines += [f"  {kind}: {counts[kind]}" for kind in (*UNUSABLE, *WARNINGS) if counts[kind]]
+        lines += [f"{p.kind}\t{p.path}\t{p.detail}" for p in self.problems]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {
+            "num_files": self.num_files,
+            "seconds": self.seconds,
+            "rates": self.rates,
+            "ok": self.ok,
+            "problems": [asdict(p) for p in self.problems],
+        }
+
+
+def check_corpus(
+    utterances: Sequence[Utterance],
+    vocab: CharVocabulary | None = None,
+    min_seconds: float = 0.5,
+    max_seconds: float = 30.0,
+    expected_rate: int = SAMPLE_RATE,
+    progress: bool = False,
+) -> CheckReport:
+    """Decode every file and report unreadable, empty, NaN/Inf, truncated, too short/long,
+    multi-channel audio and audio below ``expected_rate`` (higher rates lose nothing the model hears
+    when resampled, so they are only counted), and transcripts that normalise to nothing or (with
+    ``vocab``) hold characters outside the vocabulary."""
+    problems: list[Problem] = []
+    seconds = 0.0
+    rates: Counter[int] = Counter()
+    for u in tqdm(utterances, desc="checking", unit="file", disable=not progress):
+        duration, rate, found = _check_audio(u, min_seconds, max_seconds, expected_rate)
+        seconds += duration
+        if rate:
+            rates[rate] += 1
+        found += _check_text(u, vocab)
+        problems += [Problem(u.id, str(u.path), kind, detail) for kind, detail in found]
+    return CheckReport(len(utterances), seconds, dict(rates), problems)
+
+
+def _check_audio(
+    u: Utterance, min_seconds: float, max_seconds: float, expected_rate: int
+) -> tuple[float, int | None, list[tuple[str, str]]]:
+    """Seconds of usable audio, sample rate, and the (kind, detail) problems of ``u``'s file."""
+    try:
+        header_frames = audio_info(u.path)[0]
+        x, rate = decode(u.path)
+    except AudioError as e:
+        return 0.0, None, [("unreadable", str(e).removeprefix(f"{u.path}: "))]
+    if x.size == 0:
+        return 0.0, rate, [("empty", "no audio samples")]
+    if not np.isfinite(x).all():
+        return 0.0, rate, [("non-finite", f"{int((~np.isfinite(x)).sum())} NaN/Inf samples")]
+    duration = len(x) / rate
+    found = []
+    # A cut-off mp3 decodes without error; its header still declares the full length, which is
+    # what length filtering and batching go by.
+    if len(x) < 0.95 * header_frames:
+        found.append(("truncated", f"decoded {duration:.2f} s of the {header_frames / rate:.2f} s in its header"))
+    if duration < min_seconds:
+        found.append(("too short", f"{duration:.2f} s < {min_seconds} s"))
+    if duration > max_seconds:
+        found.append(("too long", f"{duration:.2f} s > {max_seconds} s"))
+    if rate < expected_rate:
+        found.append(("sample rate", f"{rate} Hz < {expected_rate} Hz: upsampled, nothing above {rate // 2} Hz"))
+    if x.shape[1] > 1:
+        found.append(("stereo", f"{x.shape[1]} channels (averaged to mono on read)"))
+    return duration, rate, found
+
+
+def _check_text(u: Utterance, vocab: CharVocabulary | None) -> list[tuple[str, str]]:
+    """Transcript problems: nothing left after normalisation, or characters the vocabulary lacks."""
+    if u.text is None:
+        return []
+    text = normalize_text(u.text, u.language)
+    if not text:
+        return [("empty transcript", f"{u.text!r} has no {u.language} letters")]
+    if vocab is not None and (oov := vocab.oov_chars(text)):
+        return [("oov characters", " ".join(sorted(oov)) + " become <unk>")]
+    return []

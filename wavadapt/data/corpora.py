@@ -1,0 +1,325 @@
+"""Corpus readers: LibriSpeech, Common Voice, fairseq manifests and simple manifests -> list[Utterance].
+
+Readers only list files and transcripts (cheap even for 10^6 clips); durations that the layout does
+not record stay None and are filled on demand from file headers (see batching.filter_by_length).
+"""
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from wavadapt.data.audio import SAMPLE_RATE, audio_info
+from wavadapt.errors import CorpusError
+
+UNKNOWN_LANGUAGE = "und"  # ISO 639-2 "undetermined", for manifests that do not say
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One audio file and what the corpus says about it.
+
+    ``num_samples`` is the length at 16 kHz when the layout records it (fairseq manifests), else None.
+    ``text`` is None for unlabeled audio (pre-training splits, Common Voice rows without a sentence).
+    """
+
+    id: str
+    path: Path
+    text: str | None
+    language: str
+    speaker: str | None = None
+    num_samples: int | None = None
+
+
+def samples_at_16k(path: str | Path) -> int:
+    """Length of ``path`` in samples once resampled to 16 kHz, from its header."""
+    frames, rate, _ = audio_info(path)
+    return round(frames * SAMPLE_RATE / rate)
+
+
+# --- LibriSpeech: <split>/<speaker>/<chapter>/<speaker>-<chapter>-<NNNN>.flac + <speaker>-<chapter>.trans.txt
+
+
+def read_librispeech(root: str | Path, split: str | None = None, language: str = "en") -> list[Utterance]:
+    """Read a LibriSpeech-layout split.
+
+    ``root`` is the ``LibriSpeech`` directory (or its parent) with ``split`` naming a subdirectory such
+    as ``train-clean-100``, or the split directory itself. ``split=None`` takes the only split, or
+    ``train`` when there are several. Chapters without a ``.trans.txt`` are unlabeled.
+    """
+    split_dir = _librispeech_split_dir(Path(root), split)
+    utterances = []
+    for chapter in sorted(p for p in split_dir.glob("*/*") if p.is_dir()):
+        texts = _read_trans(chapter / f"{chapter.parent.name}-{chapter.name}.trans.txt")
+        for f in sorted(chapter.glob("*.flac")):
+            utterances.append(Utterance(f.stem, f, texts.get(f.stem), language, speaker=chapter.parent.name))
+    return utterances
+
+
+def _is_librispeech_split(d: Path) -> bool:
+    return next(d.glob("*/*/*.flac"), None) is not None
+
+
+def _librispeech_split_dir(root: Path, split: str | None) -> Path:
+    _require_dir(root)
+    if (root / "LibriSpeech").is_dir():
+        root = root / "LibriSpeech"
+    if split is None and _is_librispeech_split(root):
+        return root
+    if split is not None and root.name == split and _is_librispeech_split(root):
+        return root
+    found = sorted(d.name for d in root.iterdir() if d.is_dir() and _is_librispeech_split(d))
+    if split is None and len(found) == 1:
+        split = found[0]
+    elif split is None and "train" in found:
+        split = "train"
+    if split is None:
+        raise CorpusError(f"{root}: several splits ({', '.join(found)}); choose one")
+    if split not in found:
+        raise CorpusError(
+            f"{root}: no split {split!r} with <speaker>/<chapter>/*.flac files; found: {', '.join(found) or 'none'}"
+        )
+    return root / split
+
+
+def _read_trans(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        return {}
+    texts = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        utt_id, _, text = line.strip().partition(" ")
+        if utt_id:
+            texts[utt_id] = text.strip()
+    return texts
+
+
+# --- Common Voice: <lang>/clips/*.mp3 + <split>.tsv
+
+
+def read_common_voice(root: str | Path, split: str = "train", language: str | None = None) -> list[Utterance]:
+    """Read one Common Voice split (``train``, ``dev``, ``test``, ``validated``, ``other`` ... ``.tsv``).
+
+    ``root`` is the language directory holding ``clips/`` and the tsv files, or a release directory
+    holding ``<language>/``. The language is ``language`` if given, else the ``locale`` column, else
+    the directory name. Rows with an empty ``sentence`` are unlabeled.
+    """
+    root = Path(root)
+    if language and not (root / "clips").is_dir() and (root / language / "clips").is_dir():
+        root = root / language
+    _require_dir(root)
+    tsv = root / f"{split}.tsv"
+    if not tsv.is_file():
+        found = ", ".join(sorted(p.stem for p in root.glob("*.tsv"))) or "none"
+        raise CorpusError(f"{tsv}: no such Common Voice split; found: {found}")
+    with open(tsv, newline="", encoding="utf-8") as f:
+        # Common Voice writes sentences unquoted, quotes included, so csv must not interpret them.
+        rows = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        if "path" not in (rows.fieldnames or []):
+            raise CorpusError(f"{tsv}: expected a header with a 'path' column")
+        utterances = []
+        for row in rows:
+            name = row["path"]
+            if not Path(name).suffix:  # early releases listed clips without the extension
+                name += ".mp3"
+            utterances.append(
+                Utterance(
+                    id=Path(name).stem,
+                    path=root / "clips" / name,
+                    text=(row.get("sentence") or "").strip() or None,
+                    language=language or row.get("locale") or root.name,
+                    speaker=row.get("client_id") or None,
+                )
+            )
+    return utterances
+
+
+# --- fairseq: <split>.tsv (root dir, then relative/path<TAB>num_samples) + <split>.ltr / <split>.wrd
+
+
+def read_fairseq_manifest(
+    tsv_path: str | Path,
+    labels: Literal["ltr", "wrd"] | None = None,
+    language: str = UNKNOWN_LANGUAGE,
+) -> list[Utterance]:
+    """Read a fairseq wav2vec manifest and, with ``labels``, its sibling ``.ltr`` or ``.wrd`` file.
+
+    The sample counts are taken as 16 kHz samples, as fairseq assumes 16 kHz audio; a relative root
+    (line 1) is relative to the working directory, as in fairseq.
+    """
+    tsv_path = Path(tsv_path)
+    lines = _read_lines(tsv_path)
+    if not lines or not lines[0].strip():
+        raise CorpusError(f"{tsv_path}: empty fairseq manifest (expected the audio root on line 1)")
+    root = Path(lines[0].strip())
+    entries = []
+    for lineno, line in enumerate(lines[1:], start=2):
+        rel, _, count = line.partition("\t")
+        if not count.strip().isdigit():
+            raise CorpusError(f"{tsv_path}:{lineno}: expected 'relative/path<TAB>num_samples', got {line!r}")
+        entries.append((rel, int(count)))
+    texts: list[str | None] = [None] * len(entries)
+    if labels is not None:
+        label_path = tsv_path.with_suffix(f".{labels}")
+        label_lines = _read_lines(label_path)
+        if len(label_lines) != len(entries):
+            raise CorpusError(
+                f"{label_path} has {len(label_lines)} lines but {tsv_path} lists {len(entries)} audio files"
+            )
+        convert = letters_to_words if labels == "ltr" else str.strip
+        texts = [convert(line) or None for line in label_lines]
+    return [
+        Utterance(Path(rel).stem, root / rel, text, language, num_samples=n)
+        for (rel, n), text in zip(entries, texts, strict=True)
+    ]
+
+
+def letters_to_words(line: str) -> str:
+    """fairseq letter labels ``"H I | T H E R E |"`` -> ``"HI THERE"``."""
+    return " ".join("".join(line.split()).replace("|", " ").split())
+
+
+def words_to_letters(text: str) -> str:
+    """``"HI THERE"`` -> ``"H I | T H E R E |"``, as fairseq's examples/wav2vec/libri_labels.py writes."""
+    return " ".join("|".join(text.split())) + " |"
+
+
+def write_fairseq_manifest(utterances: list[Utterance], out_dir: str | Path, split: str) -> Path:
+    """Write ``<split>.tsv`` (+ ``.wrd`` and ``.ltr`` when every utterance has a transcript).
+
+    Returns the tsv path. The audio is referenced, not copied; lengths are 16 kHz samples, filled
+    from file headers where unknown.
+    """
+    if not utterances:
+        raise CorpusError(f"no utterances to write to {out_dir}/{split}.tsv")
+    labeled = sum(u.text is not None for u in utterances)
+    if 0 < labeled < len(utterances):
+        raise CorpusError(
+            f"{len(utterances) - labeled} of {len(utterances)} utterances have no transcript; "
+            "fairseq label files need one line per audio file"
+        )
+    paths = [Path(u.path).resolve() for u in utterances]
+    root = Path(os.path.commonpath([p.parent for p in paths]))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tsv = out_dir / f"{split}.tsv"
+    rows = [
+        f"{p.relative_to(root)}\t{u.num_samples or samples_at_16k(p)}" for u, p in zip(utterances, paths, strict=True)
+    ]
+    tsv.write_text("\n".join([str(root), *rows]) + "\n", encoding="utf-8")
+    if labeled:
+        texts = [" ".join(u.text.split()) for u in utterances]
+        (out_dir / f"{split}.wrd").write_text("".join(t + "\n" for t in texts), encoding="utf-8")
+        (out_dir / f"{split}.ltr").write_text("".join(words_to_letters(t) + "\n" for t in texts), encoding="utf-8")
+    return tsv
+
+
+# --- simple manifests: TSV with a header (path, text, language, speaker, id) or JSONL with those keys
+
+
+def read_manifest(path: str | Path, language: str | None = None) -> list[Utterance]:
+    """Read a TSV (header with ``path`` and optionally ``text``, ``language``, ``speaker``, ``id``)
+    or JSONL manifest. Relative audio paths are relative to the manifest's directory; a row without
+    a language gets ``language`` (default "und")."""
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        rows = []
+        for lineno, line in enumerate(_read_lines(path), start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise CorpusError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+    else:
+        rows = list(csv.DictReader(_read_lines(path), delimiter="\t", quoting=csv.QUOTE_NONE))
+    utterances = []
+    for lineno, row in enumerate(rows, start=1):
+        if not isinstance(row, dict) or not row.get("path"):
+            raise CorpusError(f"{path}: entry {lineno} has no 'path'")
+        audio = path.parent / row["path"]
+        utterances.append(
+            Utterance(
+                id=str(row.get("id") or audio.stem),
+                path=audio,
+                text=(row.get("text") or "").strip() or None,
+                language=row.get("language") or language or UNKNOWN_LANGUAGE,
+                speaker=row.get("speaker") or None,
+            )
+        )
+    return utterances
+
+
+# --- layout detection
+
+
+def open_corpus(path: str | Path, split: str | None = None, language: str | None = None) -> list[Utterance]:
+    """Read whatever corpus ``path`` is: a LibriSpeech or Common Voice directory, a fairseq manifest
+    (``.tsv``, or a directory holding ``<split>.tsv``), a ``.tsv``/``.jsonl`` manifest, or a synthetic
+    corpus root (``corpus.json``; ``language`` picks the language directory).
+
+    ``split=None`` means the only split, else ``train``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CorpusError(f"{path}: no such file or directory (expected a corpus directory or manifest)")
+    if path.is_file():
+        return _open_manifest(path, language)
+    if (path / "corpus.json").is_file():
+        path = path / _corpus_language(path / "corpus.json", language)
+    elif language and (path / language).is_dir():
+        path = path / language
+    if (path / "clips").is_dir():
+        return read_common_voice(path, split or "train", language)
+    for suffix in (".tsv", ".jsonl"):
+        manifest = path / f"{split or 'train'}{suffix}"
+        if manifest.is_file():
+            return _open_manifest(manifest, language)
+    if (
+        (path / "LibriSpeech").is_dir()
+        or _is_librispeech_split(path)
+        or any(d.is_dir() and _is_librispeech_split(d) for d in path.iterdir())
+    ):
+        return read_librispeech(path, split, language or "en")
+    raise CorpusError(
+        f"{path}: unknown corpus layout (expected LibriSpeech <split>/<speaker>/<chapter>/*.flac, "
+        "Common Voice clips/ + <split>.tsv, a fairseq or manifest <split>.tsv/.jsonl, or corpus.json)"
+    )
+
+
+def _open_manifest(path: Path, language: str | None) -> list[Utterance]:
+    if path.suffix == ".tsv":
+        first = _read_lines(path)[:1]
+        if first and "\t" not in first[0]:  # fairseq: line 1 is the audio root directory
+            labels = next((s for s in ("wrd", "ltr") if path.with_suffix(f".{s}").is_file()), None)
+            return read_fairseq_manifest(path, labels, language or UNKNOWN_LANGUAGE)
+        return read_manifest(path, language)
+    if path.suffix == ".jsonl":
+        return read_manifest(path, language)
+    raise CorpusError(f"{path}: not a manifest (expected a fairseq .tsv, or a .tsv/.jsonl with a 'path' column)")
+
+
+def _corpus_language(corpus_json: Path, language: str | None) -> str:
+    """The language directory of a synthetic corpus: ``language``, or the only one there is."""
+    try:
+        languages = list(json.loads(corpus_json.read_text(encoding="utf-8"))["languages"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise CorpusError(f"{corpus_json}: expected JSON with a 'languages' entry ({e})") from None
+    if language is None and len(languages) == 1:
+        return languages[0]
+    if language is None or language not in languages:
+        given = "several languages" if language is None else f"no language {language!r}"
+        raise CorpusError(f"{corpus_json.parent}: {given} (holds {', '.join(languages)}); choose one")
+    return language
+
+
+def _require_dir(path: Path) -> None:
+    if not path.is_dir():
+        raise CorpusError(f"{path}: no such directory")
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise CorpusError(f"{path}: cannot read ({e.strerror if isinstance(e, OSError) else e})") from None
