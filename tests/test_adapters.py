@@ -9,9 +9,9 @@ from transformers import HubertConfig, HubertModel, Wav2Vec2Config, Wav2Vec2Mode
 from wavadapt.errors import WavadaptError
 from wavadapt.model.adapters import (
     AdapterConfig,
-    add_adapter,
     adapter_names,
     adapter_parameters,
+    add_adapter,
     disable_adapters,
     set_active,
 )
