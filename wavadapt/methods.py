@@ -1,0 +1,85 @@
+"""Fine-tuning methods: which parameters of a CTCModel train for a new ASR task.
+
+=================  ======================================================================================
+``full``           everything but the CNN feature encoder; the transformer waits ``freeze_updates`` updates
+                   while only the head trains (fairseq's freeze_finetune_updates)
+``top-n-full``     the top N transformer layers and everything between the CNN and the layers (feature
+                   projection, positional conv, mask embedding, encoder layer norm) + head: this is the
+                   reading that reproduces the first paper's 65.5% for N = 8
+``adapters``       an adapter set in every layer with its own copies of the encoder layer norms + head
+``top-n-adapters`` the same in the top N layers only; the layers below run without autograd
+``head-only``      the CTC head on a frozen encoder (the SUPERB-style baseline)
+=================  ======================================================================================
+
+Adapter methods never change a base parameter: the set owns its layer-norm copies, so the adapter
+file alone (adapters + norms + head) reproduces the model on the same backbone. ``stack_on`` names a
+language adapter that the new task adapter sits on (cwav2vec 2.0 fine-tuning, MAD-X style); the
+language adapter stays frozen and the task's layer norms start from the language's.
+"""
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from wavadapt.data.text import Vocabulary
+from wavadapt.errors import WavadaptError
+from wavadapt.model.adapters import AdapterConfig, adapted_layers, adapter_parameters, add_adapter, encoder_of
+from wavadapt.model.ctc import CTCModel
+
+METHODS = ("full", "top-n-full", "adapters", "top-n-adapters", "head-only")
+
+
+@dataclass
+class MethodConfig:
+    """What trains: the method, N for the top-N methods, the adapter size, the freeze phase of ``full``."""
+
+    method: str = "adapters"
+    top_n: int | None = None
+    adapter_size: int = 256
+    freeze_updates: int = 0
+    """``full`` only: updates during which the transformer stays frozen and only the head trains."""
+    stack_on: str | None = None
+    """Adapter methods only: an existing (language) adapter set the new task adapter is stacked on."""
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise WavadaptError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
+        needs_n = self.method.startswith("top-n")
+        if needs_n and self.top_n is None:
+            raise WavadaptError(f"method {self.method} needs --top-n")
+        if not needs_n and self.top_n is not None:
+            raise WavadaptError(f"--top-n applies to top-n-full and top-n-adapters, not {self.method}")
+        if self.stack_on is not None and "adapters" not in self.method:
+            raise WavadaptError(f"--stack-on applies to the adapter methods, not {self.method}")
+
+
+def prepare(model: CTCModel, task: str, vocab: Vocabulary, config: MethodConfig) -> dict[str, nn.Parameter]:
+    """Add the task (head, and adapters for the adapter methods) and set ``requires_grad`` so exactly the
+    method's parameters train; returns them by name."""
+    backbone = model.backbone
+    encoder = encoder_of(backbone)
+    adapters = config.method.endswith("adapters")
+    if adapters:
+        add_adapter(backbone, task, AdapterConfig(size=config.adapter_size, top_n=config.top_n),
+                    init_layer_norms_from=config.stack_on)
+    stack = ((config.stack_on,) if config.stack_on else ()) + ((task,) if adapters else ())
+    model.add_task(task, vocab, stack)
+    model.activate(task)
+
+    model.requires_grad_(False)
+    names = {f"heads.{task}.{k}" for k, _ in model.heads[task].named_parameters()}
+    if adapters:
+        names |= {f"backbone.{k}" for k in adapter_parameters(backbone, task)}
+    elif config.method in ("full", "top-n-full"):
+        frozen = list(backbone.feature_extractor.parameters())
+        if config.top_n is not None:
+            top = adapted_layers(len(encoder.layers), config.top_n)
+            frozen += [p for i, layer in enumerate(encoder.layers) if i not in top for p in layer.parameters()]
+        frozen_ids = {id(p) for p in frozen}
+        # Base parameters only: other tasks' adapters and layer-norm copies are theirs.
+        names |= {f"backbone.{k}" for k, p in backbone.named_parameters()
+                  if id(p) not in frozen_ids and ".adapters.sets." not in k and ".tasks." not in k}
+    params = {k: p for k, p in model.named_parameters() if k in names}
+    for p in params.values():
+        p.requires_grad_(True)
+    return params

@@ -1,0 +1,95 @@
+"""A backbone with per-task CTC heads: the ASR model every fine-tuning method trains.
+
+A *task* (``en``, ``es/asr``) names a CTC head over its language's characters and the adapter stack the
+backbone runs for it: ``()`` for full fine-tuning, ``("en",)`` for an adapter set, ``("es", "es/asr")``
+for a task adapter stacked on a language adapter. Activating a task switches both together.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+from wavadapt.data.text import Vocabulary
+from wavadapt.errors import WavadaptError
+from wavadapt.model.adapters import set_active
+
+
+@dataclass
+class CTCOutput:
+    logits: torch.Tensor
+    """(B, T, V) unnormalised scores per frame."""
+    lengths: torch.Tensor
+    """(B,) valid frames per utterance."""
+
+
+class CTCModel(nn.Module):
+    """``backbone`` (transformers Wav2Vec2Model / HubertModel / WavLMModel) + ``heads`` (one Linear per task)."""
+
+    def __init__(self, backbone: PreTrainedModel, final_dropout: float = 0.0):
+        super().__init__()
+        self.backbone = backbone
+        self.heads = nn.ModuleDict()
+        self.dropout = nn.Dropout(final_dropout)
+        self.vocabularies: dict[str, Vocabulary] = {}
+        self.stacks: dict[str, tuple[str, ...]] = {}
+        self.active: str | None = None
+        self.freeze_backbone = False
+        """Run the backbone without autograd (fairseq's freeze_finetune_updates phase of full fine-tuning)."""
+
+    @property
+    def hidden_size(self) -> int:
+        return self.backbone.config.hidden_size
+
+    @property
+    def normalize_waveforms(self) -> bool:
+        """fairseq's convention: models with layer-norm CNNs were trained on normalised waveforms."""
+        return self.backbone.config.feat_extract_norm == "layer"
+
+    def add_task(self, name: str, vocab: Vocabulary, adapters: Sequence[str] = ()) -> None:
+        """Add a CTC head for ``name`` over ``vocab``, to run on the adapter stack ``adapters``."""
+        if name in self.heads:
+            raise WavadaptError(f"the model already has a task named {name!r}")
+        ref = next(self.backbone.parameters())
+        head = nn.Linear(self.hidden_size, len(vocab), device=ref.device, dtype=ref.dtype)
+        self.heads[name] = head
+        self.vocabularies[name] = vocab
+        self.stacks[name] = tuple(adapters)
+
+    def activate(self, task: str) -> None:
+        if task not in self.heads:
+            raise WavadaptError(f"unknown task {task!r}; the model has {sorted(self.heads)}")
+        set_active(self.backbone, self.stacks[task])
+        self.active = task
+
+    def output_lengths(self, attention_mask: torch.Tensor | None, batch: int, samples: int) -> torch.Tensor:
+        lengths = attention_mask.sum(-1) if attention_mask is not None else torch.full((batch,), samples)
+        return self.backbone._get_feat_extract_output_lengths(lengths).long()
+
+    def forward(self, waveforms: torch.Tensor, attention_mask: torch.Tensor | None = None) -> CTCOutput:
+        """(B, S) 16 kHz waveforms -> (B, T, V) logits of the active task."""
+        if self.active is None:
+            raise WavadaptError("no active task: call activate(task) first")
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_backbone):
+            hidden = self.backbone(waveforms, attention_mask=attention_mask).last_hidden_state  # (B, T, D)
+        logits = self.heads[self.active](self.dropout(hidden))  # (B, T, V)
+        return CTCOutput(logits, self.output_lengths(attention_mask, *waveforms.shape))
+
+    def ctc_loss(self, output: CTCOutput, labels: torch.Tensor, label_lengths: torch.Tensor) -> torch.Tensor:
+        """CTC loss summed over the batch, in fp32; the training loop divides by the utterances of the whole
+        update (all accumulation steps and ranks), fairseq's sentence_avg, so the update does not depend on
+        how the global batch is split."""
+        log_probs = output.logits.float().log_softmax(-1).transpose(0, 1)  # (T, B, V)
+        blank = self.vocabularies[self.active].blank_id
+        targets = labels.clamp(min=0)  # -100 padding beyond label_lengths is never read
+        return nn.functional.ctc_loss(log_probs, targets, output.lengths, label_lengths, blank=blank,
+                                      reduction="sum", zero_infinity=True)
+
+    @torch.no_grad()
+    def greedy_decode(self, output: CTCOutput) -> list[str]:
+        """Best path per utterance: argmax per frame, repeats collapsed, blanks removed."""
+        vocab = self.vocabularies[self.active]
+        best = output.logits.argmax(-1)
+        return [vocab.ctc_decode(best[i, : output.lengths[i]].tolist()) for i in range(best.shape[0])]
