@@ -6,7 +6,7 @@ for a task adapter stacked on a language adapter. Activating a task switches bot
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -17,8 +17,7 @@ from wavadapt.errors import WavadaptError
 from wavadapt.model.adapters import set_active
 
 
-@dataclass
-class CTCOutput:
+class CTCOutput(NamedTuple):  # a tuple, so DistributedDataParallel finds its tensors
     logits: torch.Tensor
     """(B, T, V) unnormalised scores per frame."""
     lengths: torch.Tensor

@@ -1,0 +1,98 @@
+"""CTC fine-tuning: pick what trains (methods.py), read the data, and hand both to the training loop."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from wavadapt.data.batching import AudioDataset, filter_by_length
+from wavadapt.data.corpora import Utterance
+from wavadapt.data.text import Vocabulary
+from wavadapt.methods import MethodConfig, prepare
+from wavadapt.model.ctc import CTCModel
+from wavadapt.train import TrainConfig, Trainer
+
+
+@dataclass
+class AugmentConfig:
+    """wav2vec 2.0 fine-tuning regularisation (fairseq base_10h defaults): SpecAugment-style time and
+    channel masking of the CNN features, layer drop and dropout before the head."""
+
+    mask_time_prob: float = 0.65
+    mask_time_length: int = 10
+    mask_feature_prob: float = 0.5
+    mask_feature_length: int = 64
+    layerdrop: float = 0.05
+    final_dropout: float = 0.0
+
+    def apply(self, model: CTCModel) -> None:
+        config = model.backbone.config
+        config.mask_time_prob, config.mask_time_length = self.mask_time_prob, self.mask_time_length
+        config.mask_feature_prob = self.mask_feature_prob
+        config.mask_feature_length = min(self.mask_feature_length, config.hidden_size)
+        config.apply_spec_augment = self.mask_time_prob > 0 or self.mask_feature_prob > 0
+        config.layerdrop = self.layerdrop
+        model.dropout.p = self.final_dropout
+
+
+def ctc_objective(model: CTCModel):
+    """The CTC objective of the training loop: loss summed over the batch's utterances (fp32)."""
+
+    def objective(net: nn.Module, batch: dict) -> tuple[torch.Tensor, int, dict[str, float]]:
+        output = net(batch["waveforms"], attention_mask=batch["attention_mask"])
+        loss = model.ctc_loss(output, batch["labels"], batch["label_lengths"])
+        return loss, len(batch["ids"]), {}
+
+    return objective
+
+
+def finetune(model: CTCModel, task: str, train: list[Utterance], method: MethodConfig, config: TrainConfig,
+             out_dir: Path, vocab: Vocabulary | None = None, valid: list[Utterance] | None = None,
+             augment: AugmentConfig | None = None, resume: bool = False,
+             min_seconds: float = 0.5, max_seconds: float = 30.0) -> list[dict]:
+    """Fine-tune ``model`` for ``task`` on ``train`` with ``method``; returns the training log rows.
+
+    The vocabulary is built from the training transcripts unless given. ``valid`` is decoded greedily
+    every ``config.validate_every`` updates (WER, CER). ``resume`` continues ``out_dir``'s last checkpoint.
+    """
+    from wavadapt.checkpoint import save_backbone, save_task
+    from wavadapt.evaluate import evaluate
+
+    out_dir = Path(out_dir)
+    language = train[0].language
+    vocab = vocab or Vocabulary.build([u.text for u in train], language)
+    torch.manual_seed(config.seed)  # the same new weights on every rank
+    params = prepare(model, task, vocab, method)
+    (augment or AugmentConfig()).apply(model)
+    kept, dropped = filter_by_length(train, min_seconds, max_seconds)
+    dataset = AudioDataset(kept, vocab, normalize=model.normalize_waveforms, seed=config.seed)
+
+    def validate(m: CTCModel) -> dict[str, float]:
+        result = evaluate(m, valid, task=task, max_seconds_per_batch=config.max_seconds_per_batch)
+        return {"wer": result["wer"], "cer": result["cer"]}
+
+    def freeze_phase(m: CTCModel, update: int) -> None:
+        m.freeze_backbone = update < method.freeze_updates
+
+    trainer = Trainer(model, params, ctc_objective(model), dataset, config, out_dir,
+                      validate=validate if valid else None,
+                      on_update=freeze_phase if method.method == "full" and method.freeze_updates else None,
+                      find_unused_parameters=bool(method.freeze_updates) or model.backbone.config.layerdrop > 0)
+    if resume:
+        trainer.resume(out_dir / "checkpoints" / "last.pt")
+    elif trainer.env.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "run.json").write_text(json.dumps({
+            "task": task, "method": asdict(method), "train": asdict(config), "augment": asdict(augment or
+            AugmentConfig()), "train_utterances": len(kept), "dropped_by_length": dropped}, indent=2, default=str))
+    history = trainer.train()
+    if trainer.env.main:
+        model.eval()
+        if method.method in ("full", "top-n-full"):
+            save_backbone(model.backbone, out_dir / "backbone")
+        save_task(model, task, out_dir)
+    return history
