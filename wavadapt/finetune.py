@@ -73,7 +73,7 @@ def finetune(model: CTCModel, task: str, train: list[Utterance], method: MethodC
 
     def validate(m: CTCModel) -> dict[str, float]:
         result = evaluate(m, valid, task=task, max_seconds_per_batch=config.max_seconds_per_batch)
-        return {"wer": result["wer"], "cer": result["cer"]}
+        return {"wer": result.wer, "cer": result.cer}
 
     def freeze_phase(m: CTCModel, update: int) -> None:
         m.freeze_backbone = update < method.freeze_updates

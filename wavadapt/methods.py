@@ -67,6 +67,9 @@ def prepare(model: CTCModel, task: str, vocab: Vocabulary, config: MethodConfig)
     model.activate(task)
 
     model.requires_grad_(False)
+    # Also stops transformers' CNN from marking its input as requiring grad (for gradient checkpointing),
+    # which would make every frozen layer above it record autograd state.
+    backbone.freeze_feature_encoder()
     names = {f"heads.{task}.{k}" for k, _ in model.heads[task].named_parameters()}
     if adapters:
         names |= {f"backbone.{k}" for k in adapter_parameters(backbone, task)}

@@ -177,8 +177,8 @@ def _hf_family(path: Path) -> str:
 
 
 @contextmanager
-def _quiet_transformers():
-    # from_pretrained prints a load report and progress bars; problems are reported by _check_keys.
+def quiet_transformers():
+    """Silence transformers' load reports and progress bars (problems are reported by _check_keys)."""
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -192,7 +192,7 @@ def _quiet_transformers():
 
 def _from_hf_dir(path: Path, model_cls: type[PreTrainedModel], overrides: dict) -> PreTrainedModel:
     _check_overrides(model_cls.config_class, overrides)
-    with _quiet_transformers():
+    with quiet_transformers():
         try:
             model, info = model_cls.from_pretrained(
                 path,
@@ -273,10 +273,13 @@ COMPONENTS: list[tuple[str, str, str]] = [
     ("positional_conv", "positional conv", r"encoder\.pos_conv_embed\."),
     ("attention", "attention", r"encoder\.layers\.\d+\.attention\."),
     ("feed_forward", "feed-forward", r"encoder\.layers\.\d+\.feed_forward\."),
-    ("layer_norms", "layer norms (in layers)", r"encoder\.layers\.\d+\.(final_)?layer_norm\."),
-    ("encoder_layer_norm", "encoder layer norm", r"encoder\.layer_norm\."),
+    ("layer_norms", "layer norms (in layers)", r"encoder\.layers\.\d+\.(final_)?layer_norm\.(weight|bias)$"),
+    ("encoder_layer_norm", "encoder layer norm", r"encoder\.layer_norm\.(weight|bias)$"),
     ("quantizer", "quantizer + projections", r"(quantizer|project_q|project_hid)\."),
-    ("ctc_head", "CTC head", r"lm_head\."),
+    # Added per task (wavadapt.model.adapters, CTCModel): adapter sets, their layer-norm copies, heads.
+    ("adapters", "adapters", r"encoder\.layers\.\d+\.adapters\.sets\."),
+    ("task_layer_norms", "layer-norm copies (tasks)", r"encoder\.(layers\.\d+\.)?(final_)?layer_norm\.tasks\."),
+    ("ctc_head", "CTC head", r"(lm_head|heads)\."),
 ]
 _LABELS = {name: label for name, label, _ in COMPONENTS} | {"other": "other"}
 

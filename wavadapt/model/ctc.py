@@ -65,16 +65,21 @@ class CTCModel(nn.Module):
 
     def output_lengths(self, attention_mask: torch.Tensor | None, batch: int, samples: int) -> torch.Tensor:
         lengths = attention_mask.sum(-1) if attention_mask is not None else torch.full((batch,), samples)
-        return self.backbone._get_feat_extract_output_lengths(lengths).long()
+        return self.backbone._get_feat_extract_output_lengths(lengths).long().clamp(min=0)
 
     def forward(self, waveforms: torch.Tensor, attention_mask: torch.Tensor | None = None) -> CTCOutput:
         """(B, S) 16 kHz waveforms -> (B, T, V) logits of the active task."""
         if self.active is None:
             raise WavadaptError("no active task: call activate(task) first")
+        lengths = self.output_lengths(attention_mask, *waveforms.shape)
+        # transformers' convention (Wav2Vec2FeatureExtractor.return_attention_mask): only layer-norm CNN
+        # models take the mask; group-norm ones (Base) were trained on zero-padded batches without one.
+        if self.backbone.config.feat_extract_norm != "layer":
+            attention_mask = None
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_backbone):
             hidden = self.backbone(waveforms, attention_mask=attention_mask).last_hidden_state  # (B, T, D)
         logits = self.heads[self.active](self.dropout(hidden))  # (B, T, V)
-        return CTCOutput(logits, self.output_lengths(attention_mask, *waveforms.shape))
+        return CTCOutput(logits, lengths)
 
     def ctc_loss(self, output: CTCOutput, labels: torch.Tensor, label_lengths: torch.Tensor) -> torch.Tensor:
         """CTC loss summed over the batch, in fp32; the training loop divides by the utterances of the whole

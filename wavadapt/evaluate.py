@@ -1,0 +1,187 @@
+"""Greedy CTC decoding of a corpus or single files, and WER / CER (jiwer) per language."""
+
+import contextlib
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import jiwer
+import numpy as np
+import torch
+from torch import nn
+
+from wavadapt.checkpoint import safe_name
+from wavadapt.data.audio import SAMPLE_RATE, normalize_waveform
+from wavadapt.data.batching import AudioDataset, filter_by_length, make_dataloader
+from wavadapt.data.corpora import Utterance
+from wavadapt.data.text import normalize_text
+from wavadapt.errors import WavadaptError
+from wavadapt.model.ctc import CTCModel, CTCOutput
+
+
+@dataclass
+class Scores:
+    """Corpus-level error rates: edits over all reference words (characters), not a mean of per-file rates."""
+
+    wer: float
+    cer: float
+    utterances: int
+    seconds: float
+    """Audio duration."""
+
+
+@dataclass
+class EvalResult(Scores):
+    """Scores of one task on a set of utterances, overall and per language."""
+
+    task: str = ""
+    languages: dict[str, Scores] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    """Ids of files that could not be read; they are not scored."""
+    elapsed: float = 0.0
+    """Wall-clock seconds of reading and decoding."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        """A table of WER / CER per language (and overall when there are several)."""
+        lines = [
+            f"task {self.task}: {self.utterances} utterances, {self.seconds:.1f} s of audio decoded in "
+            f"{self.elapsed:.1f} s; {len(self.skipped)} unreadable skipped",
+            f"{'language':<10}{'utterances':>11}{'WER':>9}{'CER':>9}",
+        ]
+        rows = list(self.languages.items()) + ([("all", self)] if len(self.languages) > 1 else [])
+        lines += [f"{lang:<10}{s.utterances:>11}{s.wer:>9.2%}{s.cer:>9.2%}" for lang, s in rows]
+        return "\n".join(lines)
+
+
+def forward_padded(model: CTCModel, waveforms: torch.Tensor, attention_mask: torch.Tensor) -> CTCOutput:
+    """Run a zero-padded batch; audio shorter than one frame's receptive field (25 ms) decodes to nothing
+    instead of failing in the CNN."""
+    lengths = model.output_lengths(attention_mask, *waveforms.shape)
+    one_frame = _receptive_field(model.backbone.config)
+    if waveforms.shape[1] < one_frame:
+        waveforms = nn.functional.pad(waveforms, (0, one_frame - waveforms.shape[1]))
+    # transformers indexes every row's last frame: a row shorter than one frame gets one (never decoded).
+    attention_mask = nn.functional.pad(attention_mask, (0, waveforms.shape[1] - attention_mask.shape[1]))
+    attention_mask[:, :one_frame] = 1
+    return CTCOutput(model(waveforms, attention_mask=attention_mask).logits, lengths)
+
+
+def _receptive_field(config) -> int:
+    """Samples the CNN needs for one output frame (400 for the papers' encoder)."""
+    samples, hop = 1, 1
+    for kernel, stride in zip(config.conv_kernel, config.conv_stride, strict=True):
+        samples += (kernel - 1) * hop
+        hop *= stride
+    return samples
+
+
+@contextlib.contextmanager
+def _inference(model: CTCModel):
+    """Eval mode without autograd, then every module's own mode back (training may freeze parts in eval)."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+
+def transcribe(model: CTCModel, waveform: np.ndarray) -> str:
+    """Greedy transcript of one 16 kHz mono waveform by the active task."""
+    if model.normalize_waveforms:
+        waveform = normalize_waveform(waveform)
+    x = torch.from_numpy(waveform)[None].to(next(model.parameters()).device)  # (1, S)
+    with _inference(model):
+        return model.greedy_decode(forward_padded(model, x, torch.ones_like(x, dtype=torch.long)))[0]
+
+
+def score(references: list[str], hypotheses: list[str], seconds: float = 0.0) -> Scores:
+    """Corpus WER and CER of normalised reference / hypothesis pairs."""
+    return Scores(jiwer.wer(references, hypotheses), jiwer.cer(references, hypotheses), len(references), seconds)
+
+
+def evaluate(
+    model: CTCModel,
+    utterances: list[Utterance],
+    task: str | None = None,
+    max_seconds_per_batch: float = 60.0,
+    language: str | None = None,
+    out_dir: str | Path | None = None,
+) -> EvalResult:
+    """Decode ``utterances`` greedily with ``task`` (default: the active one) and score them.
+
+    References are ``normalize_text(text, language or utterance.language)``; hypotheses are in the task's
+    character set already. Results are grouped by ``Utterance.language``. Utterances are batched by length
+    (longer ones than ``max_seconds_per_batch`` are batched apart); unreadable files are skipped
+    and listed. With ``out_dir``, writes ``hyp.<task>.txt`` and ``ref.<task>.txt`` (``<id> <text>`` lines,
+    in input order).
+    """
+    task = task or model.active
+    if task is None:
+        raise WavadaptError("no task to evaluate: the model has no active task")
+    model.activate(task)
+    unlabeled = [u.id for u in utterances if u.text is None]
+    if unlabeled:
+        raise WavadaptError(f"{len(unlabeled)} utterances have no transcript (e.g. {unlabeled[0]}); cannot score")
+    ids = [u.id for u in utterances]
+    if len(set(ids)) != len(ids):
+        raise WavadaptError("utterance ids are not unique; hypotheses are matched to references by id")
+
+    start = time.perf_counter()
+    readable, _ = filter_by_length(utterances)  # fills lengths from headers, drops unreadable headers
+    with _inference(model):
+        hypotheses = _decode(model, readable, max_seconds_per_batch) if readable else {}
+    elapsed = time.perf_counter() - start
+    scored = [u for u in utterances if u.id in hypotheses]
+    if not scored:
+        raise WavadaptError(f"none of the {len(utterances)} audio files could be read")
+
+    lengths = {u.id: u.num_samples for u in readable}
+    references = {u.id: normalize_text(u.text, language or u.language) for u in scored}
+    by_language: dict[str, list[Utterance]] = {}
+    for u in scored:
+        by_language.setdefault(u.language, []).append(u)
+
+    def scores(group: list[Utterance]) -> Scores:
+        seconds = sum(lengths[u.id] for u in group) / SAMPLE_RATE
+        return score([references[u.id] for u in group], [hypotheses[u.id] for u in group], seconds)
+
+    overall = scores(scored)
+    result = EvalResult(**asdict(overall), task=task, elapsed=elapsed,
+                        languages={lang: scores(group) for lang, group in sorted(by_language.items())},
+                        skipped=[i for i in ids if i not in hypotheses])
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for kind, texts in (("hyp", hypotheses), ("ref", references)):
+            lines = "".join(f"{u.id} {texts[u.id]}\n" for u in scored)
+            (out_dir / f"{kind}.{safe_name(task)}.txt").write_text(lines, encoding="utf-8")
+    return result
+
+
+def _decode(model: CTCModel, utterances: list[Utterance], max_seconds_per_batch: float) -> dict[str, str]:
+    """Greedy transcripts by utterance id; files that fail to decode are left out."""
+    cap = int(max_seconds_per_batch * SAMPLE_RATE)
+    longer = [u for u in utterances if u.num_samples > cap]
+    # Utterances over the cap are batched apart under their own longest length, so the cap holds for the rest.
+    groups = [
+        ([u for u in utterances if u.num_samples <= cap], max_seconds_per_batch),
+        (longer, (max((u.num_samples for u in longer), default=0) + 1) / SAMPLE_RATE),
+    ]
+    device = next(model.parameters()).device
+    hypotheses = {}
+    for group, seconds in groups:
+        if not group:
+            continue
+        dataset = AudioDataset(group, normalize=model.normalize_waveforms)
+        for batch in make_dataloader(dataset, seconds, shuffle=False):
+            if batch is None:  # every file of the batch failed
+                continue
+            output = forward_padded(model, batch["waveforms"].to(device), batch["attention_mask"].to(device))
+            hypotheses |= zip(batch["ids"], model.greedy_decode(output), strict=True)
+    return hypotheses
