@@ -3,8 +3,12 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from wavadapt.data.synth import synthesize_corpus
+
+# Tiny models on 2 cores: one thread per process avoids oversubscription (much faster small matmuls).
+torch.set_num_threads(1)
 
 TINY_MINUTES = {"pretrain": 0.2, "train": 0.15, "dev": 0.1, "test": 0.1}
 

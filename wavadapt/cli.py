@@ -115,6 +115,144 @@ def vocab(
 
 # --- model commands ---
 
+ModelOption = Annotated[
+    str,
+    typer.Option(help="A preset (tiny, base, large: random weights, seed 0), a Hugging Face checkpoint directory "
+                 "(e.g. a run's backbone/) or a fairseq .pt."),
+]
+AdapterOption = Annotated[
+    list[Path] | None,
+    typer.Option(help="A task file (adapter.<task>.json); repeat to stack, the language adapter first."),
+]
+TaskOption = Annotated[str | None, typer.Option(help="Task to run (default: the last task file's).")]
+FamilyOption = Annotated[str | None, typer.Option(help="Family of a preset: wav2vec2 (default), hubert or wavlm.")]
+TrustPickleOption = Annotated[
+    bool, typer.Option("--trust-pickle", help="Allow reading a fairseq .pt: a pickle, which can run code.")
+]
+
+
+def _asr_model(model: str, adapters: list[Path] | None, task: str | None, family: str | None, trust_pickle: bool):
+    """The backbone with its task files loaded and ``task`` (or the last loaded one) active."""
+    from wavadapt.checkpoint import load_asr_model
+
+    asr = load_asr_model(model, adapters or [], trust_pickle=trust_pickle, family=family)
+    if task is not None:
+        asr.activate(task)
+    if asr.active is None:
+        raise WavadaptError("no task to run: pass a task file with --adapter")
+    return asr
+
+
+@app.command("evaluate")
+def evaluate_corpus(
+    data: Annotated[Path, typer.Argument(help="A corpus directory or manifest (see `open_corpus`).")],
+    model: ModelOption,
+    adapter: AdapterOption = None,
+    task: TaskOption = None,
+    split: Annotated[str, typer.Option(help="Split to decode.")] = "test",
+    language: Annotated[str | None, typer.Option(help="Language directory / transcript normalisation.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write hyp.<task>.txt and ref.<task>.txt here.")] = None,
+    max_seconds_per_batch: Annotated[float, typer.Option(help="Seconds of padded audio per batch.")] = 60.0,
+    family: FamilyOption = None,
+    trust_pickle: TrustPickleOption = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Decode a corpus split greedily and print WER / CER per language."""
+    import json
+
+    from wavadapt.data.corpora import open_corpus
+    from wavadapt.evaluate import evaluate
+
+    asr = _asr_model(model, adapter, task, family, trust_pickle)
+    result = evaluate(asr, open_corpus(data, split, language), max_seconds_per_batch=max_seconds_per_batch,
+                      out_dir=out)
+    typer.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False) if json_output else result.summary())
+
+
+@app.command("transcribe")
+def transcribe_files(
+    files: Annotated[list[Path], typer.Argument(help="Audio files: any format soundfile reads, any rate, mono or "
+                                                "stereo.")],
+    model: ModelOption,
+    adapter: AdapterOption = None,
+    task: TaskOption = None,
+    family: FamilyOption = None,
+    trust_pickle: TrustPickleOption = False,
+) -> None:
+    """Print `<file>TAB<transcript>` per file (greedy CTC); unreadable files get an error line, exit status 1."""
+    from wavadapt.data.audio import read_audio
+    from wavadapt.errors import AudioError
+    from wavadapt.evaluate import transcribe
+
+    asr = _asr_model(model, adapter, task, family, trust_pickle)
+    failed = 0
+    for f in files:
+        try:
+            text = transcribe(asr, read_audio(f))
+        except AudioError as e:
+            typer.echo(f"error: {e}", err=True)
+            failed += 1
+            continue
+        typer.echo(f"{f}\t{text}")
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def params(
+    model: Annotated[
+        str, typer.Argument(help="A preset (tiny, base, large), a Hugging Face checkpoint directory or a fairseq .pt.")
+    ],
+    method: Annotated[
+        str | None, typer.Option(help="full, top-n-full, adapters (default), top-n-adapters or head-only.")
+    ] = None,
+    top_n: Annotated[int | None, typer.Option(help="N of the top-n methods: the top N transformer layers.")] = None,
+    adapter_size: Annotated[int, typer.Option(help="Adapter bottleneck size.")] = 256,
+    vocab_size: Annotated[
+        int | None, typer.Option(help="CTC output tokens (default 32: fairseq's LibriSpeech letter dictionary).")
+    ] = None,
+    vocab: Annotated[Path | None, typer.Option(help="vocab.json or dict.ltr.txt whose size sets the head.")] = None,
+    family: Annotated[str | None, typer.Option(help="Family of a preset: wav2vec2 (default), hubert or wavlm.")] = None,
+    trust_pickle: Annotated[
+        bool, typer.Option("--trust-pickle", help="Allow reading a fairseq .pt: a pickle, which can run code.")
+    ] = False,
+    all_methods: Annotated[
+        bool, typer.Option("--all", help="Every method, with both top-N methods for N = 1 .. layers.")
+    ] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the account as JSON.")] = False,
+) -> None:
+    """Count the total, trainable and frozen parameters of a fine-tuning method (the paper's percentages)."""
+    import json
+
+    from wavadapt.accounting import (
+        LIBRISPEECH_VOCAB_SIZE,
+        all_accounts,
+        backbone_factory,
+        format_account,
+        format_table,
+        method_account,
+    )
+    from wavadapt.data.text import Vocabulary
+    from wavadapt.methods import MethodConfig
+
+    if all_methods and (method is not None or top_n is not None):
+        raise WavadaptError("--all lists every method: drop --method and --top-n")
+    if vocab is not None and vocab_size is not None:
+        raise WavadaptError("give --vocab or --vocab-size, not both")
+    config = None if all_methods else MethodConfig(method or "adapters", top_n=top_n, adapter_size=adapter_size)
+    if vocab is not None:
+        tokens = Vocabulary.load_json(vocab) if vocab.suffix == ".json" else Vocabulary.from_fairseq_dict(vocab)
+    else:
+        tokens = vocab_size or LIBRISPEECH_VOCAB_SIZE
+    factory = backbone_factory(model, family, trust_pickle)
+    if all_methods:
+        accounts = all_accounts(factory, adapter_size, tokens)
+        output = {"accounts": [a.to_dict() for a in accounts]} if json_output else format_table(accounts, model)
+    else:
+        account = method_account(factory, config, tokens)
+        output = account.to_dict() if json_output else format_account(account, model)
+    typer.echo(json.dumps(output, indent=2) if json_output else output)
+
 
 @app.command()
 def info(
@@ -158,6 +296,125 @@ def info(
         built = load(model, trust_pickle=trust_pickle)
     summary = describe(built)
     typer.echo(json.dumps(summary, indent=2) if json_output else format_description(summary))
+
+
+# --- training commands ---
+
+
+@app.command()
+def finetune(
+    data: Annotated[Path, typer.Argument(help="Labeled corpus: synth root, LibriSpeech / Common Voice dir, manifest.")],
+    language: Annotated[str, typer.Option(help="Language of the data (text normalisation, corpus folder).")],
+    out: Annotated[Path, typer.Option(help="Run directory: checkpoints, logs, task file, backbone if changed.")],
+    model: Annotated[str, typer.Option(help="Backbone: preset (fresh weights), HF checkpoint dir, fairseq .pt.")] = (
+        "tiny"
+    ),
+    method: Annotated[str, typer.Option(help="full | top-n-full | adapters | top-n-adapters | head-only")] = "adapters",
+    top_n: Annotated[int | None, typer.Option(help="N of the top-n methods.")] = None,
+    adapter_size: Annotated[int, typer.Option(help="Adapter bottleneck size (papers: 256).")] = 256,
+    task: Annotated[str | None, typer.Option(help="Task name (default: the language; e.g. es/asr).")] = None,
+    adapter: Annotated[list[Path] | None, typer.Option(help="Adapter files to load first.")] = None,
+    stack_on: Annotated[str | None, typer.Option(help="Stack the new task adapter on this loaded adapter set.")] = None,
+    split: Annotated[str, typer.Option(help="Training split.")] = "train",
+    valid_split: Annotated[str | None, typer.Option(help="Validation split (WER/CER); '' for none.")] = "dev",
+    max_updates: Annotated[int, typer.Option(help="Updates to train.")] = 20000,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 5e-5,
+    update_freq: Annotated[int, typer.Option(help="Micro-batches per update (gradient accumulation).")] = 1,
+    max_seconds_per_batch: Annotated[float, typer.Option(help="Audio seconds per micro-batch per process.")] = 200.0,
+    freeze_updates: Annotated[int, typer.Option(help="full: updates that train only the head first.")] = 0,
+    clip_norm: Annotated[float, typer.Option(help="Gradient-norm clipping (0: none).")] = 0.0,
+    mask_time_prob: Annotated[float, typer.Option(help="SpecAugment time-mask probability.")] = 0.65,
+    mask_feature_prob: Annotated[float, typer.Option(help="SpecAugment channel-mask probability.")] = 0.5,
+    layerdrop: Annotated[float, typer.Option(help="Probability of skipping a transformer layer.")] = 0.05,
+    amp: Annotated[str, typer.Option(help="auto | bf16 | fp16 | none")] = "auto",
+    validate_every: Annotated[int, typer.Option(help="Validate every N updates (0: at the end).")] = 0,
+    checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N updates (0: at the end).")] = 0,
+    num_workers: Annotated[int, typer.Option(help="Data-loading worker processes.")] = 0,
+    seed: Annotated[int, typer.Option()] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its checkpoint.")] = False,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow a fairseq .pt (a pickle).")] = False,
+) -> None:
+    """Fine-tune CTC ASR with one of the methods; launch with torchrun to use several processes / GPUs."""
+    from wavadapt.checkpoint import load_asr_model
+    from wavadapt.data.corpora import open_corpus
+    from wavadapt.finetune import AugmentConfig
+    from wavadapt.finetune import finetune as run
+    from wavadapt.methods import MethodConfig
+    from wavadapt.train import TrainConfig
+
+    asr = load_asr_model(model, adapter or [], trust_pickle=trust_pickle)
+    method_config = MethodConfig(method, top_n, adapter_size, freeze_updates, stack_on)
+    config = TrainConfig(max_updates=max_updates, lr=lr, update_freq=update_freq, clip_norm=clip_norm,
+                         max_seconds_per_batch=max_seconds_per_batch, amp=amp, validate_every=validate_every,
+                         checkpoint_every=checkpoint_every, num_workers=num_workers, seed=seed)
+    augment = AugmentConfig(mask_time_prob=mask_time_prob, mask_feature_prob=mask_feature_prob, layerdrop=layerdrop)
+    valid = open_corpus(data, valid_split, language) if valid_split else None
+    history = run(asr, task or language, open_corpus(data, split, language), method_config, config, out,
+                  valid=valid, augment=augment, resume=resume)
+    if history:
+        last = history[-1]
+        typer.echo(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in last.items()))
+
+
+@app.command()
+def pretrain(
+    data: Annotated[Path, typer.Argument(help="Unlabeled corpus: synth root, LibriSpeech / Common Voice, manifest.")],
+    language: Annotated[str, typer.Option(help="Language of the data (corpus folder; the default task name).")],
+    out: Annotated[Path, typer.Option(help="Run directory: checkpoints, logs, model/ (HF), pretraining.safetensors.")],
+    model: Annotated[str, typer.Option(help="tiny | base | large (fresh weights), HF pre-training dir, fairseq .pt, "
+                                       "or a run directory (pretraining.json).")] = "tiny",
+    preset: Annotated[str | None, typer.Option(help="Recipe tiny | base | large (default: --model's preset, "
+                                               "else base); the options below override it.")] = None,
+    task: Annotated[str | None, typer.Option(help="Head to train (default: the language).")] = None,
+    split: Annotated[str, typer.Option(help="Training split.")] = "pretrain",
+    valid_split: Annotated[str | None, typer.Option(help="Validation split (loss, accuracy).")] = None,
+    max_updates: Annotated[int | None, typer.Option(help="Updates to train.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    warmup_updates: Annotated[int | None, typer.Option(help="Warm-up updates (default: 8% of the updates).")] = None,
+    update_freq: Annotated[int | None, typer.Option(help="Micro-batches per update (default: the recipe's GPUs / "
+                                                    "processes, e.g. 64 for Base on one GPU).")] = None,
+    max_seconds_per_batch: Annotated[float | None, typer.Option(help="Audio seconds per micro-batch per process.")] = (
+        None
+    ),
+    crop_seconds: Annotated[float | None, typer.Option(help="Random crop of longer utterances (Base: 15.6 s).")] = None,
+    min_seconds: Annotated[float | None, typer.Option(help="Skip shorter utterances (Base: 2 s).")] = None,
+    feature_grad_mult: Annotated[float | None, typer.Option(help="CNN gradient scale (0 freezes the CNN).")] = None,
+    amp: Annotated[str, typer.Option(help="auto | bf16 | fp16 | none")] = "auto",
+    validate_every: Annotated[int, typer.Option(help="Validate every N updates (0: at the end).")] = 0,
+    checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N updates (0: at the end).")] = 0,
+    num_workers: Annotated[int, typer.Option(help="Data-loading worker processes.")] = 0,
+    seed: Annotated[int, typer.Option()] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its checkpoint.")] = False,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow a fairseq .pt (a pickle).")] = False,
+) -> None:
+    """wav2vec 2.0 self-supervised pre-training (contrastive + diversity loss); launch with torchrun for GPUs."""
+    import os
+    from dataclasses import replace
+
+    from wavadapt.data.corpora import open_corpus
+    from wavadapt.model.backbone import PRESETS
+    from wavadapt.pretrain import build_model, recipe
+    from wavadapt.pretrain import pretrain as run
+
+    name = preset or (model if model in PRESETS else "base")
+    processes = int(os.environ.get("WORLD_SIZE", 1))
+    given = {"max_updates": max_updates, "lr": lr, "warmup_updates": warmup_updates,
+             "max_seconds_per_batch": max_seconds_per_batch, "update_freq": update_freq}
+    r = recipe(name, **{k: v for k, v in given.items() if v is not None}, amp=amp, validate_every=validate_every,
+               checkpoint_every=checkpoint_every, num_workers=num_workers, seed=seed)
+    if update_freq is None:
+        r.train.update_freq = max(1, r.gpus // processes)
+    task = task or language
+    pt = build_model(model, task, name, trust_pickle=trust_pickle, seed=seed)
+    if feature_grad_mult is not None:
+        pt.config = replace(pt.config, feature_grad_mult=feature_grad_mult)
+    valid = open_corpus(data, valid_split, language) if valid_split else None
+    history = run(pt, task, open_corpus(data, split, language), r.train, out,
+                  crop_seconds=r.crop_seconds if crop_seconds is None else crop_seconds,
+                  min_seconds=r.min_seconds if min_seconds is None else min_seconds, valid=valid, resume=resume)
+    if history:
+        last = history[-1]
+        typer.echo(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in last.items()))
 
 
 # --- demo ---

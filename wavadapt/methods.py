@@ -67,9 +67,10 @@ def prepare(model: CTCModel, task: str, vocab: Vocabulary, config: MethodConfig)
     model.activate(task)
 
     model.requires_grad_(False)
-    # Also stops transformers' CNN from marking its input as requiring grad (for gradient checkpointing),
-    # which would make every frozen layer above it record autograd state.
-    backbone.freeze_feature_encoder()
+    # Also stops transformers' CNN from marking its output as requiring grad (for gradient checkpointing),
+    # which would make every frozen layer above it record autograd state. (HubertModel lacks the public
+    # freeze_feature_encoder; every family's feature encoder has this.)
+    backbone.feature_extractor._freeze_parameters()
     names = {f"heads.{task}.{k}" for k, _ in model.heads[task].named_parameters()}
     if adapters:
         names |= {f"backbone.{k}" for k in adapter_parameters(backbone, task)}
