@@ -388,22 +388,16 @@ def pretrain(
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow a fairseq .pt (a pickle).")] = False,
 ) -> None:
     """wav2vec 2.0 self-supervised pre-training (contrastive + diversity loss); launch with torchrun for GPUs."""
-    import os
     from dataclasses import replace
 
     from wavadapt.data.corpora import open_corpus
-    from wavadapt.model.backbone import PRESETS
-    from wavadapt.pretrain import build_model, recipe
+    from wavadapt.pretrain import build_model
     from wavadapt.pretrain import pretrain as run
 
-    name = preset or (model if model in PRESETS else "base")
-    processes = int(os.environ.get("WORLD_SIZE", 1))
-    given = {"max_updates": max_updates, "lr": lr, "warmup_updates": warmup_updates,
-             "max_seconds_per_batch": max_seconds_per_batch, "update_freq": update_freq}
-    r = recipe(name, **{k: v for k, v in given.items() if v is not None}, amp=amp, validate_every=validate_every,
-               checkpoint_every=checkpoint_every, num_workers=num_workers, seed=seed)
-    if update_freq is None:
-        r.train.update_freq = max(1, r.gpus // processes)
+    name, r = _pretrain_recipe(preset, model, max_updates=max_updates, lr=lr, warmup_updates=warmup_updates,
+                         max_seconds_per_batch=max_seconds_per_batch, update_freq=update_freq, amp=amp,
+                         validate_every=validate_every, checkpoint_every=checkpoint_every, num_workers=num_workers,
+                         seed=seed)
     task = task or language
     pt = build_model(model, task, name, trust_pickle=trust_pickle, seed=seed)
     if feature_grad_mult is not None:
@@ -412,6 +406,79 @@ def pretrain(
     history = run(pt, task, open_corpus(data, split, language), r.train, out,
                   crop_seconds=r.crop_seconds if crop_seconds is None else crop_seconds,
                   min_seconds=r.min_seconds if min_seconds is None else min_seconds, valid=valid, resume=resume)
+    _echo_last(history)
+
+
+@app.command()
+def continual(
+    data: Annotated[Path, typer.Argument(help="Unlabeled corpus of the new language.")],
+    language: Annotated[str, typer.Option(help="Language of the data (corpus folder; the default task name).")],
+    out: Annotated[Path, typer.Option(help="Run directory (as for pretrain).")],
+    model: Annotated[str, typer.Option(help="The model so far: a pretrain/continual run directory, an HF "
+                                       "pre-training dir or a fairseq .pt.")],
+    method: Annotated[str, typer.Option(help="warm-start | multihead | multihead-l2 | cwav2vec")] = "cwav2vec",
+    task: Annotated[str | None, typer.Option(help="The new task (default: the language).")] = None,
+    from_task: Annotated[str, typer.Option(help="Name of the task an HF / fairseq model has learnt.")] = "en",
+    l2_weight: Annotated[float, typer.Option(help="eta of multihead-l2.")] = 1.0,
+    adapter_size: Annotated[int, typer.Option(help="cwav2vec language adapter size.")] = 256,
+    preset: Annotated[str | None, typer.Option(help="Recipe tiny | base | large (default: base).")] = None,
+    split: Annotated[str, typer.Option(help="Training split.")] = "pretrain",
+    valid_split: Annotated[str | None, typer.Option(help="Validation split (loss, accuracy).")] = None,
+    max_updates: Annotated[int | None, typer.Option(help="Updates to train.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (the method's own).")] = None,
+    warmup_updates: Annotated[int | None, typer.Option(help="Warm-up updates (default: 8% of the updates).")] = None,
+    update_freq: Annotated[int | None, typer.Option(help="Micro-batches per update.")] = None,
+    max_seconds_per_batch: Annotated[float | None, typer.Option(help="Audio seconds per micro-batch.")] = None,
+    crop_seconds: Annotated[float | None, typer.Option(help="Random crop of longer utterances.")] = None,
+    amp: Annotated[str, typer.Option(help="auto | bf16 | fp16 | none")] = "auto",
+    validate_every: Annotated[int, typer.Option(help="Validate every N updates (0: at the end).")] = 0,
+    checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N updates (0: at the end).")] = 0,
+    num_workers: Annotated[int, typer.Option(help="Data-loading worker processes.")] = 0,
+    seed: Annotated[int, typer.Option()] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its checkpoint.")] = False,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow a fairseq .pt (a pickle).")] = False,
+) -> None:
+    """Learn a new language's self-supervised representation on top of a pre-trained model (cwav2vec 2.0
+    or a baseline); earlier tasks keep their heads."""
+    import torch
+
+    from wavadapt.continual import ContinualConfig, prepare_continual
+    from wavadapt.data.corpora import open_corpus
+    from wavadapt.pretrain import build_model
+    from wavadapt.pretrain import pretrain as run
+
+    name, r = _pretrain_recipe(preset, "base", max_updates=max_updates, lr=lr, warmup_updates=warmup_updates,
+                         max_seconds_per_batch=max_seconds_per_batch, update_freq=update_freq, amp=amp,
+                         validate_every=validate_every, checkpoint_every=checkpoint_every, num_workers=num_workers,
+                         seed=seed)
+    pt = build_model(model, from_task, name, trust_pickle=trust_pickle, seed=seed)
+    task = task or language
+    torch.manual_seed(seed)  # the new adapters and heads
+    trainable, regularizer = prepare_continual(pt, task, ContinualConfig(method, l2_weight, adapter_size))
+    valid = open_corpus(data, valid_split, language) if valid_split else None
+    history = run(pt, task, open_corpus(data, split, language), r.train, out, trainable=trainable,
+                  crop_seconds=r.crop_seconds if crop_seconds is None else crop_seconds, min_seconds=r.min_seconds,
+                  valid=valid, resume=resume, regularizer=regularizer)
+    _echo_last(history)
+
+
+def _pretrain_recipe(preset: str | None, model: str, **options):
+    """The name and the pre-training recipe ``preset`` (default: ``model`` if it names a preset, else base) with the
+    options given on the command line; update_freq defaults to the recipe's GPUs / processes."""
+    import os
+
+    from wavadapt.model.backbone import PRESETS
+    from wavadapt.pretrain import recipe
+
+    name = preset or (model if model in PRESETS else "base")
+    given = {k: v for k, v in options.items() if v is not None}
+    r = recipe(name, **given)
+    if "update_freq" not in given:
+        r.train.update_freq = max(1, r.gpus // int(os.environ.get("WORLD_SIZE", 1)))
+    return name, r
+
+
+def _echo_last(history: list[dict]) -> None:
     if history:
         last = history[-1]
         typer.echo(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in last.items()))

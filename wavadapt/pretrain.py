@@ -16,7 +16,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -153,8 +153,10 @@ class PretrainingObjective:
     ``collapse_after`` updates (and again after a recovery).
     """
 
-    def __init__(self, model: PretrainingModel, collapse_after: int = 0, collapse_threshold: float = 0.05):
+    def __init__(self, model: PretrainingModel, collapse_after: int = 0, collapse_threshold: float = 0.05,
+                 regularizer: Callable[[], torch.Tensor] | None = None):
         self.model = model
+        self.regularizer = regularizer
         self.collapse_after = collapse_after
         self.collapse_threshold = collapse_threshold
         self.update = 0
@@ -169,9 +171,15 @@ class PretrainingObjective:
         n = len(out.logits)
         groups = self.model.heads[self.model.active].quantizer.num_groups
         extra = _sums(out, n, groups) | {"temperature": self.model.heads[self.model.active].quantizer.temperature * n}
+        loss = out.loss
         if net.training:
             self.check_codebook(extra["code_perplexity"] / max(n, 1))
-        return out.loss, n, extra
+            if self.regularizer is not None:
+                # Once per update: weighted by this micro-batch's share n of the steps the loop divides by.
+                penalty = self.regularizer()
+                loss = loss + penalty * n
+                extra["regularizer"] = penalty.item() * n
+        return loss, n, extra
 
     def check_codebook(self, perplexity_per_group: float) -> None:
         """Log a warning when the codebook is (newly) collapsed."""
@@ -235,11 +243,13 @@ def pretrain(model: PretrainingModel, task: str, utterances: Sequence[Utterance]
              out_dir: str | Path, trainable: dict[str, nn.Parameter] | None = None,
              crop_seconds: float | None = 250_000 / SAMPLE_RATE, min_seconds: float = 0.0,
              valid: Sequence[Utterance] | None = None, resume: bool = False,
-             collapse_threshold: float = 0.05) -> list[dict]:
+             collapse_threshold: float = 0.05,
+             regularizer: Callable[[], torch.Tensor] | None = None) -> list[dict]:
     """Pre-train ``model``'s ``task`` on unlabeled ``utterances``; returns the training log rows.
 
     ``trainable`` (by ``model.named_parameters()`` name) is what trains, default :func:`default_trainable`;
-    everything else is frozen. Utterances are cropped to a random ``crop_seconds`` window per epoch;
+    everything else is frozen; ``regularizer()`` is added to the loss of every update (continual
+    multihead-l2). Utterances are cropped to a random ``crop_seconds`` window per epoch;
     shorter than ``min_seconds`` or too short to mask are skipped (counted in ``run.json``). ``valid`` is
     evaluated every ``config.validate_every`` updates. At the end rank 0 writes ``model/`` (the task as a
     transformers directory), ``pretraining.safetensors`` + ``.json`` (every head and adapter set) and an
@@ -262,7 +272,8 @@ def pretrain(model: PretrainingModel, task: str, utterances: Sequence[Utterance]
     if valid:
         valid = maskable(model, filter_by_length(valid, min_seconds, max_seconds)[0], crop_seconds)[0]
     warmup = config.warmup_updates if config.warmup_updates is not None else int(0.08 * config.max_updates)
-    objective = PretrainingObjective(model, collapse_after=warmup, collapse_threshold=collapse_threshold)
+    objective = PretrainingObjective(model, collapse_after=warmup, collapse_threshold=collapse_threshold,
+                                     regularizer=regularizer)
 
     def validate(m: PretrainingModel) -> dict[str, float]:
         return evaluate_pretraining(m, valid, crop_seconds, config.max_seconds_per_batch, config.seed)
