@@ -384,6 +384,8 @@ def pretrain(
     checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N updates (0: at the end).")] = 0,
     num_workers: Annotated[int, typer.Option(help="Data-loading worker processes.")] = 0,
     seed: Annotated[int, typer.Option()] = 0,
+    keep_snapshots: Annotated[bool, typer.Option("--keep-snapshots", help="Keep the full state of every "
+                                                 "checkpoint in snapshots/ (learning curves).")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its checkpoint.")] = False,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow a fairseq .pt (a pickle).")] = False,
 ) -> None:
@@ -405,7 +407,8 @@ def pretrain(
     valid = open_corpus(data, valid_split, language) if valid_split else None
     history = run(pt, task, open_corpus(data, split, language), r.train, out,
                   crop_seconds=r.crop_seconds if crop_seconds is None else crop_seconds,
-                  min_seconds=r.min_seconds if min_seconds is None else min_seconds, valid=valid, resume=resume)
+                  min_seconds=r.min_seconds if min_seconds is None else min_seconds, valid=valid, resume=resume,
+                  keep_snapshots=keep_snapshots)
     _echo_last(history)
 
 
@@ -435,6 +438,8 @@ def continual(
     checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N updates (0: at the end).")] = 0,
     num_workers: Annotated[int, typer.Option(help="Data-loading worker processes.")] = 0,
     seed: Annotated[int, typer.Option()] = 0,
+    keep_snapshots: Annotated[bool, typer.Option("--keep-snapshots", help="Keep the full state of every "
+                                                 "checkpoint in snapshots/ (learning curves).")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its checkpoint.")] = False,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow a fairseq .pt (a pickle).")] = False,
 ) -> None:
@@ -458,7 +463,7 @@ def continual(
     valid = open_corpus(data, valid_split, language) if valid_split else None
     history = run(pt, task, open_corpus(data, split, language), r.train, out, trainable=trainable,
                   crop_seconds=r.crop_seconds if crop_seconds is None else crop_seconds, min_seconds=r.min_seconds,
-                  valid=valid, resume=resume, regularizer=regularizer)
+                  valid=valid, resume=resume, regularizer=regularizer, keep_snapshots=keep_snapshots)
     _echo_last(history)
 
 

@@ -244,16 +244,18 @@ def pretrain(model: PretrainingModel, task: str, utterances: Sequence[Utterance]
              crop_seconds: float | None = 250_000 / SAMPLE_RATE, min_seconds: float = 0.0,
              valid: Sequence[Utterance] | None = None, resume: bool = False,
              collapse_threshold: float = 0.05,
-             regularizer: Callable[[], torch.Tensor] | None = None) -> list[dict]:
+             regularizer: Callable[[], torch.Tensor] | None = None, keep_snapshots: bool = False) -> list[dict]:
     """Pre-train ``model``'s ``task`` on unlabeled ``utterances``; returns the training log rows.
 
     ``trainable`` (by ``model.named_parameters()`` name) is what trains, default :func:`default_trainable`;
     everything else is frozen; ``regularizer()`` is added to the loss of every update (continual
-    multihead-l2). Utterances are cropped to a random ``crop_seconds`` window per epoch;
-    shorter than ``min_seconds`` or too short to mask are skipped (counted in ``run.json``). ``valid`` is
-    evaluated every ``config.validate_every`` updates. At the end rank 0 writes ``model/`` (the task as a
-    transformers directory), ``pretraining.safetensors`` + ``.json`` (every head and adapter set) and an
-    adapter file per trained adapter set; ``resume`` continues ``out_dir``'s last checkpoint.
+    multihead-l2). ``keep_snapshots`` writes the full state at every checkpoint to
+    ``snapshots/update_NNNNNNN/`` (the learning curves of ``evaluate-continual``). Utterances are cropped
+    to a random ``crop_seconds`` window per epoch; shorter than ``min_seconds`` or too short to mask are
+    skipped (counted in ``run.json``). ``valid`` is evaluated every ``config.validate_every`` updates. At
+    the end rank 0 writes ``model/`` (the task as a transformers directory), ``pretraining.safetensors`` +
+    ``.json`` (every head and adapter set) and an adapter file per trained adapter set; ``resume``
+    continues ``out_dir``'s last checkpoint.
     """
     out_dir = Path(out_dir)
     if crop_seconds is not None and crop_seconds > config.max_seconds_per_batch:
@@ -278,8 +280,12 @@ def pretrain(model: PretrainingModel, task: str, utterances: Sequence[Utterance]
     def validate(m: PretrainingModel) -> dict[str, float]:
         return evaluate_pretraining(m, valid, crop_seconds, config.max_seconds_per_batch, config.seed)
 
+    def snapshot(m: PretrainingModel, update: int) -> None:
+        save_pretraining(m, out_dir / "snapshots" / f"update_{update:07d}")
+
     trainer = Trainer(model, params, objective, dataset, config, out_dir, validate=validate if valid else None,
-                      on_update=objective.on_update, find_unused_parameters=model.backbone.config.layerdrop > 0)
+                      on_update=objective.on_update, on_checkpoint=snapshot if keep_snapshots else None,
+                      find_unused_parameters=model.backbone.config.layerdrop > 0)
     if resume:
         trainer.resume(out_dir / "checkpoints" / "last.pt")
     elif trainer.env.main:

@@ -155,6 +155,7 @@ class Trainer:
                  dataset: AudioDataset, config: TrainConfig, out_dir: Path,
                  validate: Callable[[nn.Module], dict[str, float]] | None = None,
                  on_update: Callable[[nn.Module, int], None] | None = None,
+                 on_checkpoint: Callable[[nn.Module, int], None] | None = None,
                  find_unused_parameters: bool = False, dist_env: Distributed | None = None):
         self.env = dist_env or Distributed.from_env()
         # Dropout uses torch's generator, transformers' SpecAugment masks numpy's global one.
@@ -167,6 +168,7 @@ class Trainer:
         self.objective = objective
         self.validate = validate
         self.on_update = on_update
+        self.on_checkpoint = on_checkpoint
         self.dataset = dataset
         self.sampler = LengthBucketBatchSampler(dataset.lengths(), config.max_seconds_per_batch, shuffle=True,
                                                 seed=config.seed, num_replicas=self.env.world_size,
@@ -308,6 +310,8 @@ class Trainer:
                     writer.write(row)
                 if (config.checkpoint_every and self.update % config.checkpoint_every == 0) or last:
                     self.save_checkpoint(self.out_dir / "checkpoints" / "last.pt")
+                    if self.on_checkpoint is not None and self.env.main:
+                        self.on_checkpoint(self.model, self.update)
         finally:
             bar.close()
             writer.close()
