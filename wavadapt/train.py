@@ -283,12 +283,13 @@ class Trainer:
         writer = _Logs(self.out_dir, self.env.main)
         bar = tqdm(total=config.max_updates, initial=self.update, disable=not (config.progress and self.env.main),
                    desc="train", unit="upd")
-        start, window_seconds = time.perf_counter(), 0.0
+        start, window_seconds, window_updates = time.perf_counter(), 0.0, 0
         try:
             while self.update < until:
                 before = self.update
                 stats = self._train_update(batches)
                 window_seconds += stats["audio_seconds"]
+                window_updates += 1
                 if self.update == before:
                     continue
                 bar.update(1)
@@ -298,9 +299,9 @@ class Trainer:
                 if self.update % config.log_every == 0 or last:
                     elapsed = time.perf_counter() - start
                     row = {"update": self.update, **stats, "audio_seconds_per_second": window_seconds / elapsed,
+                           "update_seconds": elapsed / max(window_updates, 1),
                            "skipped_updates": self.skipped_updates, "skipped_files": self.data_stats.skipped,
                            "skipped_batches": self.data_stats.skipped_batches}
-                    start, window_seconds = time.perf_counter(), 0.0
                 if self.validate is not None and ((config.validate_every and self.update % config.validate_every == 0)
                                                   or last):
                     row = row or {"update": self.update}
@@ -312,6 +313,8 @@ class Trainer:
                     self.save_checkpoint(self.out_dir / "checkpoints" / "last.pt")
                     if self.on_checkpoint is not None and self.env.main:
                         self.on_checkpoint(self.model, self.update)
+                if row is not None and "loss" in row:  # throughput windows leave out validation and saving
+                    start, window_seconds, window_updates = time.perf_counter(), 0.0, 0
         finally:
             bar.close()
             writer.close()
