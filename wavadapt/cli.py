@@ -359,7 +359,8 @@ def finetune(
 @app.command()
 def pretrain(
     data: Annotated[Path, typer.Argument(help="Unlabeled corpus: synth root, LibriSpeech / Common Voice, manifest.")],
-    language: Annotated[str, typer.Option(help="Language of the data (corpus folder; the default task name).")],
+    language: Annotated[str, typer.Option(help="Language(s) of the data, comma-separated for joint multilingual "
+                                          "pre-training on mixed-language batches (the default task name).")],
     out: Annotated[Path, typer.Option(help="Run directory: checkpoints, logs, model/ (HF), pretraining.safetensors.")],
     model: Annotated[str, typer.Option(help="tiny | base | large (fresh weights), HF pre-training dir, fairseq .pt, "
                                        "or a run directory (pretraining.json).")] = "tiny",
@@ -397,15 +398,16 @@ def pretrain(
     from wavadapt.pretrain import pretrain as run
 
     name, r = _pretrain_recipe(preset, model, max_updates=max_updates, lr=lr, warmup_updates=warmup_updates,
-                         max_seconds_per_batch=max_seconds_per_batch, update_freq=update_freq, amp=amp,
-                         validate_every=validate_every, checkpoint_every=checkpoint_every, num_workers=num_workers,
-                         seed=seed)
-    task = task or language
+                               max_seconds_per_batch=max_seconds_per_batch, update_freq=update_freq, amp=amp,
+                               validate_every=validate_every, checkpoint_every=checkpoint_every,
+                               num_workers=num_workers, seed=seed)
+    languages = [lang.strip() for lang in language.split(",") if lang.strip()]
+    task = task or "+".join(languages)
     pt = build_model(model, task, name, trust_pickle=trust_pickle, seed=seed)
     if feature_grad_mult is not None:
         pt.config = replace(pt.config, feature_grad_mult=feature_grad_mult)
-    valid = open_corpus(data, valid_split, language) if valid_split else None
-    history = run(pt, task, open_corpus(data, split, language), r.train, out,
+    valid = [u for lang in languages for u in open_corpus(data, valid_split, lang)] if valid_split else None
+    history = run(pt, task, [u for lang in languages for u in open_corpus(data, split, lang)], r.train, out,
                   crop_seconds=r.crop_seconds if crop_seconds is None else crop_seconds,
                   min_seconds=r.min_seconds if min_seconds is None else min_seconds, valid=valid, resume=resume,
                   keep_snapshots=keep_snapshots)
@@ -453,9 +455,9 @@ def continual(
     from wavadapt.pretrain import pretrain as run
 
     name, r = _pretrain_recipe(preset, "base", max_updates=max_updates, lr=lr, warmup_updates=warmup_updates,
-                         max_seconds_per_batch=max_seconds_per_batch, update_freq=update_freq, amp=amp,
-                         validate_every=validate_every, checkpoint_every=checkpoint_every, num_workers=num_workers,
-                         seed=seed)
+                               max_seconds_per_batch=max_seconds_per_batch, update_freq=update_freq, amp=amp,
+                               validate_every=validate_every, checkpoint_every=checkpoint_every,
+                               num_workers=num_workers, seed=seed)
     pt = build_model(model, from_task, name, trust_pickle=trust_pickle, seed=seed)
     task = task or language
     torch.manual_seed(seed)  # the new adapters and heads
