@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from model_probes import LARGE_STYLE, hidden, pretraining_outputs
 from safetensors.torch import load_file, save_file
 from transformers import Wav2Vec2ForCTC, Wav2Vec2Model
 from typer.testing import CliRunner
@@ -22,29 +23,11 @@ from wavadapt.model.backbone import (
     make_config,
 )
 
-AUDIO = torch.randn(2, 8000, generator=torch.Generator().manual_seed(0))  # 0.5 s -> 24 frames
-MASK = torch.zeros(2, 24, dtype=torch.bool)
-MASK[:, 4:14] = True
-# Large's structure at tiny size: pre-LN, layer norm and bias in every conv.
-LARGE_STYLE = {"do_stable_layer_norm": True, "feat_extract_norm": "layer", "conv_bias": True}
-
-
-def hidden(model) -> torch.Tensor:
-    with torch.no_grad():
-        return model(AUDIO).last_hidden_state
-
-
-def pretraining_outputs(model) -> tuple[torch.Tensor, torch.Tensor]:
-    with torch.no_grad():
-        out = model(AUDIO, mask_time_indices=MASK)
-    return out.projected_states, out.projected_quantized_states
-
 
 def assert_same_weights(a, b):
     sa, sb = a.state_dict(), b.state_dict()
     assert sa.keys() == sb.keys()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
-
 
 # --- presets ---
 

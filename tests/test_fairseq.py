@@ -8,6 +8,7 @@ import types
 
 import pytest
 import torch
+from model_probes import LARGE_STYLE, hidden, pretraining_outputs
 from transformers import Wav2Vec2ForCTC
 from typer.testing import CliRunner
 
@@ -21,28 +22,11 @@ from wavadapt.model.fairseq import (
     to_fairseq_state_dict,
 )
 
-AUDIO = torch.randn(2, 8000, generator=torch.Generator().manual_seed(0))  # 0.5 s -> 24 frames
-MASK = torch.zeros(2, 24, dtype=torch.bool)
-MASK[:, 4:14] = True
-LARGE_STYLE = {"do_stable_layer_norm": True, "feat_extract_norm": "layer", "conv_bias": True}
-
-
-def hidden(model) -> torch.Tensor:
-    with torch.no_grad():
-        return model(AUDIO).last_hidden_state
-
-
-def pretraining_outputs(model) -> tuple[torch.Tensor, torch.Tensor]:
-    with torch.no_grad():
-        out = model(AUDIO, mask_time_indices=MASK)
-    return out.projected_states, out.projected_quantized_states
-
 
 def assert_same_pretraining_model(loaded, model):
     assert loaded.state_dict().keys() == model.state_dict().keys()
     for a, b in zip(pretraining_outputs(loaded), pretraining_outputs(model), strict=True):
         assert torch.equal(a, b)
-
 
 # --- conv spec ---
 
