@@ -462,6 +462,7 @@ def continual(
     task = task or language
     torch.manual_seed(seed)  # the new adapters and heads
     trainable, regularizer = prepare_continual(pt, task, ContinualConfig(method, l2_weight, adapter_size))
+    r.train.extra = {"continual_method": method, "l2_weight": l2_weight, "adapter_size": adapter_size}
     valid = open_corpus(data, valid_split, language) if valid_split else None
     history = run(pt, task, open_corpus(data, split, language), r.train, out, trainable=trainable,
                   crop_seconds=r.crop_seconds if crop_seconds is None else crop_seconds, min_seconds=r.min_seconds,
@@ -489,6 +490,47 @@ def _echo_last(history: list[dict]) -> None:
     if history:
         last = history[-1]
         typer.echo(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in last.items()))
+
+
+@app.command("evaluate-continual")
+def evaluate_continual_runs(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories: the first task's pretrain run and each "
+                                               "method's continual run (--keep-snapshots adds learning curves).")],
+    data: Annotated[Path, typer.Option(help="Labeled corpus with train / dev / test splits per language.")],
+    out: Annotated[Path, typer.Option(help="Where forgetting.csv/json, efficiency.csv/json and the fine-tuning "
+                                      "runs go.")],
+    language: Annotated[list[str] | None, typer.Option(help="Probe only this language (repeat; default: every "
+                                                       "language a checkpoint has learnt).")] = None,
+    max_updates: Annotated[int, typer.Option(help="Fine-tuning updates per checkpoint and language.")] = 20000,
+    lr: Annotated[float, typer.Option(help="Fine-tuning peak learning rate.")] = 5e-5,
+    adapter_size: Annotated[int, typer.Option(help="Task adapter bottleneck size.")] = 256,
+    max_seconds_per_batch: Annotated[float, typer.Option(help="Audio seconds per batch.")] = 200.0,
+    train_split: Annotated[str, typer.Option(help="Fine-tuning split.")] = "train",
+    test_split: Annotated[str, typer.Option(help="Split scored with WER / CER.")] = "test",
+    ssl_split: Annotated[str, typer.Option(help="Split of the self-supervised loss.")] = "dev",
+    ssl_crop_seconds: Annotated[float | None, typer.Option(help="Crop for the self-supervised loss.")] = None,
+    mask_time_prob: Annotated[float, typer.Option(help="SpecAugment time-mask probability.")] = 0.65,
+    mask_feature_prob: Annotated[float, typer.Option(help="SpecAugment channel-mask probability.")] = 0.5,
+    target_loss: Annotated[float | None, typer.Option(help="Report the training time to this validation loss.")] = (
+        None
+    ),
+    seed: Annotated[int, typer.Option(help="Fine-tuning and masking seed: equal models score equally.")] = 0,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Forgetting and efficiency of continual pre-training: fine-tune every checkpoint on every language it has
+    learnt (WER / CER, self-supervised loss) and time each method's run (cwav2vec 2.0 paper, Figs. 4-6)."""
+    import json
+
+    from wavadapt.evaluate_continual import ProbeConfig, evaluate_continual
+    from wavadapt.finetune import AugmentConfig
+
+    config = ProbeConfig(data, max_updates=max_updates, lr=lr, adapter_size=adapter_size,
+                         max_seconds_per_batch=max_seconds_per_batch, train_split=train_split, test_split=test_split,
+                         ssl_split=ssl_split, ssl_crop_seconds=ssl_crop_seconds, seed=seed,
+                         augment=AugmentConfig(mask_time_prob=mask_time_prob, mask_feature_prob=mask_feature_prob))
+    report = evaluate_continual(runs, config, out, target_loss, language or None,
+                                echo=lambda line: typer.echo(line, err=True))  # stdout stays parseable JSON
+    typer.echo(json.dumps(report.to_dict(), indent=2) if json_output else report.summary())
 
 
 # --- demo ---
