@@ -108,11 +108,11 @@ class FixedDraws(nn.Module):
     def forward(self, waveforms: torch.Tensor, attention_mask: torch.Tensor | None = None):
         if self.cache is None:
             return self.model(waveforms, attention_mask, **self.draws)
-        from wavadapt.feature_cache import collate_features, forward_from_cnn
+        from wavadapt.feature_cache import collate_features
 
         self.mark("CNN")  # the stage the cache replaces: reading the features
         cnn_out, frame_mask = collate_features([self.cache.features(i) for i in self.ids])
-        return forward_from_cnn(self.model, cnn_out, frame_mask, **self.draws)
+        return self.model(cnn_features=cnn_out, frame_mask=frame_mask, **self.draws)
 
 
 class Setup:

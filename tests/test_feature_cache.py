@@ -19,7 +19,6 @@ from wavadapt.feature_cache import (
     collate_cached,
     collate_features,
     conv_geometry,
-    forward_from_cnn,
     frames_of,
     write_feature_cache,
 )
@@ -65,7 +64,7 @@ def test_forward_from_cached_fp32_features_equals_the_models_forward(tmp_path):
     fixed = draws(model, 2, cnn_out.shape[2])
     with torch.no_grad():
         expected = model(wav, torch.ones_like(wav, dtype=torch.long), **fixed)
-        got = forward_from_cnn(model, cnn_out, frame_mask, **fixed)
+        got = model(cnn_features=cnn_out, frame_mask=frame_mask, **fixed)
     for name in ("loss", "contrastive", "diversity", "feature_penalty", "logits"):
         torch.testing.assert_close(getattr(got, name), getattr(expected, name), rtol=1e-5, atol=1e-5)
 
@@ -79,7 +78,7 @@ def test_fp16_cache_changes_the_loss_only_by_rounding(tmp_path):
     fixed = draws(model, 2, cnn_out.shape[2])
     with torch.no_grad():
         expected = model(wav, **fixed)
-        got = forward_from_cnn(model, cnn_out, frame_mask, **fixed)
+        got = model(cnn_features=cnn_out, frame_mask=frame_mask, **fixed)
     torch.testing.assert_close(got.loss, expected.loss, rtol=1e-2, atol=0)
 
 
@@ -91,16 +90,16 @@ def test_cached_update_trains_the_adapters_and_head_only():
     names, params = set(trainable), dict(model.named_parameters())
     wav = waveforms()
     cnn_out, frame_mask = collate_features([cnn_features(model, w) for w in wav])
-    forward_from_cnn(model, cnn_out, frame_mask, **draws(model, 2, cnn_out.shape[2])).loss.backward()
+    model(cnn_features=cnn_out, frame_mask=frame_mask, **draws(model, 2, cnn_out.shape[2])).loss.backward()
     assert all(params[n].grad is not None for n in names if ".adapters." in n)
     assert all(p.grad is None for n, p in params.items() if n not in names)
 
 
-def test_forward_from_cnn_refuses_a_model_that_trains_its_cnn():
+def test_cached_features_are_refused_by_a_model_that_trains_its_cnn():
     model = continual_model("warm-start")
     cnn_out, frame_mask = collate_features([cnn_features(model, waveforms(1)[0])])
     with pytest.raises(WavadaptError, match="frozen CNN"):
-        forward_from_cnn(model, cnn_out, frame_mask)
+        model(cnn_features=cnn_out, frame_mask=frame_mask)
 
 
 def test_frame_space_crop_of_a_per_frame_cnn_equals_the_cnn_on_the_aligned_audio_crop():
@@ -179,7 +178,9 @@ def test_dataset_crops_in_frame_space_per_epoch_and_collates_with_a_frame_mask(t
     batch = collate_cached(items)
     assert batch["features"].shape == (3, 128, crop) and batch["ids"] == ["long", "long2", "short"]
     assert batch["frame_mask"].sum(1).tolist() == [crop, crop, frames_of(model, 6000)]
-    out = forward_from_cnn(model.train(), batch["features"], batch["frame_mask"], rng=np.random.default_rng(0),
+    assert batch["audio_seconds"] == sum(dataset.lengths()) / 16000  # what the training loop logs
+    assert CachedFeatureDataset.collate is collate_cached  # what the training loop batches with
+    out = model.train()(cnn_features=batch["features"], frame_mask=batch["frame_mask"], rng=np.random.default_rng(0),
                            generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(out.loss)
     with pytest.raises(WavadaptError, match="not in the feature cache"):

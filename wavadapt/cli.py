@@ -387,6 +387,11 @@ def pretrain(
     seed: Annotated[int, typer.Option()] = 0,
     keep_snapshots: Annotated[bool, typer.Option("--keep-snapshots", help="Keep the full state of every "
                                                  "checkpoint in snapshots/ (learning curves).")] = False,
+    feature_cache: Annotated[bool, typer.Option("--feature-cache", help="Train on the frozen CNN's output, "
+                                                "computed once and cached in OUT/feature_cache (needs a frozen "
+                                                "CNN; validation still reads audio).")] = False,
+    feature_cache_dir: Annotated[Path | None, typer.Option(help="Where --feature-cache keeps the cache (implies "
+                                                           "--feature-cache; default OUT/feature_cache).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its checkpoint.")] = False,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow a fairseq .pt (a pickle).")] = False,
 ) -> None:
@@ -410,7 +415,7 @@ def pretrain(
     history = run(pt, task, [u for lang in languages for u in open_corpus(data, split, lang)], r.train, out,
                   crop_seconds=r.crop_seconds if crop_seconds is None else crop_seconds,
                   min_seconds=r.min_seconds if min_seconds is None else min_seconds, valid=valid, resume=resume,
-                  keep_snapshots=keep_snapshots)
+                  keep_snapshots=keep_snapshots, feature_cache=_cache_dir(out, feature_cache, feature_cache_dir))
     _echo_last(history)
 
 
@@ -442,6 +447,11 @@ def continual(
     seed: Annotated[int, typer.Option()] = 0,
     keep_snapshots: Annotated[bool, typer.Option("--keep-snapshots", help="Keep the full state of every "
                                                  "checkpoint in snapshots/ (learning curves).")] = False,
+    feature_cache: Annotated[bool, typer.Option("--feature-cache", help="Train on the frozen CNN's output, "
+                                                "computed once and cached in OUT/feature_cache (needs a frozen "
+                                                "CNN; validation still reads audio).")] = False,
+    feature_cache_dir: Annotated[Path | None, typer.Option(help="Where --feature-cache keeps the cache (implies "
+                                                           "--feature-cache; default OUT/feature_cache).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its checkpoint.")] = False,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow a fairseq .pt (a pickle).")] = False,
 ) -> None:
@@ -466,7 +476,8 @@ def continual(
     valid = open_corpus(data, valid_split, language) if valid_split else None
     history = run(pt, task, open_corpus(data, split, language), r.train, out, trainable=trainable,
                   crop_seconds=r.crop_seconds if crop_seconds is None else crop_seconds, min_seconds=r.min_seconds,
-                  valid=valid, resume=resume, regularizer=regularizer, keep_snapshots=keep_snapshots)
+                  valid=valid, resume=resume, regularizer=regularizer, keep_snapshots=keep_snapshots,
+                  feature_cache=_cache_dir(out, feature_cache, feature_cache_dir))
     _echo_last(history)
 
 
@@ -484,6 +495,13 @@ def _pretrain_recipe(preset: str | None, model: str, **options):
     if "update_freq" not in given:
         r.train.update_freq = max(1, r.gpus // int(os.environ.get("WORLD_SIZE", 1)))
     return name, r
+
+
+def _cache_dir(out: Path, enabled: bool, directory: Path | None) -> Path | None:
+    """The feature cache directory of --feature-cache / --feature-cache-dir, or None."""
+    if directory is not None:
+        return directory
+    return out / "feature_cache" if enabled else None
 
 
 def _echo_last(history: list[dict]) -> None:

@@ -3,7 +3,8 @@
 Once the CNN (wav2vec 2.0's feature encoder) is frozen, its output for an utterance never changes, so it
 can be computed once and read back every epoch instead of decoding the audio and running the CNN again.
 Only the CNN's output is cached: the feature projection may train (multihead) and masking comes after
-it, so everything from the projection on runs as in :meth:`PretrainingModel.forward`.
+it, so everything from the projection on runs as in :meth:`PretrainingModel.forward`, which takes the
+cached output as ``cnn_features`` (``pretrain(..., feature_cache=DIR)`` trains this way).
 
 A cache directory (e.g. ``<run>/feature_cache/``) holds::
 
@@ -58,7 +59,7 @@ from torch.utils.data import Dataset
 from wavadapt.data.audio import SAMPLE_RATE, normalize_waveform, read_audio
 from wavadapt.data.corpora import Utterance
 from wavadapt.errors import AudioError, CheckpointError, WavadaptError
-from wavadapt.model.pretraining import FeatureOutput, PretrainingModel, PretrainingOutput
+from wavadapt.model.pretraining import PretrainingModel
 
 log = logging.getLogger("wavadapt.feature_cache")
 
@@ -259,10 +260,31 @@ def crop_start(total_frames: int, crop_frames: int, rng: np.random.Generator) ->
     return int(rng.integers(total_frames - crop_frames + 1)) if total_frames > crop_frames else 0
 
 
+def collate_features(features: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(C, T_i) CNN outputs -> (B, C, T) zero-padded batch and (B, T) bool mask of the real frames."""
+    lengths = torch.tensor([f.shape[1] for f in features])
+    batch = torch.zeros(len(features), features[0].shape[0], int(lengths.max()), dtype=features[0].dtype)
+    for i, f in enumerate(features):
+        batch[i, :, : f.shape[1]] = f
+    return batch, torch.arange(batch.shape[2])[None, :] < lengths[:, None]
+
+
+def collate_cached(items: Sequence[dict]) -> dict:
+    """CachedFeatureDataset items -> ``{"ids", "features" (B, C, T), "frame_mask" (B, T), "num_skipped",
+    "padding_fraction", "audio_seconds"}`` (the audio the frames cover, as ``collate`` reports it)."""
+    features, frame_mask = collate_features([item["features"] for item in items])
+    return {"ids": [item["id"] for item in items], "features": features, "frame_mask": frame_mask,
+            "num_skipped": 0, "padding_fraction": 1.0 - frame_mask.sum().item() / frame_mask.numel(),
+            "audio_seconds": sum(item["num_samples"] for item in items) / SAMPLE_RATE}
+
+
 class CachedFeatureDataset(Dataset):
     """The cache's counterpart of ``AudioDataset`` for pre-training: utterance ids ->
     ``{"id", "features" (C, n) fp32}``, a random window of ``crop_seconds`` per epoch cropped in frame
-    space, drawn from ``(seed, epoch, index)`` as AudioDataset draws its crops."""
+    space, drawn from ``(seed, epoch, index)`` as AudioDataset draws its crops; ``num_samples`` is the
+    audio the frames cover. The training loop batches its items with :attr:`collate`."""
+
+    collate = staticmethod(collate_cached)
 
     def __init__(self, cache: FeatureCache, ids: Sequence[str], crop_seconds: float | None = None, seed: int = 0):
         missing = [i for i in ids if i not in cache]
@@ -286,60 +308,15 @@ class CachedFeatureDataset(Dataset):
         utterance_id = self.ids[index]
         total = self.cache.num_frames(utterance_id)
         if self.crop is None or total <= self.crop:
-            return {"id": utterance_id, "features": self.cache.features(utterance_id)}
-        start = crop_start(total, self.crop, np.random.default_rng((self.seed, self.epoch, index)))
-        return {"id": utterance_id, "features": self.cache.features(utterance_id, start, self.crop)}
+            features = self.cache.features(utterance_id)
+        else:
+            start = crop_start(total, self.crop, np.random.default_rng((self.seed, self.epoch, index)))
+            features = self.cache.features(utterance_id, start, self.crop)
+        return {"id": utterance_id, "features": features, "num_samples": self._samples(features.shape[1])}
+
+    def _samples(self, frames: int) -> int:
+        return (frames - 1) * self.hop + self.field
 
     def lengths(self) -> list[int]:
         """Per-utterance lengths in samples after cropping (the audio the frames cover), for the batch sampler."""
-        frames = [self.cache.num_frames(i) for i in self.ids]
-        return [(min(f, self.crop or math.inf) - 1) * self.hop + self.field for f in frames]
-
-
-def collate_features(features: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(C, T_i) CNN outputs -> (B, C, T) zero-padded batch and (B, T) bool mask of the real frames."""
-    lengths = torch.tensor([f.shape[1] for f in features])
-    batch = torch.zeros(len(features), features[0].shape[0], int(lengths.max()), dtype=features[0].dtype)
-    for i, f in enumerate(features):
-        batch[i, :, : f.shape[1]] = f
-    return batch, torch.arange(batch.shape[2])[None, :] < lengths[:, None]
-
-
-def collate_cached(items: Sequence[dict]) -> dict:
-    """CachedFeatureDataset items -> ``{"ids", "features" (B, C, T), "frame_mask" (B, T), "num_skipped",
-    "padding_fraction"}``."""
-    features, frame_mask = collate_features([item["features"] for item in items])
-    return {"ids": [item["id"] for item in items], "features": features, "frame_mask": frame_mask,
-            "num_skipped": 0, "padding_fraction": 1.0 - frame_mask.sum().item() / frame_mask.numel()}
-
-
-def features_from_cnn(model: PretrainingModel, cnn_out: torch.Tensor,
-                      frame_mask: torch.Tensor | None = None) -> FeatureOutput:
-    """The part of :meth:`PretrainingModel.extract_features` after the CNN: (B, C, T) CNN output (and the
-    (B, T) real frames) -> feature penalty, layer-normed features and projected features."""
-    ref = model.backbone.masked_spec_embed
-    x = cnn_out.to(device=ref.device, dtype=ref.dtype).transpose(1, 2)  # (B, C, T) -> (B, T, C)
-    if frame_mask is not None:
-        frame_mask = frame_mask.to(ref.device)
-    squares = x.float().pow(2)
-    penalty = (squares[frame_mask] if frame_mask is not None else squares).mean()
-    hidden, features = model.backbone.feature_projection(x)  # (B, T, C) -> (B, T, D), (B, T, C)
-    return FeatureOutput(features, hidden, frame_mask, penalty)
-
-
-def forward_from_cnn(model: PretrainingModel, cnn_out: torch.Tensor, frame_mask: torch.Tensor | None = None, *,
-                     mask_indices: torch.Tensor | None = None, negatives: torch.Tensor | None = None,
-                     rng: np.random.Generator | None = None,
-                     generator: torch.Generator | None = None) -> PretrainingOutput:
-    """:meth:`PretrainingModel.forward` from (cached) CNN output instead of waveforms; the CNN must be
-    frozen (``feature_grad_mult`` 0 or no CNN parameter trains)."""
-    if model.active is None:
-        raise WavadaptError("no active task: call activate(task) first")
-    cnn = model.backbone.feature_extractor
-    if model.config.feature_grad_mult > 0 and any(p.requires_grad for p in cnn.parameters()):
-        raise WavadaptError("cached CNN features need a frozen CNN (feature_grad_mult 0): this model trains it")
-    features = features_from_cnn(model, cnn_out, frame_mask)
-    hidden, mask = model.mask(features, mask_indices, rng)
-    context = model.encode(hidden, features.frame_mask)
-    contrast = model.quantize_and_contrast(model.active, features, context, mask, negatives, generator)
-    return model.compute_loss(contrast, features.penalty)
+        return [self._samples(min(self.cache.num_frames(i), self.crop or math.inf)) for i in self.ids]

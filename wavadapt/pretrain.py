@@ -22,12 +22,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from wavadapt.data.audio import SAMPLE_RATE
 from wavadapt.data.batching import AudioDataset, filter_by_length, make_dataloader
 from wavadapt.data.corpora import Utterance
 from wavadapt.errors import WavadaptError
+from wavadapt.feature_cache import CachedFeatureDataset, FeatureCache, build_feature_cache
 from wavadapt.model.adapters import adapter_names, adapter_parameters
 from wavadapt.model.pretraining import (
     PretrainingConfig,
@@ -37,7 +39,7 @@ from wavadapt.model.pretraining import (
     save_pretraining,
 )
 from wavadapt.objectives.contrastive import correct_predictions
-from wavadapt.train import TrainConfig, Trainer
+from wavadapt.train import Distributed, TrainConfig, Trainer
 
 log = logging.getLogger("wavadapt.pretrain")
 
@@ -167,7 +169,10 @@ class PretrainingObjective:
         self.update = update
 
     def __call__(self, net: nn.Module, batch: dict) -> tuple[torch.Tensor, int, dict[str, float]]:
-        out = net(batch["waveforms"], attention_mask=batch["attention_mask"])
+        if "features" in batch:  # cached CNN output (CachedFeatureDataset)
+            out = net(cnn_features=batch["features"], frame_mask=batch["frame_mask"])
+        else:
+            out = net(batch["waveforms"], attention_mask=batch["attention_mask"])
         n = len(out.logits)
         groups = self.model.heads[self.model.active].quantizer.num_groups
         extra = _sums(out, n, groups) | {"temperature": self.model.heads[self.model.active].quantizer.temperature * n}
@@ -244,7 +249,8 @@ def pretrain(model: PretrainingModel, task: str, utterances: Sequence[Utterance]
              crop_seconds: float | None = 250_000 / SAMPLE_RATE, min_seconds: float = 0.0,
              valid: Sequence[Utterance] | None = None, resume: bool = False,
              collapse_threshold: float = 0.05,
-             regularizer: Callable[[], torch.Tensor] | None = None, keep_snapshots: bool = False) -> list[dict]:
+             regularizer: Callable[[], torch.Tensor] | None = None, keep_snapshots: bool = False,
+             feature_cache: str | Path | None = None, feature_cache_dtype: torch.dtype = torch.float16) -> list[dict]:
     """Pre-train ``model``'s ``task`` on unlabeled ``utterances``; returns the training log rows.
 
     ``trainable`` (by ``model.named_parameters()`` name) is what trains, default :func:`default_trainable`;
@@ -256,6 +262,11 @@ def pretrain(model: PretrainingModel, task: str, utterances: Sequence[Utterance]
     the end rank 0 writes ``model/`` (the task as a transformers directory), ``pretraining.safetensors`` +
     ``.json`` (every head and adapter set) and an adapter file per trained adapter set; ``resume``
     continues ``out_dir``'s last checkpoint.
+
+    ``feature_cache`` (a directory) trains on cached CNN output (:mod:`wavadapt.feature_cache`, in
+    ``feature_cache_dtype``) instead of decoding audio and running the CNN: built there by rank 0 (or
+    reused when made by this CNN for these utterances), crops taken in frame space. Only for a frozen CNN
+    (``feature_grad_mult`` 0 or no CNN parameter in ``trainable``); validation still runs on audio.
     """
     out_dir = Path(out_dir)
     if crop_seconds is not None and crop_seconds > config.max_seconds_per_batch:
@@ -270,7 +281,13 @@ def pretrain(model: PretrainingModel, task: str, utterances: Sequence[Utterance]
     kept, too_short = maskable(model, kept, crop_seconds)
     if not kept:
         raise WavadaptError(f"no usable utterances: {dropped} outside the length limits, {too_short} too short to mask")
-    dataset = AudioDataset(kept, crop_seconds=crop_seconds, normalize=model.normalize_waveforms, seed=config.seed)
+    env = Distributed.from_env()
+    cache_info = None
+    if feature_cache is None:
+        dataset = AudioDataset(kept, crop_seconds=crop_seconds, normalize=model.normalize_waveforms, seed=config.seed)
+    else:
+        dataset, cache_info = _cached_dataset(model, kept, Path(feature_cache), feature_cache_dtype, crop_seconds,
+                                              config.seed, env)
     if valid:
         valid = maskable(model, filter_by_length(valid, min_seconds, max_seconds)[0], crop_seconds)[0]
     warmup = config.warmup_updates if config.warmup_updates is not None else int(0.08 * config.max_updates)
@@ -285,7 +302,7 @@ def pretrain(model: PretrainingModel, task: str, utterances: Sequence[Utterance]
 
     trainer = Trainer(model, params, objective, dataset, config, out_dir, validate=validate if valid else None,
                       on_update=objective.on_update, on_checkpoint=snapshot if keep_snapshots else None,
-                      find_unused_parameters=model.backbone.config.layerdrop > 0)
+                      find_unused_parameters=model.backbone.config.layerdrop > 0, dist_env=env)
     if resume:
         trainer.resume(out_dir / "checkpoints" / "last.pt")
     elif trainer.env.main:
@@ -295,11 +312,34 @@ def pretrain(model: PretrainingModel, task: str, utterances: Sequence[Utterance]
             "objective": asdict(model.config), "crop_seconds": crop_seconds, "min_seconds": min_seconds,
             "train_utterances": len(kept), "dropped_by_length": dropped, "too_short_to_mask": too_short,
             "trainable_parameters": sum(p.numel() for p in params.values()),
-            "world_size": int(os.environ.get("WORLD_SIZE", 1))}, indent=2, default=str))
+            "world_size": int(os.environ.get("WORLD_SIZE", 1)), "feature_cache": cache_info}, indent=2,
+            default=str))
     history = trainer.train()
     if trainer.env.main:
         save_run(model, task, params, out_dir)
     return history
+
+
+def _cached_dataset(model: PretrainingModel, utterances: Sequence[Utterance], cache_dir: Path, dtype: torch.dtype,
+                    crop_seconds: float | None, seed: int, env: Distributed) -> tuple[CachedFeatureDataset, dict]:
+    """The CachedFeatureDataset of ``utterances`` (rank 0 builds or reuses the cache, the other ranks wait
+    and open it) and what run.json records of the cache."""
+    if not model.cnn_frozen:
+        raise WavadaptError("a feature cache needs a frozen CNN (feature_grad_mult 0 or the CNN not trained), but "
+                            "this run trains the CNN (e.g. warm-start): run without the feature cache")
+    model.to(env.device)  # the CNN runs where training will
+    if env.main:
+        cache = build_feature_cache(model, utterances, cache_dir, dtype)
+    if env.world_size > 1:
+        dist.barrier()
+    if not env.main:
+        cache = FeatureCache.open(cache_dir, model)
+    ids = [u.id for u in utterances if u.id in cache]
+    if not ids:
+        raise WavadaptError(f"no usable utterances: none of the {len(utterances)} could be decoded into {cache_dir}")
+    info = {"path": str(cache_dir), "fingerprint": cache.fingerprint, "dtype": str(cache.dtype).removeprefix("torch."),
+            "utterances": len(ids), "unreadable": len(utterances) - len(ids)}
+    return CachedFeatureDataset(cache, ids, crop_seconds=crop_seconds, seed=seed), info
 
 
 def save_run(model: PretrainingModel, task: str, trained: dict[str, nn.Parameter], out_dir: Path) -> None:

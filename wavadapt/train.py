@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from wavadapt.data.batching import AudioDataset, DataStats, LengthBucketBatchSampler, collate
@@ -149,10 +149,14 @@ Objective = Callable[[nn.Module, dict], tuple[torch.Tensor, int, dict[str, float
 
 
 class Trainer:
-    """Runs ``config.max_updates`` updates of ``params`` (the trainable parameters of ``model``)."""
+    """Runs ``config.max_updates`` updates of ``params`` (the trainable parameters of ``model``).
+
+    ``dataset`` is an AudioDataset or another dataset with ``lengths()`` and ``set_epoch()`` whose
+    ``collate`` (default :func:`collate`) makes batches with ``ids``, ``num_skipped`` and ``audio_seconds``
+    (e.g. ``feature_cache.CachedFeatureDataset``)."""
 
     def __init__(self, model: nn.Module, params: dict[str, nn.Parameter], objective: Objective,
-                 dataset: AudioDataset, config: TrainConfig, out_dir: Path,
+                 dataset: AudioDataset | Dataset, config: TrainConfig, out_dir: Path,
                  validate: Callable[[nn.Module], dict[str, float]] | None = None,
                  on_update: Callable[[nn.Module, int], None] | None = None,
                  on_checkpoint: Callable[[nn.Module, int], None] | None = None,
@@ -201,7 +205,8 @@ class Trainer:
             self.dataset.set_epoch(self.epoch)
             order = list(self.sampler)[self.batches_done:]
             # Its own generator: creating a loader mid-epoch on resume must not draw from the global RNG.
-            loader = DataLoader(self.dataset, batch_sampler=order, collate_fn=collate,
+            loader = DataLoader(self.dataset, batch_sampler=order,
+                                collate_fn=getattr(self.dataset, "collate", collate),
                                 num_workers=self.config.num_workers,
                                 generator=torch.Generator().manual_seed(self.config.seed + self.epoch))
             for batch in loader:
@@ -237,7 +242,7 @@ class Trainer:
             loss, n, extra = self._micro_step(batch, sync=i == len(micro) - 1)
             loss_sum += loss
             count += n
-            seconds += batch["attention_mask"].sum().item() / 16000
+            seconds += batch["audio_seconds"]
             for k, v in extra.items():
                 extras[k] = extras.get(k, 0.0) + v
         keys = sorted(extras)

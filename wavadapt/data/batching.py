@@ -250,8 +250,8 @@ def collate(items: Sequence[dict | None]) -> dict | None:
     """Pad a list of dataset items into a batch; None items (bad files) are dropped and counted.
 
     Returns ``waveforms`` (B, T) zero-padded, ``attention_mask`` (B, T) long (1 = audio), ``ids``,
-    ``num_skipped``, ``padding_fraction``, and with labels ``labels`` (B, L) padded with -100 plus
-    ``label_lengths`` (B,). Returns None when every item was bad.
+    ``num_skipped``, ``padding_fraction``, ``audio_seconds`` (unpadded), and with labels ``labels`` (B, L)
+    padded with -100 plus ``label_lengths`` (B,). Returns None when every item was bad.
     """
     good = [item for item in items if item is not None]
     if not good:
@@ -265,6 +265,7 @@ def collate(items: Sequence[dict | None]) -> dict | None:
         "attention_mask": attention_mask,
         "num_skipped": len(items) - len(good),
         "padding_fraction": 1.0 - sizes.sum().item() / attention_mask.numel(),
+        "audio_seconds": sizes.sum().item() / SAMPLE_RATE,
     }
     if "labels" in good[0]:
         labels = [item["labels"] for item in good]

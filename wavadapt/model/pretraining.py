@@ -7,8 +7,9 @@ the multi-head baselines and cwav2vec 2.0 of the second paper their task-specifi
 
 The forward pass follows fairseq's ``Wav2Vec2Model.forward`` + ``wav2vec`` criterion in named stages::
 
-    extract_features   CNN (gradient x feature_grad_mult) -> (B, T, C) features, L2 feature penalty,
-                       layer norm + projection -> (B, T, D)
+    extract_features   CNN (gradient x feature_grad_mult) -> (B, C, T), then features_from_cnn:
+                       (B, T, C) features, L2 feature penalty, layer norm + projection -> (B, T, D)
+                       (a frozen CNN's output can come from a ``wavadapt.feature_cache`` instead)
     mask               span masking (objectives.masking) with the backbone's masked_spec_embed
     encode             transformer encoder (+ adapters of the active task) -> (B, T, D) context
     quantize_and_contrast
@@ -272,22 +273,33 @@ class PretrainingModel(nn.Module):
 
     # --- the forward stages ---
 
+    @property
+    def cnn_frozen(self) -> bool:
+        """Whether the CNN gets no gradient (``feature_grad_mult`` 0 or no CNN parameter trains): its
+        output then only depends on the waveform and can be cached."""
+        scale = self.config.feature_grad_mult
+        return not (scale > 0 and any(p.requires_grad for p in self.backbone.feature_extractor.parameters()))
+
     def extract_features(self, waveforms: torch.Tensor, attention_mask: torch.Tensor | None = None) -> FeatureOutput:
         """(B, S) waveforms -> CNN features, projected features, frame mask and feature penalty."""
         cnn = self.backbone.feature_extractor
-        scale = self.config.feature_grad_mult
-        if scale > 0 and any(p.requires_grad for p in cnn.parameters()):
-            x = cnn(waveforms)  # (B, S) -> (B, C, T)
-            if scale != 1.0:
-                x = GradMultiply.apply(x, scale)
-        else:  # a frozen CNN: no activations kept for backward
+        if self.cnn_frozen:  # no activations kept for backward
             with torch.no_grad():
-                x = cnn(waveforms)
-        x = x.transpose(1, 2)  # (B, C, T) -> (B, T, C)
+                x = cnn(waveforms)  # (B, S) -> (B, C, T)
+        else:
+            x = cnn(waveforms)
+            if self.config.feature_grad_mult != 1.0:
+                x = GradMultiply.apply(x, self.config.feature_grad_mult)
         frame_mask = None
         if attention_mask is not None:
-            frame_mask = self.backbone._get_feature_vector_attention_mask(x.shape[1], attention_mask,
+            frame_mask = self.backbone._get_feature_vector_attention_mask(x.shape[2], attention_mask,
                                                                           add_adapter=False)  # (B, T)
+        return self.features_from_cnn(x, frame_mask)
+
+    def features_from_cnn(self, cnn_out: torch.Tensor, frame_mask: torch.Tensor | None = None) -> FeatureOutput:
+        """(B, C, T) CNN output (and the (B, T) bool mask of its real frames) -> feature penalty, layer-normed
+        features and projected features: the part of :meth:`extract_features` after the CNN."""
+        x = cnn_out.transpose(1, 2)  # (B, C, T) -> (B, T, C)
         # fairseq averages over every frame; padding frames (absent there: it crops batches) are left out.
         squares = x.float().pow(2)
         penalty = (squares[frame_mask] if frame_mask is not None else squares).mean()
@@ -342,15 +354,28 @@ class PretrainingModel(nn.Module):
         return PretrainingOutput(loss, contrastive, diversity, penalty, contrast.logits, contrast.prob_perplexity,
                                  contrast.code_perplexity)
 
-    def forward(self, waveforms: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+    def forward(self, waveforms: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None, *,
+                cnn_features: torch.Tensor | None = None, frame_mask: torch.Tensor | None = None,
                 mask_indices: torch.Tensor | None = None, negatives: torch.Tensor | None = None,
                 rng: np.random.Generator | None = None,
                 generator: torch.Generator | None = None) -> PretrainingOutput:
         """(B, S) 16 kHz waveforms -> the active task's losses. Masks are drawn with ``rng`` and distractors
-        with ``generator`` (default: numpy's and torch's global RNGs) unless given."""
+        with ``generator`` (default: numpy's and torch's global RNGs) unless given.
+
+        Instead of waveforms, a frozen CNN's (B, C, T) output can be given as ``cnn_features`` (cached:
+        ``wavadapt.feature_cache``) with the (B, T) bool ``frame_mask`` of its real frames."""
         if self.active is None:
             raise WavadaptError("no active task: call activate(task) first")
-        features = self.extract_features(waveforms, attention_mask)
+        if (waveforms is None) == (cnn_features is None):
+            raise WavadaptError("give either waveforms or cnn_features")
+        if cnn_features is None:
+            features = self.extract_features(waveforms, attention_mask)
+        else:
+            if not self.cnn_frozen:
+                raise WavadaptError("cached CNN features need a frozen CNN (feature_grad_mult 0): this model trains it")
+            ref = self.backbone.masked_spec_embed
+            features = self.features_from_cnn(cnn_features.to(device=ref.device, dtype=ref.dtype),
+                                              None if frame_mask is None else frame_mask.to(ref.device))
         hidden, mask = self.mask(features, mask_indices, rng)
         context = self.encode(hidden, features.frame_mask)
         contrast = self.quantize_and_contrast(self.active, features, context, mask, negatives, generator)
