@@ -38,6 +38,7 @@ from wavadapt.model.adapters import (
     adapter_names,
     adapter_parameters,
     add_adapter,
+    base_state,
     encoder_of,
 )
 from wavadapt.model.backbone import PRESETS, build_backbone, load_backbone, quiet_transformers
@@ -55,7 +56,6 @@ ARCHITECTURE_FIELDS = (
     "num_conv_pos_embedding_groups", "num_buckets", "max_bucket_distance",
 )  # fmt: skip
 
-_ADAPTER_MARKS = (".adapters.sets.", ".tasks.")
 
 
 def safe_name(task: str) -> str:
@@ -64,11 +64,6 @@ def safe_name(task: str) -> str:
 
 
 # --- fingerprints ---
-
-
-def _base_state(backbone: nn.Module) -> dict[str, torch.Tensor]:
-    """The backbone's own tensors: its state dict without any adapter set or layer-norm copy."""
-    return {k: v for k, v in backbone.state_dict().items() if not any(m in k for m in _ADAPTER_MARKS)}
 
 
 def backbone_fingerprint(backbone: PreTrainedModel, stack: tuple[str, ...] | list[str] = ()) -> str:
@@ -82,7 +77,7 @@ def backbone_fingerprint(backbone: PreTrainedModel, stack: tuple[str, ...] | lis
     parameters on CPU.
     """
     config = {f: getattr(backbone.config, f) for f in ARCHITECTURE_FIELDS if hasattr(backbone.config, f)}
-    state = _base_state(backbone)
+    state = base_state(backbone)
     sets = {}
     for name in stack:
         sets[name] = asdict(adapter_config(backbone, name))
@@ -179,7 +174,7 @@ def save_backbone(backbone: PreTrainedModel, out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     # save_pretrained empties the dict it is given, so it gets a fresh one.
     with quiet_transformers():
-        backbone.save_pretrained(out_dir, state_dict=_base_state(backbone), safe_serialization=True)
+        backbone.save_pretrained(out_dir, state_dict=base_state(backbone), safe_serialization=True)
     return out_dir
 
 

@@ -23,7 +23,14 @@ from torch import nn
 
 from wavadapt.data.text import Vocabulary
 from wavadapt.errors import WavadaptError
-from wavadapt.model.adapters import AdapterConfig, adapted_layers, adapter_parameters, add_adapter, encoder_of
+from wavadapt.model.adapters import (
+    AdapterConfig,
+    adapted_layers,
+    adapter_parameters,
+    add_adapter,
+    encoder_of,
+    is_adapter_key,
+)
 from wavadapt.model.ctc import CTCModel
 
 METHODS = ("full", "top-n-full", "adapters", "top-n-adapters", "head-only")
@@ -82,7 +89,7 @@ def prepare(model: CTCModel, task: str, vocab: Vocabulary, config: MethodConfig)
         frozen_ids = {id(p) for p in frozen}
         # Base parameters only: other tasks' adapters and layer-norm copies are theirs.
         names |= {f"backbone.{k}" for k, p in backbone.named_parameters()
-                  if id(p) not in frozen_ids and ".adapters.sets." not in k and ".tasks." not in k}
+                  if id(p) not in frozen_ids and not is_adapter_key(k)}
     params = {k: p for k, p in model.named_parameters() if k in names}
     for p in params.values():
         p.requires_grad_(True)

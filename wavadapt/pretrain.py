@@ -30,11 +30,10 @@ from wavadapt.data.batching import AudioDataset, filter_by_length, make_dataload
 from wavadapt.data.corpora import Utterance
 from wavadapt.errors import WavadaptError
 from wavadapt.feature_cache import CachedFeatureDataset, FeatureCache, build_feature_cache
-from wavadapt.model.adapters import adapter_names, adapter_parameters
+from wavadapt.model.adapters import adapter_names, adapter_parameters, base_state
 from wavadapt.model.pretraining import (
     PretrainingConfig,
     PretrainingModel,
-    base_state,
     load_pretraining,
     save_pretraining,
 )

@@ -277,6 +277,16 @@ def disable_adapters(model: nn.Module):
         routing.stacks = saved
 
 
+def is_adapter_key(key: str) -> bool:
+    """Whether a parameter / state-dict key belongs to an adapter set or a per-task layer-norm copy."""
+    return ".adapters.sets." in key or ".tasks." in key
+
+
+def base_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's own tensors: its state dict without adapter sets and layer-norm copies."""
+    return {k: v for k, v in model.state_dict().items() if not is_adapter_key(k)}
+
+
 def adapter_parameters(model: nn.Module, name: str) -> dict[str, nn.Parameter]:
     """Every parameter that belongs to adapter set ``name`` (adapters and its layer-norm copies)."""
     if name not in adapter_names(model):

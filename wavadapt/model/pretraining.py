@@ -41,13 +41,19 @@ from transformers import Wav2Vec2Config, Wav2Vec2ForPreTraining, Wav2Vec2Model
 from transformers.models.wav2vec2.modeling_wav2vec2 import Wav2Vec2GumbelVectorQuantizer
 
 from wavadapt.errors import CheckpointError, WavadaptError
-from wavadapt.model.adapters import AdapterConfig, adapter_config, adapter_names, add_adapter, set_active
+from wavadapt.model.adapters import (
+    AdapterConfig,
+    adapter_config,
+    adapter_names,
+    add_adapter,
+    base_state,
+    set_active,
+)
 from wavadapt.objectives.contrastive import contrastive_logits, contrastive_loss, sample_negatives
 from wavadapt.objectives.masking import compute_mask_indices
 
 FORMAT = "wavadapt-pretraining"
 VERSION = 1
-_ADAPTER_MARKS = (".adapters.sets.", ".tasks.")  # adapter sets and layer-norm copies (model/adapters.py)
 
 
 @dataclass
@@ -380,11 +386,6 @@ class PretrainingModel(nn.Module):
         context = self.encode(hidden, features.frame_mask)
         contrast = self.quantize_and_contrast(self.active, features, context, mask, negatives, generator)
         return self.compute_loss(contrast, features.penalty)
-
-
-def base_state(backbone: nn.Module) -> dict[str, torch.Tensor]:
-    """The backbone's own tensors: its state dict without adapter sets and layer-norm copies."""
-    return {k: v for k, v in backbone.state_dict().items() if not any(m in k for m in _ADAPTER_MARKS)}
 
 
 # --- the full state: every head and adapter set ---
