@@ -28,17 +28,16 @@ processes' load, whereas wall time does. The CPU-time breakdown per stage comes 
 
 import argparse
 import copy
-import itertools
 import statistics
 import sys
 import tempfile
 import time
 from collections import Counter
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
+from regions import Regions
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -62,38 +61,14 @@ def count(params) -> int:
     return sum(p.numel() for p in params)
 
 
-class Regions:
-    """Which stage of an update runs: forward pre-hooks name the model's stages (CNN; proj = feature
-    projection + layer norm + masking; enc = positional conv + transformer layers (+ adapters); head =
-    quantizer, projections, contrastive and diversity losses; l2 = multihead-l2's penalty) and the update
-    marks backward, grad (normalisation + norm) and optimizer. The CPU time at each switch gives the
-    breakdown."""
-
-    def __init__(self, model: PretrainingModel):
-        backbone = model.backbone
-        self.modules = [(backbone.feature_extractor, "CNN"), (backbone.feature_projection, "proj"),
-                        (encoder_of(backbone), "enc"), (model.dropout_features, "head")]
-        self.marks: list[tuple[str, float]] = []
-
-    def mark(self, name: str) -> None:
-        self.marks.append((name, time.process_time()))
-
-    @contextmanager
-    def hooks(self):
-        self.marks = []
-        handles = [module.register_forward_pre_hook(lambda module, args, name=name: self.mark(name))
-                   for module, name in self.modules]
-        try:
-            yield self
-        finally:
-            for handle in handles:
-                handle.remove()
-
-    def seconds(self) -> Counter:
-        spent = Counter()
-        for (name, start), (_, end) in itertools.pairwise(self.marks):
-            spent[name] += end - start
-        return spent
+def pretraining_regions(model: PretrainingModel) -> Regions:
+    """The stages of a pre-training update: CNN; proj = feature projection + layer norm + masking; enc =
+    positional conv + transformer layers (+ adapters); head = quantizer, projections, contrastive and
+    diversity losses; the update itself marks l2 (multihead-l2's penalty), backward, grad (normalisation +
+    norm) and optimizer."""
+    backbone = model.backbone
+    return Regions([(backbone.feature_extractor, "CNN"), (backbone.feature_projection, "proj"),
+                    (encoder_of(backbone), "enc"), (model.dropout_features, "head")])
 
 
 class FixedDraws(nn.Module):
@@ -128,7 +103,7 @@ class Setup:
         for p in self.trained.values():
             p.requires_grad_(True)
         self.model.train()
-        self.regions = Regions(self.model)
+        self.regions = pretraining_regions(self.model)
         if regularizer is not None:
             def marked(penalty=regularizer):
                 self.regions.mark("l2")

@@ -25,14 +25,13 @@ each transformer layer, head + loss): a frozen region with nothing trainable bel
 
 import argparse
 import copy
-import itertools
 import statistics
 import sys
 import time
 from collections import Counter
-from contextlib import contextmanager
 
 import torch
+from regions import Regions
 
 from wavadapt.accounting import placeholder_vocabulary
 from wavadapt.methods import MethodConfig, prepare
@@ -79,43 +78,13 @@ def make_batch(utterances: int, seconds: float, vocab_size: int, device: torch.d
     }
 
 
-class Regions:
-    """Which part of a step runs: forward pre-hooks name the model's regions (CNN; proj = feature
-    projection + positional conv; L0 ..; head = head + loss) and the step marks backward and optimizer.
-    The CPU time at each switch gives the step's breakdown."""
-
-    def __init__(self, model: CTCModel):
-        backbone = model.backbone
-        self.modules = [(backbone.feature_extractor, "CNN"), (backbone.feature_projection, "proj")]
-        self.modules += [(layer, f"L{i}") for i, layer in enumerate(encoder_of(backbone).layers)]
-        self.modules += [(head, "head") for head in model.heads.values()]
-        self.names = [name for _, name in self.modules]
-        self.current = "input"
-        self.marks: list[tuple[str, float]] = []
-
-    def mark(self, name: str) -> None:
-        self.current = name
-        self.marks.append((name, time.process_time()))
-
-    @contextmanager
-    def hooks(self):
-        self.marks = []
-        handles = [
-            module.register_forward_pre_hook(lambda module, args, name=name: self.mark(name))
-            for module, name in self.modules
-        ]
-        try:
-            yield self
-        finally:
-            for handle in handles:
-                handle.remove()
-
-    def seconds(self) -> Counter:
-        """CPU seconds per region of the last step."""
-        spent = Counter()
-        for (name, start), (_, end) in itertools.pairwise(self.marks):
-            spent[name] += end - start
-        return spent
+def ctc_regions(model: CTCModel) -> Regions:
+    """The regions of a fine-tuning step: CNN; proj = feature projection + positional conv; L0 ..; head =
+    head + loss; the step itself marks backward and optimizer."""
+    backbone = model.backbone
+    modules = [(backbone.feature_extractor, "CNN"), (backbone.feature_projection, "proj")]
+    modules += [(layer, f"L{i}") for i, layer in enumerate(encoder_of(backbone).layers)]
+    return Regions(modules + [(head, "head") for head in model.heads.values()])
 
 
 class Setup:
@@ -127,7 +96,7 @@ class Setup:
         self.trained = prepare(self.model, TASK, vocab, config)
         self.model.to(device).train()
         self.optimizer = torch.optim.AdamW(self.trained.values(), lr=1e-5)
-        self.regions = Regions(self.model)
+        self.regions = ctc_regions(self.model)
 
     def step(self, batch: dict) -> None:
         """forward, CTC loss, backward, AdamW step, with the regions marked."""
