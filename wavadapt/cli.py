@@ -15,6 +15,24 @@ app = typer.Typer(
 )
 
 
+# Options shared by the training commands.
+Amp = Annotated[str, typer.Option(help="auto | bf16 | fp16 | none")]
+ValidateEvery = Annotated[int, typer.Option(help="Validate every N updates (0: at the end).")]
+CheckpointEvery = Annotated[int, typer.Option(help="Checkpoint every N updates (0: at the end).")]
+NumWorkers = Annotated[int, typer.Option(help="Data-loading worker processes.")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its checkpoint.")]
+TrustPickle = Annotated[bool, typer.Option("--trust-pickle", help="Allow a fairseq .pt (a pickle).")]
+KeepSnapshots = Annotated[bool, typer.Option("--keep-snapshots", help="Keep the full state of every checkpoint "
+                                             "in snapshots/ (learning curves).")]
+FeatureCache = Annotated[bool, typer.Option("--feature-cache", help="Train on the frozen CNN's output, computed once "
+                                            "and cached in OUT/feature_cache (needs a frozen CNN; validation still "
+                                            "reads audio).")]
+FeatureCacheDir = Annotated[Path | None, typer.Option(help="Where --feature-cache keeps the cache (implies "
+                                                      "--feature-cache; default OUT/feature_cache).")]
+WarmupUpdates = Annotated[int | None, typer.Option(help="Warm-up updates (default: 8% of the updates).")]
+SslValidSplit = Annotated[str | None, typer.Option(help="Validation split (loss, accuracy).")]
+
+
 # --- data commands ---
 
 
@@ -326,13 +344,13 @@ def finetune(
     mask_time_prob: Annotated[float, typer.Option(help="SpecAugment time-mask probability.")] = 0.65,
     mask_feature_prob: Annotated[float, typer.Option(help="SpecAugment channel-mask probability.")] = 0.5,
     layerdrop: Annotated[float, typer.Option(help="Probability of skipping a transformer layer.")] = 0.05,
-    amp: Annotated[str, typer.Option(help="auto | bf16 | fp16 | none")] = "auto",
-    validate_every: Annotated[int, typer.Option(help="Validate every N updates (0: at the end).")] = 0,
-    checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N updates (0: at the end).")] = 0,
-    num_workers: Annotated[int, typer.Option(help="Data-loading worker processes.")] = 0,
+    amp: Amp = "auto",
+    validate_every: ValidateEvery = 0,
+    checkpoint_every: CheckpointEvery = 0,
+    num_workers: NumWorkers = 0,
     seed: Annotated[int, typer.Option()] = 0,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its checkpoint.")] = False,
-    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow a fairseq .pt (a pickle).")] = False,
+    resume: Resume = False,
+    trust_pickle: TrustPickle = False,
 ) -> None:
     """Fine-tune CTC ASR with one of the methods; launch with torchrun to use several processes / GPUs."""
     from wavadapt.checkpoint import load_asr_model
@@ -368,10 +386,10 @@ def pretrain(
                                                "else base); the options below override it.")] = None,
     task: Annotated[str | None, typer.Option(help="Head to train (default: the language).")] = None,
     split: Annotated[str, typer.Option(help="Training split.")] = "pretrain",
-    valid_split: Annotated[str | None, typer.Option(help="Validation split (loss, accuracy).")] = None,
+    valid_split: SslValidSplit = None,
     max_updates: Annotated[int | None, typer.Option(help="Updates to train.")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
-    warmup_updates: Annotated[int | None, typer.Option(help="Warm-up updates (default: 8% of the updates).")] = None,
+    warmup_updates: WarmupUpdates = None,
     update_freq: Annotated[int | None, typer.Option(help="Micro-batches per update (default: the recipe's GPUs / "
                                                     "processes, e.g. 64 for Base on one GPU).")] = None,
     max_seconds_per_batch: Annotated[float | None, typer.Option(help="Audio seconds per micro-batch per process.")] = (
@@ -380,20 +398,16 @@ def pretrain(
     crop_seconds: Annotated[float | None, typer.Option(help="Random crop of longer utterances (Base: 15.6 s).")] = None,
     min_seconds: Annotated[float | None, typer.Option(help="Skip shorter utterances (Base: 2 s).")] = None,
     feature_grad_mult: Annotated[float | None, typer.Option(help="CNN gradient scale (0 freezes the CNN).")] = None,
-    amp: Annotated[str, typer.Option(help="auto | bf16 | fp16 | none")] = "auto",
-    validate_every: Annotated[int, typer.Option(help="Validate every N updates (0: at the end).")] = 0,
-    checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N updates (0: at the end).")] = 0,
-    num_workers: Annotated[int, typer.Option(help="Data-loading worker processes.")] = 0,
+    amp: Amp = "auto",
+    validate_every: ValidateEvery = 0,
+    checkpoint_every: CheckpointEvery = 0,
+    num_workers: NumWorkers = 0,
     seed: Annotated[int, typer.Option()] = 0,
-    keep_snapshots: Annotated[bool, typer.Option("--keep-snapshots", help="Keep the full state of every "
-                                                 "checkpoint in snapshots/ (learning curves).")] = False,
-    feature_cache: Annotated[bool, typer.Option("--feature-cache", help="Train on the frozen CNN's output, "
-                                                "computed once and cached in OUT/feature_cache (needs a frozen "
-                                                "CNN; validation still reads audio).")] = False,
-    feature_cache_dir: Annotated[Path | None, typer.Option(help="Where --feature-cache keeps the cache (implies "
-                                                           "--feature-cache; default OUT/feature_cache).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its checkpoint.")] = False,
-    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow a fairseq .pt (a pickle).")] = False,
+    keep_snapshots: KeepSnapshots = False,
+    feature_cache: FeatureCache = False,
+    feature_cache_dir: FeatureCacheDir = None,
+    resume: Resume = False,
+    trust_pickle: TrustPickle = False,
 ) -> None:
     """wav2vec 2.0 self-supervised pre-training (contrastive + diversity loss); launch with torchrun for GPUs."""
     from dataclasses import replace
@@ -433,27 +447,23 @@ def continual(
     adapter_size: Annotated[int, typer.Option(help="cwav2vec language adapter size.")] = 256,
     preset: Annotated[str | None, typer.Option(help="Recipe tiny | base | large (default: base).")] = None,
     split: Annotated[str, typer.Option(help="Training split.")] = "pretrain",
-    valid_split: Annotated[str | None, typer.Option(help="Validation split (loss, accuracy).")] = None,
+    valid_split: SslValidSplit = None,
     max_updates: Annotated[int | None, typer.Option(help="Updates to train.")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (the method's own).")] = None,
-    warmup_updates: Annotated[int | None, typer.Option(help="Warm-up updates (default: 8% of the updates).")] = None,
+    warmup_updates: WarmupUpdates = None,
     update_freq: Annotated[int | None, typer.Option(help="Micro-batches per update.")] = None,
     max_seconds_per_batch: Annotated[float | None, typer.Option(help="Audio seconds per micro-batch.")] = None,
     crop_seconds: Annotated[float | None, typer.Option(help="Random crop of longer utterances.")] = None,
-    amp: Annotated[str, typer.Option(help="auto | bf16 | fp16 | none")] = "auto",
-    validate_every: Annotated[int, typer.Option(help="Validate every N updates (0: at the end).")] = 0,
-    checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N updates (0: at the end).")] = 0,
-    num_workers: Annotated[int, typer.Option(help="Data-loading worker processes.")] = 0,
+    amp: Amp = "auto",
+    validate_every: ValidateEvery = 0,
+    checkpoint_every: CheckpointEvery = 0,
+    num_workers: NumWorkers = 0,
     seed: Annotated[int, typer.Option()] = 0,
-    keep_snapshots: Annotated[bool, typer.Option("--keep-snapshots", help="Keep the full state of every "
-                                                 "checkpoint in snapshots/ (learning curves).")] = False,
-    feature_cache: Annotated[bool, typer.Option("--feature-cache", help="Train on the frozen CNN's output, "
-                                                "computed once and cached in OUT/feature_cache (needs a frozen "
-                                                "CNN; validation still reads audio).")] = False,
-    feature_cache_dir: Annotated[Path | None, typer.Option(help="Where --feature-cache keeps the cache (implies "
-                                                           "--feature-cache; default OUT/feature_cache).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its checkpoint.")] = False,
-    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow a fairseq .pt (a pickle).")] = False,
+    keep_snapshots: KeepSnapshots = False,
+    feature_cache: FeatureCache = False,
+    feature_cache_dir: FeatureCacheDir = None,
+    resume: Resume = False,
+    trust_pickle: TrustPickle = False,
 ) -> None:
     """Learn a new language's self-supervised representation on top of a pre-trained model (cwav2vec 2.0
     or a baseline); earlier tasks keep their heads."""
