@@ -561,6 +561,23 @@ def evaluate_continual_runs(
     typer.echo(json.dumps(report.to_dict(), indent=2) if json_output else report.summary())
 
 
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="Experiment directory: params.json, finetune/<lang>/<name>/, "
+                                            "continual/<method>/, evaluate-continual/ (any may be missing).")],
+    out: Annotated[Path | None, typer.Option(help="Where report.md and the plots go (default: RUN_DIR/report).")] = (
+        None
+    ),
+    target_cer: Annotated[float, typer.Option(help="Validation CER (a fraction) whose first logged update each "
+                                              "fine-tuning run reports.")] = 0.5,
+) -> None:
+    """Markdown report with PNG plots of an experiment: parameters, WER / CER, top-N curves, updates to a target
+    CER, forgetting and continual pre-training efficiency; prints the fine-tuning results."""
+    from wavadapt.report import write_report
+
+    typer.echo(write_report(run_dir, out, target_cer).summary)
+
+
 # --- demo ---
 
 

@@ -1,0 +1,137 @@
+"""report: a fake experiment directory in the writers' own formats becomes report.md + valid PNGs; missing parts
+become notes."""
+
+import csv
+import json
+from dataclasses import asdict
+
+import pytest
+from typer.testing import CliRunner
+
+from wavadapt.accounting import Account
+from wavadapt.cli import app
+from wavadapt.evaluate import EvalResult, Scores
+from wavadapt.evaluate_continual import _write_csv
+from wavadapt.methods import MethodConfig
+from wavadapt.report import line_figure, updates_to_target, write_report
+from wavadapt.train import TrainConfig
+
+# The Trainer's log.csv columns (train.py): a training row, then the validation metrics when validated.
+LOG_COLUMNS = ["update", "loss", "grad_norm", "lr", "items", "audio_seconds", "audio_seconds_per_second",
+               "update_seconds", "skipped_updates", "skipped_files", "skipped_batches", "valid_wer", "valid_cer"]
+PNGS = ["finetune_wer", "top_n", "valid_cer", "continual_loss", "forgetting_wer_en", "forgetting_ssl_loss_en",
+        "forgetting_wer_es", "forgetting_ssl_loss_es", "update_time", "continual_parameters"]
+
+
+def write_log(path, cers):
+    """log.csv rows every 10 updates; a CER of None leaves the validation cells blank, as _Logs does."""
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, LOG_COLUMNS)
+        writer.writeheader()
+        for i, cer in enumerate(cers, 1):
+            valid = {} if cer is None else {"valid_wer": min(1.0, 2 * cer), "valid_cer": cer}
+            writer.writerow({"update": 10 * i, "loss": 3.0 / i, "grad_norm": 1.0, "lr": 1e-4, "items": 8,
+                             "audio_seconds": 60.0, "audio_seconds_per_second": 30.0, "update_seconds": 0.5,
+                             "skipped_updates": 0, "skipped_files": 0, "skipped_batches": 0, **valid})
+
+
+def finetune_run(root, lang, name, method, cers=(), wer=None):
+    run = root / "finetune" / lang / name
+    run.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"task": lang, "method": asdict(method),
+                                              "train": asdict(TrainConfig())}, default=str))
+    write_log(run / "log.csv", cers)
+    if wer is not None:
+        scores = Scores(wer, wer / 3, 10, 30.0)
+        result = EvalResult(wer, wer / 3, 10, 30.0, task=lang, languages={lang: scores}, elapsed=2.0)
+        (run / "eval.json").write_text(json.dumps(result.to_dict()))
+
+
+def account(method, top_n, trainable):
+    return Account(method, top_n, 256, 12, 32, "Wav2Vec2Model", 95_000_000, trainable, {}).to_dict()
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    root = tmp_path / "exp"
+    root.mkdir()
+    (root / "params.json").write_text(json.dumps({"accounts": [
+        account("full", None, 90_000_000), account("adapters", None, 9_500_000),
+        account("top-n-adapters", 2, 1_000_000)]}))
+    finetune_run(root, "en", "adapters", MethodConfig("adapters"), [0.9, 0.6, 0.4, 0.3], wer=0.20)
+    finetune_run(root, "en", "full", MethodConfig("full"), [0.9, None, 0.8, 0.55, 0.45], wer=0.18)
+    for method, n, wer in (("top-n-adapters", 2, 0.5), ("top-n-adapters", 4, 0.3), ("top-n-full", 2, 0.4)):
+        finetune_run(root, "en", f"{method}-{n}", MethodConfig(method, top_n=n), [0.7], wer=wer)
+    finetune_run(root, "es", "adapters", MethodConfig("adapters"), [None, None], wer=0.25)
+    finetune_run(root, "es", "unevaluated", MethodConfig("full"), [0.95])
+    cont = root / "continual" / "cw-es"
+    cont.mkdir(parents=True)
+    (cont / "run.json").write_text(json.dumps({"task": "es", "train": asdict(TrainConfig(
+        extra={"continual_method": "cwav2vec", "l2_weight": 0.0, "adapter_size": 64}))}, default=str))
+    write_log(cont / "log.csv", [None, None, None])
+    evaluation = root / "evaluate-continual"
+    evaluation.mkdir()
+    forgetting = [{"method": "pt-en", "task": "en", "update": 100, "position": "en@100", "step": 100,
+                   "wer_en": 0.3, "cer_en": 0.1, "ctc_loss_en": 1.0, "ssl_loss_en": 2.5}]
+    for method, drift in (("cw-es", 0.0), ("warm-es", 0.2)):
+        forgetting += [{**forgetting[0], "method": method},
+                       {"method": method, "task": "es", "update": 50, "position": "es@50", "step": 150,
+                        "wer_en": 0.3 + drift, "cer_en": 0.1 + drift, "ctc_loss_en": 1.0, "ssl_loss_en": 2.5 + drift,
+                        "wer_es": 0.4, "cer_es": 0.15, "ctc_loss_es": 1.2, "ssl_loss_es": 3.0}]
+    _write_csv(evaluation / "forgetting.csv", forgetting)  # the CSV reader path; efficiency takes the JSON one
+    efficiency = [{"method": m, "task": "es", "updates": 50, "median_update_seconds": s, "train_seconds": 50 * s,
+                   "target_loss": None, "seconds_to_target": None, "total_parameters": 96_000_000,
+                   "trainable_parameters": t, "frozen_parameters": 96_000_000 - t, "relative_update_time": s / 0.8}
+                  for m, s, t in (("cw-es", 0.5, 3_000_000), ("warm-es", 0.8, 95_000_000))]
+    (evaluation / "efficiency.json").write_text(json.dumps({"target_loss": None, "notes": [], "rows": efficiency}))
+    return root
+
+
+def test_updates_to_target():
+    log = [{"update": 10.0, "loss": 1.0}, {"update": 20.0, "valid_cer": 0.6}, {"update": 30.0, "valid_cer": 0.5}]
+    assert updates_to_target(log, 0.5) == 30
+    assert updates_to_target(log, 0.4) is None
+
+
+def test_full_report(run_dir, tmp_path):
+    report = write_report(run_dir, tmp_path / "out", target_cer=0.5)
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert report.notes == []
+    assert sorted(p.stem for p in report.plots) == sorted(PNGS)
+    for name in PNGS:
+        data = (tmp_path / "out" / f"{name}.png").read_bytes()
+        assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 5000
+        assert f"]({name}.png)" in md
+    assert "| top-n-adapters | 2 | 95,000,000 | 1,000,000 | 94,000,000 | 1.05 |" in md
+    assert "| adapters | 20.00% | 6.67% | 25.00% | 8.33% |" in md
+    assert "| full | 18.00% | 6.00% | - | - |" in md  # no es eval of full: that run has no eval.json
+    # The first logged update with valid CER <= 0.5; blank validation cells are skipped.
+    assert "| en | adapters | adapters | 30 |" in md
+    assert "| en | full | full | 50 |" in md
+    assert "| en | top-n-full N=2 | top-n-full-2 | not reached (last update 10) |" in md
+    assert "| warm-es | es@50 | 150 | 50.00% | 30.00% | 2.700 | 40.00% | 15.00% | 3.000 |" in md
+    assert "| cw-es | es | 50 | 0.500 | 25.0 | - | 96,000,000 | 3,000,000 | 93,000,000 |" in md
+    assert ["es", "full", "unevaluated", "-", "-", "-"] in [line.split() for line in report.summary.splitlines()]
+
+
+def test_missing_parts_become_notes(tmp_path):
+    (tmp_path / "exp").mkdir()
+    report = write_report(tmp_path / "exp")
+    md = (tmp_path / "exp" / "report" / "report.md").read_text()
+    assert report.plots == [] and len(report.notes) == 7
+    assert md.count("_Skipped: ") == 7 and "no params.json" in md and "no fine-tuning runs" in report.summary
+
+
+def test_cli(run_dir, tmp_path):
+    result = CliRunner().invoke(app, ["report", str(run_dir), "--out", str(tmp_path / "cli"), "--target-cer", "0.4"])
+    assert result.exit_code == 0, result.output
+    assert "updates to target" in result.output and (tmp_path / "cli" / "report.md").is_file()
+    assert "| en | full | full | not reached (last update 50) |" in (tmp_path / "cli" / "report.md").read_text()
+
+
+def test_line_figure_labels():
+    fig = line_figure("WER vs N", "N", "WER (%)", {"top-n-adapters (en)": ([2, 4], [50, 30]), "b": ([1], [2])})
+    ax = fig.axes[0]
+    assert (ax.get_title(), ax.get_xlabel(), ax.get_ylabel()) == ("WER vs N", "N", "WER (%)")
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["top-n-adapters (en)", "b"]
+    assert list(ax.lines[0].get_xdata()) == [2, 4]

@@ -1,0 +1,324 @@
+"""`wavadapt report RUN_DIR`: one Markdown file with PNG plots from what an experiment's runs wrote.
+
+The experiment directory may hold any of::
+
+    params.json                     `wavadapt params MODEL --all --json`
+    finetune/<lang>/<name>/         `wavadapt finetune` runs: run.json, log.csv, eval.json (test split)
+    continual/<method>/             `wavadapt continual` runs: run.json, log.csv
+    evaluate-continual/             `wavadapt evaluate-continual`: forgetting.csv/json, efficiency.csv/json
+
+A missing part leaves its section with a one-line note.
+"""
+
+import csv
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from wavadapt.errors import WavadaptError
+
+Series = dict[str, tuple[Sequence[float], Sequence[float]]]
+"""Legend label -> (x values, y values)."""
+
+
+# --- reading ---
+
+
+def _value(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def read_csv(path: Path) -> list[dict]:
+    """Rows of a CSV file; numeric cells become floats and empty cells are left out (log.csv's columns grow as
+    metrics appear, so earlier rows have blanks)."""
+    with path.open(newline="") as f:
+        return [{k: _value(v) for k, v in row.items() if v} for row in csv.DictReader(f)]
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _table_rows(directory: Path, name: str) -> list[dict] | None:
+    """evaluate-continual's ``name`` table: the JSON (typed) if present, else the CSV."""
+    data = _read_json(directory / f"{name}.json")
+    if data is not None:
+        return data["rows"]
+    return read_csv(directory / f"{name}.csv") if (directory / f"{name}.csv").is_file() else None
+
+
+@dataclass
+class FinetuneRun:
+    """One `wavadapt finetune` run directory."""
+
+    language: str
+    name: str
+    method: dict
+    """run.json's method: method, top_n, adapter_size, ..."""
+    log: list[dict]
+    result: dict | None
+    """eval.json (`EvalResult.to_dict`), None when the run was not evaluated."""
+
+    @property
+    def label(self) -> str:
+        """The method with its N, e.g. ``top-n-adapters N=6``."""
+        n = self.method.get("top_n")
+        return self.method["method"] + (f" N={n}" if n is not None else "")
+
+
+def read_finetune_runs(directory: Path) -> list[FinetuneRun]:
+    """Every ``<lang>/<name>/`` with a run.json under ``directory``, sorted by language and name."""
+    runs = []
+    for info in sorted(directory.glob("*/*/run.json")):
+        run = info.parent
+        log = read_csv(run / "log.csv") if (run / "log.csv").is_file() else []
+        method = json.loads(info.read_text(encoding="utf-8"))["method"]
+        runs.append(FinetuneRun(run.parent.name, run.name, method, log, _read_json(run / "eval.json")))
+    return runs
+
+
+def updates_to_target(log: Sequence[dict], target_cer: float) -> int | None:
+    """The first logged update whose validation CER is <= ``target_cer``; None if none is."""
+    return next((int(r["update"]) for r in log if r.get("valid_cer", float("inf")) <= target_cer), None)
+
+
+# --- plots ---
+
+
+def line_figure(title: str, xlabel: str, ylabel: str, series: Series) -> Figure:
+    """One line with markers per series."""
+    fig = Figure(figsize=(6.4, 4.0))  # no pyplot: a bare Figure renders PNGs with Agg and holds no global state
+    ax = fig.add_subplot()
+    for label, (xs, ys) in series.items():
+        ax.plot(xs, ys, marker="o", label=label)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def bar_figure(title: str, xlabel: str, ylabel: str, groups: Sequence[str], series: dict[str, Sequence[float]]
+               ) -> Figure:
+    """Grouped bars: one group per entry of ``groups``, one bar per series in each."""
+    fig = Figure(figsize=(max(6.4, 1.2 * len(groups)), 4.0))
+    ax = fig.add_subplot()
+    width = 0.8 / len(series)
+    for i, (label, values) in enumerate(series.items()):
+        ax.bar([g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))], values, width, label=label)
+    ax.set_xticks(range(len(groups)), groups, rotation=20, ha="right")
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+# --- Markdown ---
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2%}"
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+@dataclass
+class Report:
+    """The Markdown sections, the plots written, notes on skipped sections and the printed summary."""
+
+    out_dir: Path
+    sections: list[str] = field(default_factory=list)
+    plots: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    summary_rows: list[list[str]] = field(default_factory=list)
+
+    def section(self, title: str, *parts: str) -> None:
+        self.sections.append("\n\n".join([f"## {title}", *parts]))
+
+    def skip(self, title: str, why: str) -> None:
+        self.notes.append(f"{title}: {why}")
+        self.section(title, f"_Skipped: {why}._")
+
+    def plot(self, name: str, fig: Figure) -> str:
+        """Save ``fig`` as ``name``.png; returns its Markdown image link."""
+        path = self.out_dir / f"{name}.png"
+        fig.savefig(path, dpi=100)
+        self.plots.append(path)
+        return f"![{fig.axes[0].get_title()}]({path.name})"
+
+    @property
+    def markdown(self) -> str:
+        return "\n\n".join(["# wavadapt experiment report", *self.sections]) + "\n"
+
+    @property
+    def summary(self) -> str:
+        """Fine-tuning results as a text table, then the skipped sections."""
+        header = ["language", "method", "run", "WER", "CER", "updates to target"]
+        rows = [header, *self.summary_rows]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+        return "\n".join((lines if self.summary_rows else ["no fine-tuning runs"])
+                         + [f"skipped {n}" for n in self.notes] + [f"report: {self.out_dir / 'report.md'}"])
+
+
+# --- sections ---
+
+
+def _parameters(report: Report, run_dir: Path) -> None:
+    title = "Parameters per method"
+    data = _read_json(run_dir / "params.json")
+    if data is None:
+        return report.skip(title, "no params.json")
+    accounts = data["accounts"]
+    rows = [[a["method"], a["top_n"] if a["top_n"] is not None else "-", f"{a['total']:,}", f"{a['trainable']:,}",
+             f"{a['frozen']:,}", f"{a['percent']:.2f}"] for a in accounts]
+    report.section(title, _table(["method", "N", "total", "trainable", "frozen", "trainable %"], rows),
+                   accounts[0]["denominator"] if accounts else "")
+
+
+def _finetuning(report: Report, runs: list[FinetuneRun], target_cer: float) -> None:
+    title = "Fine-tuning: test WER and CER"
+    evaluated = [r for r in runs if r.result is not None]
+    languages = list(dict.fromkeys(r.language for r in evaluated))
+    if not evaluated:
+        report.skip(title, "no fine-tuning run with an eval.json")
+    else:
+        labels = list(dict.fromkeys(r.label for r in evaluated))
+        scores = {(r.label, r.language): r.result for r in evaluated}
+        rows = [[label, *(_percent(scores.get((label, lang), {}).get(m)) for lang in languages for m in ("wer", "cer"))]
+                for label in labels]
+        # NaN draws no bar: a method not run on a language must not look like 0% WER
+        wer = {lang: [100 * scores[(label, lang)]["wer"] if (label, lang) in scores else float("nan")
+                      for label in labels] for lang in languages}
+        report.section(title, _table(["method", *(f"{lang} {m}" for lang in languages for m in ("WER", "CER"))], rows),
+                       report.plot("finetune_wer", bar_figure("Test WER per fine-tuning method", "method", "WER (%)",
+                                                              labels, wer)))
+    _top_n(report, evaluated)
+    _convergence(report, runs, target_cer)
+    report.summary_rows += [[r.language, r.label, r.name, _percent(r.result and r.result["wer"]),
+                             _percent(r.result and r.result["cer"]),
+                             str(updates_to_target(r.log, target_cer) or "-")] for r in runs]
+
+
+def _top_n(report: Report, evaluated: list[FinetuneRun]) -> None:
+    title = "Top-N curves"
+    series = {}
+    for method in ("top-n-adapters", "top-n-full"):
+        for lang in dict.fromkeys(r.language for r in evaluated):
+            points = sorted((r.method["top_n"], 100 * r.result["wer"]) for r in evaluated
+                            if r.method["method"] == method and r.language == lang)
+            if points:
+                series[f"{method} ({lang})"] = tuple(zip(*points, strict=True))
+    if not series:
+        return report.skip(title, "no evaluated top-n-adapters or top-n-full run")
+    report.section(title, "Test WER of the top-N methods against the number of trained (adapted) top layers.",
+                   report.plot("top_n", line_figure("Test WER vs top N layers", "N (top layers trained)", "WER (%)",
+                                                    series)))
+
+
+def _convergence(report: Report, runs: list[FinetuneRun], target_cer: float) -> None:
+    title = "Fine-tuning convergence"
+    logged = [r for r in runs if any("valid_cer" in row for row in r.log)]
+    if not logged:
+        return report.skip(title, "no fine-tuning log.csv with valid_cer")
+    rows = [[r.language, r.label, r.name, updates_to_target(r.log, target_cer) or f"not reached (last update "
+             f"{int(r.log[-1]['update'])})"] for r in logged]
+    series = {f"{r.label} ({r.language}, {r.name})": tuple(zip(*[(row["update"], 100 * row["valid_cer"])
+                                                                 for row in r.log if "valid_cer" in row], strict=True))
+              for r in logged}
+    report.section(title, f"First logged update with validation CER <= {target_cer:.2%}.",
+                   _table(["language", "method", "run", "updates to target CER"], rows),
+                   report.plot("valid_cer", line_figure("Validation CER vs updates", "update", "CER (%)", series)))
+
+
+def _continual_runs(report: Report, directory: Path) -> None:
+    title = "Continual pre-training loss"
+    infos = sorted(directory.glob("*/run.json"))
+    series = {}
+    for info in infos:
+        method = json.loads(info.read_text(encoding="utf-8"))["train"]["extra"].get("continual_method", "?")
+        log = read_csv(info.parent / "log.csv") if (info.parent / "log.csv").is_file() else []
+        for column in ("loss", "valid_loss"):
+            points = [(r["update"], r[column]) for r in log if column in r]
+            if points:
+                series[f"{info.parent.name} ({method}) {column}"] = tuple(zip(*points, strict=True))
+    if not series:
+        return report.skip(title, "no continual run with a log.csv")
+    report.section(title, report.plot("continual_loss", line_figure("Self-supervised loss during continual "
+                                                                     "pre-training", "update", "loss", series)))
+
+
+def _forgetting(report: Report, directory: Path) -> None:
+    title = "Forgetting"
+    rows = _table_rows(directory, "forgetting")
+    if not rows:
+        return report.skip(title, "no evaluate-continual/forgetting.csv or .json")
+    languages = list(dict.fromkeys(k[4:] for r in rows for k in r if k.startswith("wer_")))
+    cells = [[r["method"], r["position"], int(r["step"]),
+              *(f(r.get(f"{m}_{lang}")) for lang in languages
+                for m, f in (("wer", _percent), ("cer", _percent), ("ssl_loss", _number)))] for r in rows]
+    parts = [_table(["method", "checkpoint", "step", *(f"{lang} {m}" for lang in languages
+                                                          for m in ("WER", "CER", "SSL loss"))], cells)]
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    for lang in languages:  # the cwav2vec 2.0 paper's Figs. 4 (WER) and 5 (SSL loss)
+        for metric, name, scale in (("wer", "WER (%)", 100), ("ssl_loss", "SSL loss", 1)):
+            series = {}
+            for method in methods:
+                points = sorted((r["step"], scale * r[f"{metric}_{lang}"]) for r in rows
+                                if r["method"] == method and r.get(f"{metric}_{lang}") is not None)
+                if points:
+                    series[method] = tuple(zip(*points, strict=True))
+            if series:
+                parts.append(report.plot(f"forgetting_{metric}_{lang}", line_figure(
+                    f"{lang}: {name} vs pre-training updates", "pre-training updates (step)", name, series)))
+    report.section(title, "Each checkpoint fine-tuned and tested on every language it has learnt.", *parts)
+
+
+def _efficiency(report: Report, directory: Path) -> None:
+    title = "Continual pre-training efficiency"
+    rows = _table_rows(directory, "efficiency")
+    if not rows:
+        return report.skip(title, "no evaluate-continual/efficiency.csv or .json")
+    methods = [r["method"] for r in rows]
+    table = _table(["method", "task", "updates", "s/update", "train s", "s to target", "total", "trainable", "frozen"],
+                   [[r["method"], r["task"], int(r["updates"]), _number(r.get("median_update_seconds")),
+                     _number(r.get("train_seconds"), 1), _number(r.get("seconds_to_target"), 1),
+                     *(f"{int(r[f'{k}_parameters']):,}" for k in ("total", "trainable", "frozen"))] for r in rows])
+    seconds = [r.get("median_update_seconds") or 0 for r in rows]
+    params = {k: [r[f"{k}_parameters"] / 1e6 for r in rows] for k in ("trainable", "frozen")}
+    report.section(title, table,
+                   report.plot("update_time", bar_figure("Median time per update", "method", "seconds per update",
+                                                         methods, {"s/update": seconds})),
+                   report.plot("continual_parameters", bar_figure("Parameters per continual method", "method",
+                                                                  "parameters (millions)", methods, params)))
+
+
+def write_report(run_dir: str | Path, out_dir: str | Path | None = None, target_cer: float = 0.5) -> Report:
+    """Write ``report.md`` and its PNG plots into ``out_dir`` (default ``run_dir/report``) from whatever parts of
+    the experiment directory ``run_dir`` exist; ``target_cer`` (a fraction) sets the convergence section's
+    target."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise WavadaptError(f"{run_dir}: no such directory")
+    report = Report(Path(out_dir) if out_dir is not None else run_dir / "report")
+    report.out_dir.mkdir(parents=True, exist_ok=True)
+    _parameters(report, run_dir)
+    _finetuning(report, read_finetune_runs(run_dir / "finetune"), target_cer)
+    _continual_runs(report, run_dir / "continual")
+    _forgetting(report, run_dir / "evaluate-continual")
+    _efficiency(report, run_dir / "evaluate-continual")
+    (report.out_dir / "report.md").write_text(report.markdown, encoding="utf-8")
+    return report
