@@ -67,7 +67,8 @@ def finetune(model: CTCModel, task: str, train: list[Utterance], method: MethodC
     vocab = vocab or Vocabulary.build([u.text for u in train], language)
     torch.manual_seed(config.seed)  # the same new weights on every rank
     params = prepare(model, task, vocab, method)
-    (augment or AugmentConfig()).apply(model)
+    augment = augment or AugmentConfig()
+    augment.apply(model)
     kept, dropped = filter_by_length(train, min_seconds, max_seconds)
     dataset = AudioDataset(kept, vocab, normalize=model.normalize_waveforms, seed=config.seed)
 
@@ -87,8 +88,8 @@ def finetune(model: CTCModel, task: str, train: list[Utterance], method: MethodC
     elif trainer.env.main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "run.json").write_text(json.dumps({
-            "task": task, "method": asdict(method), "train": asdict(config), "augment": asdict(augment or
-            AugmentConfig()), "train_utterances": len(kept), "dropped_by_length": dropped}, indent=2, default=str))
+            "task": task, "method": asdict(method), "train": asdict(config), "augment": asdict(augment),
+            "train_utterances": len(kept), "dropped_by_length": dropped}, indent=2, default=str))
     history = trainer.train()
     if trainer.env.main:
         model.eval()

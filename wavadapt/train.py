@@ -180,8 +180,8 @@ class Trainer:
         self.net = model
         if self.env.world_size > 1:
             self.net = DistributedDataParallel(model, find_unused_parameters=find_unused_parameters)
-        decay = [p for n, p in params.items() if p.ndim > 1]
-        no_decay = [p for n, p in params.items() if p.ndim <= 1]  # biases and norms (fairseq/BERT practice)
+        decay = [p for p in params.values() if p.ndim > 1]
+        no_decay = [p for p in params.values() if p.ndim <= 1]  # biases and norms (fairseq/BERT practice)
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=config.lr, betas=config.betas, eps=config.eps)
