@@ -578,6 +578,23 @@ def report(
     typer.echo(write_report(run_dir, out, target_cer).summary)
 
 
+@app.command("run")
+def run_recipe(
+    recipe: Annotated[Path, typer.Argument(help="A YAML recipe (see recipes/): corpus, backbone, pretrain, params, "
+                                           "finetune, continual, evaluate_continual, report; any may be missing.")],
+    out: Annotated[Path, typer.Option(help="Experiment directory (the layout `wavadapt report` reads); finished "
+                                      "runs in it are kept, so running again resumes.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the full plan, then run every step at toy "
+                                          "scale (synthetic corpus, tiny backbone, 1 update) to check the "
+                                          "wiring.")] = False,
+) -> None:
+    """Run an experiment grid from a YAML recipe: pre-training, fine-tuning sweeps, continual pre-training,
+    their evaluation and the report."""
+    from wavadapt.experiment import load_experiment, run_experiment
+
+    run_experiment(load_experiment(recipe), out, dry_run=dry_run, echo=typer.echo)
+
+
 # --- demo ---
 
 

@@ -1,0 +1,501 @@
+"""`wavadapt run RECIPE.yaml`: a whole experiment grid from one YAML recipe.
+
+A recipe is the YAML form of :class:`Experiment`; every section is optional and unknown keys are refused.
+The run writes the experiment directory `wavadapt report` reads::
+
+    corpus/                          synthesised corpus (``corpus.synth``)
+    pretrain/<lang>/                 first task's pre-training run
+    params.json                      `wavadapt params BACKBONE --all --json`
+    finetune/<lang>/<method>[-N<n>]/ fine-tuning runs, each with eval.json (test split)
+    continual/<method>/              continual pre-training runs of the new language
+    evaluate-continual/              forgetting and efficiency tables
+    report/                          report.md and its plots
+
+Finished steps (a run directory holding its final files) are skipped and interrupted runs continue from their
+last checkpoint, so an interrupted grid resumes by running the recipe again. ``dry_run`` runs the same grid at
+toy scale (:func:`toy`) to check the wiring.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+
+import yaml
+
+from wavadapt.errors import WavadaptError
+from wavadapt.evaluate_continual import ProbeConfig
+from wavadapt.finetune import AugmentConfig
+from wavadapt.train import TrainConfig
+
+Echo = Callable[[str], None]
+
+
+# --- the recipe ---
+
+
+@dataclass
+class Splits:
+    """The corpus split each role reads (e.g. ``test: dev-clean`` for LibriSpeech)."""
+
+    pretrain: str = "pretrain"
+    train: str = "train"
+    dev: str = "dev"
+    test: str = "test"
+
+
+@dataclass
+class SynthCorpus:
+    """A corpus spoken by espeak-ng (`wavadapt synth`) into OUT/corpus."""
+
+    languages: list[str] = field(default_factory=lambda: ["en", "es"])
+    minutes: dict[str, float] = field(default_factory=lambda: {"pretrain": 10.0, "train": 3.0, "dev": 1.0,
+                                                               "test": 1.0})
+    speakers: int = 4
+    seed: int = 0
+
+
+@dataclass
+class Corpus:
+    """Where the audio comes from: ``synth`` or ``root``, a directory with one corpus (LibriSpeech, Common
+    Voice, fairseq manifests: anything `open_corpus` reads) per language in ``root/<lang>/``."""
+
+    synth: SynthCorpus | None = None
+    root: str | None = None
+    splits: Splits = field(default_factory=Splits)
+
+
+@dataclass
+class Pretrain:
+    """Self-supervised pre-training of the first task from the backbone (`wavadapt pretrain`)."""
+
+    language: str = "en"
+    preset: str = "base"
+    """Pre-training recipe (tiny, base, large) that ``train`` overrides."""
+    train: dict = field(default_factory=dict)
+    """TrainConfig overrides (max_updates, lr, update_freq, max_seconds_per_batch, ...)."""
+    crop_seconds: float | None = None
+    """Random crop of longer utterances (default: the preset's)."""
+    keep_snapshots: bool = False
+
+
+@dataclass
+class FinetuneMethod:
+    """One fine-tuning method of the grid; a list ``top_n`` is a sweep, one run per N."""
+
+    method: str = "adapters"
+    top_n: int | list[int] | None = None
+    adapter_size: int = 256
+    freeze_updates: int = 0
+    train: dict = field(default_factory=dict)
+    """TrainConfig overrides for this method only (over the section's)."""
+
+    def top_ns(self) -> list[int | None]:
+        return self.top_n if isinstance(self.top_n, list) else [self.top_n]
+
+
+@dataclass
+class Finetune:
+    """CTC fine-tuning of the backbone: every method (and N) on every language (`wavadapt finetune`)."""
+
+    languages: list[str] = field(default_factory=lambda: ["en"])
+    methods: list[FinetuneMethod] = field(default_factory=lambda: [FinetuneMethod()])
+    train: dict = field(default_factory=dict)
+    """TrainConfig overrides shared by the methods."""
+    augment: dict = field(default_factory=dict)
+    """AugmentConfig overrides (masking, layer drop)."""
+
+
+@dataclass
+class Continual:
+    """Continual pre-training of a new language with each method (`wavadapt continual`)."""
+
+    language: str = "es"
+    methods: list[str] = field(default_factory=lambda: ["warm-start", "multihead", "multihead-l2", "cwav2vec"])
+    preset: str = "base"
+    l2_weight: float = 1.0
+    adapter_size: int = 256
+    train: dict = field(default_factory=dict)
+    crop_seconds: float | None = None
+    checkpoint_every: int = 0
+    keep_snapshots: bool = False
+    feature_cache: bool = False
+    """Train on the frozen CNN's cached output (OUT/continual/<method>/feature_cache)."""
+
+
+@dataclass
+class EvaluateContinual:
+    """Forgetting and efficiency of the continual runs (`wavadapt evaluate-continual`)."""
+
+    probe: dict = field(default_factory=dict)
+    """ProbeConfig overrides (max_updates, lr, adapter_size, ...); ``augment`` takes AugmentConfig's keys."""
+    languages: list[str] | None = None
+    target_loss: float | None = None
+
+
+@dataclass
+class Experiment:
+    """A recipe: the data, the backbone and the steps to run, in this order."""
+
+    corpus: Corpus = field(default_factory=Corpus)
+    backbone: str = "tiny"
+    """A preset (tiny, base, large), a Hugging Face directory or a fairseq .pt."""
+    trust_pickle: bool = False
+    """Allow reading a fairseq .pt backbone (a pickle, which can run code)."""
+    first_task: str = "en"
+    """The language the backbone has learnt, when no ``pretrain`` section trains one."""
+    seed: int = 0
+    pretrain: Pretrain | None = None
+    params: bool = False
+    finetune: Finetune | None = None
+    continual: Continual | None = None
+    evaluate_continual: EvaluateContinual | None = None
+    report: bool = False
+
+
+# --- loading ---
+
+
+def _build(cls: type, data: object, where: str, source: str):
+    """``cls`` from the YAML mapping ``data``, recursing into dataclass-typed fields; unknown keys fail."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise WavadaptError(f"{source}: {where or 'the recipe'} must be a mapping, got {data!r}")
+    known = {f.name for f in fields(cls)}
+    for key in data:
+        if key not in known:
+            raise WavadaptError(f"{source}: unknown key {where + '.' if where else ''}{key} (known: "
+                                f"{', '.join(sorted(known))})")
+    hints = typing.get_type_hints(cls)
+    return cls(**{k: _value(hints[k], v, f"{where}.{k}".lstrip("."), source) for k, v in data.items()})
+
+
+def _value(hint, value: object, where: str, source: str):
+    """``value`` as the field type ``hint`` wants: a section dataclass (possibly optional or in a list)."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        sections = [a for a in typing.get_args(hint) if is_dataclass(a)]
+        if sections and value is not None:
+            return _build(sections[0], value, where, source)
+        return value
+    if is_dataclass(hint):
+        return _build(hint, value, where, source)
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is list and args and is_dataclass(args[0]):
+        return [_build(args[0], v, f"{where}[{i}]", source) for i, v in enumerate(value or [])]
+    return value
+
+
+def _check_overrides(overrides: dict, cls: type, where: str, source: str, fixed: tuple[str, ...] = ()) -> None:
+    """Override keys must be fields of the dataclass they override (a typo would silently do nothing), except
+    the ``fixed`` ones the recipe sets elsewhere."""
+    unknown = sorted(set(overrides) - {f.name for f in fields(cls) if f.name not in fixed})
+    if unknown:
+        raise WavadaptError(f"{source}: unknown key {where}.{unknown[0]} (not a field of {cls.__name__})")
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 floats: PyYAML (YAML 1.1) would read ``lr: 5e-5`` as a string."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+                              list("-+.0123456789"))
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Read and check a recipe: unknown keys anywhere (override mappings included) are an error naming the key
+    and the file."""
+    path = Path(path)
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
+    except (OSError, yaml.YAMLError) as e:
+        raise WavadaptError(f"{path}: cannot read the recipe ({e})") from None
+    exp = _build(Experiment, data, "", str(path))
+    checks = [(exp.pretrain, "pretrain.train"), (exp.continual, "continual.train")]
+    for section, where in checks:
+        if section is not None:
+            _check_overrides(section.train, TrainConfig, where, str(path))
+    if exp.finetune is not None:
+        _check_overrides(exp.finetune.train, TrainConfig, "finetune.train", str(path))
+        _check_overrides(exp.finetune.augment, AugmentConfig, "finetune.augment", str(path))
+        for i, m in enumerate(exp.finetune.methods):
+            _check_overrides(m.train, TrainConfig, f"finetune.methods[{i}].train", str(path))
+    if exp.evaluate_continual is not None:
+        probe = exp.evaluate_continual.probe
+        _check_overrides(probe, ProbeConfig, "evaluate_continual.probe", str(path), fixed=("corpus",))
+        _check_overrides(probe.get("augment", {}), AugmentConfig, "evaluate_continual.probe.augment", str(path))
+    if exp.corpus.synth is None and exp.corpus.root is None and (exp.pretrain or exp.finetune or exp.continual):
+        raise WavadaptError(f"{path}: corpus needs synth or root")
+    if exp.evaluate_continual is not None and exp.continual is None:
+        raise WavadaptError(f"{path}: evaluate_continual needs a continual section (the runs it probes)")
+    return exp
+
+
+# --- dry run ---
+
+TOY_MINUTES = {"pretrain": 0.1, "train": 0.1, "dev": 0.05, "test": 0.05}
+TOY_TRAIN = {"max_updates": 1, "update_freq": 1, "max_seconds_per_batch": 16.0, "warmup_updates": None,
+             "validate_every": 0, "checkpoint_every": 0, "num_workers": 0, "progress": False}
+
+
+def _toy_language(language: str) -> str:
+    from wavadapt.data.synth import VOICES
+
+    return language if language in VOICES else "es"  # a Common Voice language espeak-ng speaks
+
+
+def _toy_method(m: FinetuneMethod) -> FinetuneMethod:
+    from wavadapt.model.backbone import PRESETS
+
+    layers = PRESETS["tiny"]["num_hidden_layers"]  # N beyond the tiny backbone's layers is refused
+    ns = [n for n in m.top_ns() if n is not None]
+    top_n = list(dict.fromkeys(min(n, layers) for n in ns[:2])) if ns else None
+    return replace(m, top_n=top_n, adapter_size=min(m.adapter_size, 16), freeze_updates=min(m.freeze_updates, 1),
+                   train={**m.train, **TOY_TRAIN})
+
+
+def toy(exp: Experiment) -> Experiment:
+    """``exp`` at toy scale: a few seconds of synthetic en + the other languages (espeak-ng voices only), the
+    tiny backbone, 1 update per run, sweeps cut to 2 values; the grid's shape is kept."""
+    first = _toy_language(exp.pretrain.language if exp.pretrain else exp.first_task)
+    pretrain = exp.pretrain and replace(exp.pretrain, language=first, preset="tiny", crop_seconds=2.0,
+                                        train={**exp.pretrain.train, **TOY_TRAIN})
+    finetune = exp.finetune and replace(
+        exp.finetune, languages=list(dict.fromkeys(map(_toy_language, exp.finetune.languages))),
+        methods=[_toy_method(m) for m in exp.finetune.methods], train={**exp.finetune.train, **TOY_TRAIN})
+    continual = exp.continual and replace(exp.continual, language=_toy_language(exp.continual.language),
+                                          preset="tiny", adapter_size=16, crop_seconds=2.0, checkpoint_every=0,
+                                          train={**exp.continual.train, **TOY_TRAIN})
+    evaluate = exp.evaluate_continual and replace(
+        exp.evaluate_continual,
+        languages=exp.evaluate_continual.languages and [_toy_language(x) for x in exp.evaluate_continual.languages],
+        probe={**exp.evaluate_continual.probe, "max_updates": 1, "adapter_size": 16, "max_seconds_per_batch": 16.0,
+               "ssl_crop_seconds": 2.0})
+    languages = [first, *(finetune.languages if finetune else []), *([continual.language] if continual else [])]
+    synth = SynthCorpus(languages=list(dict.fromkeys(["en", *languages])), minutes=TOY_MINUTES, speakers=2,
+                        seed=exp.seed)
+    return replace(exp, corpus=Corpus(synth=synth), backbone="tiny", trust_pickle=False, first_task=first,
+                   pretrain=pretrain, finetune=finetune, continual=continual, evaluate_continual=evaluate)
+
+
+def plan(exp: Experiment) -> list[str]:
+    """What running ``exp`` does, one line per step with its run counts and sizes."""
+    lines = []
+    c = exp.corpus
+    if c.synth is not None:
+        lines.append(f"corpus: synthesise {', '.join(c.synth.languages)} ({c.synth.minutes} min per split)")
+    else:
+        lines.append(f"corpus: {c.root}/<lang>/ splits {c.splits}")
+    if exp.pretrain is not None:
+        p = exp.pretrain
+        lines.append(f"pretrain {p.language}: {exp.backbone} with the {p.preset} recipe, overrides {p.train}")
+    if exp.params:
+        lines.append(f"params: every method's parameter count for {exp.backbone}")
+    if exp.finetune is not None:
+        f = exp.finetune
+        runs = sum(len(m.top_ns()) for m in f.methods)
+        lines.append(f"finetune: {len(f.languages)} languages x {runs} runs = {len(f.languages) * runs} runs "
+                     f"({', '.join(_label(m) for m in f.methods)}), overrides {f.train}")
+    if exp.continual is not None:
+        k = exp.continual
+        lines.append(f"continual {k.language}: {len(k.methods)} runs ({', '.join(k.methods)}) with the {k.preset} "
+                     f"recipe, overrides {k.train}")
+    if exp.evaluate_continual is not None:
+        k = exp.continual
+        updates = _ssl_recipe(k.preset, k.train).train.max_updates
+        checkpoints = updates // k.checkpoint_every if k.keep_snapshots and k.checkpoint_every else 1
+        lines.append(f"evaluate-continual: fine-tune and test {checkpoints} checkpoints per method on each language "
+                     f"learnt, overrides {exp.evaluate_continual.probe}")
+    if exp.report:
+        lines.append("report: report/report.md")
+    return lines
+
+
+def _label(m: FinetuneMethod) -> str:
+    ns = [n for n in m.top_ns() if n is not None]
+    return m.method + (f" N={ns[0]}..{ns[-1]} ({len(ns)} values)" if len(ns) > 1 else f" N={ns[0]}" if ns else "")
+
+
+# --- the steps ---
+
+
+def _corpus(exp: Experiment, out: Path, echo: Echo) -> Path:
+    """The corpus root, synthesised into OUT/corpus first when the recipe asks for it."""
+    from wavadapt.data.synth import synthesize_corpus
+
+    if exp.corpus.synth is None:
+        return Path(exp.corpus.root)
+    root = out / "corpus"
+    if not (root / "corpus.json").is_file():
+        if not _main_process():  # the other ranks would read it half-written
+            raise WavadaptError(f"no corpus in {root}: synthesise it first with one process (no torchrun)")
+        s = exp.corpus.synth
+        echo(f"synthesising {', '.join(s.languages)} into {root}")
+        synthesize_corpus(root, tuple(s.languages), minutes=s.minutes, speakers=s.speakers, seed=s.seed,
+                          progress=False)
+    return root
+
+
+def _main_process() -> bool:
+    """Rank 0 under torchrun (or a single process): only it scores and writes the runner's own files; the
+    training steps synchronise the ranks themselves."""
+    return int(os.environ.get("RANK", 0)) == 0
+
+
+def _resume(run_dir: Path) -> bool:
+    """Whether to continue an interrupted run from its last checkpoint; a run cut before its first checkpoint
+    is removed instead (its log would otherwise append to the old one's)."""
+    if (run_dir / "checkpoints" / "last.pt").is_file():
+        return True
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return False
+
+
+def _ssl_recipe(preset: str, train: dict):
+    """The pre-training recipe with the overrides; update_freq defaults to the recipe's GPUs over this run's
+    processes (as `wavadapt pretrain`), so the global batch is the recipe's."""
+    from wavadapt.pretrain import recipe
+
+    r = recipe(preset, **train)
+    if "update_freq" not in train:
+        r.train.update_freq = max(1, r.gpus // int(os.environ.get("WORLD_SIZE", 1)))
+    return r
+
+
+def _pretrain(exp: Experiment, data: Path, out: Path, echo: Echo) -> Path:
+    from wavadapt.data.corpora import open_corpus
+    from wavadapt.pretrain import build_model, pretrain
+
+    p = exp.pretrain
+    run_dir = out / "pretrain" / p.language
+    if (run_dir / "pretraining.json").is_file():
+        echo(f"pretrain {p.language}: done, kept")
+        return run_dir
+    echo(f"pretrain {p.language} -> {run_dir}")
+    r = _ssl_recipe(p.preset, {"seed": exp.seed, **p.train})
+    model = build_model(exp.backbone, p.language, p.preset, trust_pickle=exp.trust_pickle, seed=exp.seed)
+    pretrain(model, p.language, open_corpus(data, exp.corpus.splits.pretrain, p.language), r.train, run_dir,
+             crop_seconds=r.crop_seconds if p.crop_seconds is None else p.crop_seconds, min_seconds=r.min_seconds,
+             keep_snapshots=p.keep_snapshots, resume=_resume(run_dir))
+    return run_dir
+
+
+def _params(exp: Experiment, out: Path, echo: Echo) -> None:
+    from wavadapt.accounting import all_accounts, backbone_factory
+
+    sizes = [m.adapter_size for m in exp.finetune.methods if "adapters" in m.method] if exp.finetune else []
+    accounts = all_accounts(backbone_factory(exp.backbone, None, exp.trust_pickle), sizes[0] if sizes else 256)
+    (out / "params.json").write_text(json.dumps({"accounts": [a.to_dict() for a in accounts]}, indent=2))
+    echo(f"params: {len(accounts)} methods -> {out / 'params.json'}")
+
+
+def _finetune_one(exp: Experiment, data: Path, language: str, method: FinetuneMethod, top_n: int | None,
+                  run_dir: Path) -> None:
+    """One `wavadapt finetune` run on the train split, validated on dev, then scored on test (eval.json)."""
+    from wavadapt.checkpoint import load_asr_model
+    from wavadapt.data.corpora import open_corpus
+    from wavadapt.evaluate import evaluate
+    from wavadapt.finetune import finetune
+    from wavadapt.methods import MethodConfig
+
+    f, splits = exp.finetune, exp.corpus.splits
+    config = TrainConfig(**{"seed": exp.seed, **f.train, **method.train})
+    model = load_asr_model(exp.backbone, [], trust_pickle=exp.trust_pickle, seed=exp.seed)
+    finetune(model, language, open_corpus(data, splits.train, language),
+             MethodConfig(method.method, top_n, method.adapter_size, method.freeze_updates), config, run_dir,
+             valid=open_corpus(data, splits.dev, language), augment=AugmentConfig(**f.augment),
+             resume=_resume(run_dir))
+    if not _main_process():
+        return
+    result = evaluate(model, open_corpus(data, splits.test, language), task=language,
+                      max_seconds_per_batch=config.max_seconds_per_batch)
+    (run_dir / "eval.json").write_text(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+
+
+def _finetune(exp: Experiment, data: Path, out: Path, echo: Echo) -> None:
+    for language in exp.finetune.languages:
+        for method in exp.finetune.methods:
+            for n in method.top_ns():
+                run_dir = out / "finetune" / language / (method.method + (f"-N{n}" if n is not None else ""))
+                if (run_dir / "eval.json").is_file():
+                    echo(f"finetune {run_dir.relative_to(out)}: done, kept")
+                    continue
+                echo(f"finetune {run_dir.relative_to(out)}")
+                _finetune_one(exp, data, language, method, n, run_dir)
+
+
+def _continual(exp: Experiment, data: Path, start: str | Path, first: str, out: Path, echo: Echo) -> list[Path]:
+    """One `wavadapt continual` run per method from ``start`` (the first task's model)."""
+    import torch
+
+    from wavadapt.continual import ContinualConfig, prepare_continual
+    from wavadapt.data.corpora import open_corpus
+    from wavadapt.pretrain import build_model, pretrain
+
+    c = exp.continual
+    run_dirs = []
+    for method in c.methods:
+        run_dir = out / "continual" / method
+        run_dirs.append(run_dir)
+        if (run_dir / "pretraining.json").is_file():
+            echo(f"continual {method}: done, kept")
+            continue
+        echo(f"continual {method} ({first} -> {c.language}) -> {run_dir}")
+        r = _ssl_recipe(c.preset, {"seed": exp.seed, "checkpoint_every": c.checkpoint_every, **c.train})
+        model = build_model(start, first, c.preset, trust_pickle=exp.trust_pickle, seed=exp.seed)
+        torch.manual_seed(exp.seed)  # the new adapters and heads
+        trainable, regularizer = prepare_continual(model, c.language,
+                                                   ContinualConfig(method, c.l2_weight, c.adapter_size))
+        r.train.extra = {"continual_method": method, "l2_weight": c.l2_weight, "adapter_size": c.adapter_size}
+        pretrain(model, c.language, open_corpus(data, exp.corpus.splits.pretrain, c.language), r.train, run_dir,
+                 trainable=trainable, crop_seconds=r.crop_seconds if c.crop_seconds is None else c.crop_seconds,
+                 min_seconds=r.min_seconds, regularizer=regularizer, keep_snapshots=c.keep_snapshots,
+                 feature_cache=run_dir / "feature_cache" if c.feature_cache else None, resume=_resume(run_dir))
+    return run_dirs
+
+
+def _evaluate_continual(exp: Experiment, data: Path, runs: list[Path], out: Path, echo: Echo) -> None:
+    from wavadapt.evaluate_continual import evaluate_continual
+
+    e, splits = exp.evaluate_continual, exp.corpus.splits
+    probe = {"train_split": splits.train, "test_split": splits.test, "ssl_split": splits.dev, "seed": exp.seed,
+             **e.probe, "augment": AugmentConfig(**e.probe.get("augment", {}))}
+    report = evaluate_continual(runs, ProbeConfig(data, **probe), out / "evaluate-continual", e.target_loss,
+                                e.languages, echo=echo)
+    echo(report.summary())
+
+
+def run_experiment(exp: Experiment, out: str | Path, dry_run: bool = False, echo: Echo = print) -> Path:
+    """Run every step of ``exp`` into ``out`` (toy scale with ``dry_run``, after printing the full plan);
+    returns ``out``."""
+    out = Path(out)
+    for line in plan(exp):
+        echo(("would run " if dry_run else "") + line)
+    if dry_run:
+        exp = toy(exp)
+        echo(f"dry run at toy scale into {out}")
+    out.mkdir(parents=True, exist_ok=True)
+    needs_data = exp.pretrain or exp.finetune or exp.continual
+    data = _corpus(exp, out, echo) if needs_data else None
+    first_model = _pretrain(exp, data, out, echo) if exp.pretrain else None
+    if exp.params and _main_process():
+        _params(exp, out, echo)
+    if exp.finetune:
+        _finetune(exp, data, out, echo)
+    if exp.continual:
+        first = exp.pretrain.language if exp.pretrain else exp.first_task
+        runs = _continual(exp, data, first_model or exp.backbone, first, out, echo)
+        if exp.evaluate_continual:
+            _evaluate_continual(exp, data, [*([first_model] if first_model else []), *runs], out, echo)
+    if exp.report and _main_process():
+        from wavadapt.report import write_report
+
+        echo(write_report(out).summary)
+    return out
