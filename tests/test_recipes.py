@@ -1,4 +1,4 @@
-"""The recipes in recipes/: each loads strictly into an Experiment and runs end to end at toy scale."""
+"""The packaged recipes (wavadapt/recipes/): each loads strictly into an Experiment and runs end to end at toy scale."""
 
 import json
 import re
@@ -9,9 +9,10 @@ from typer.testing import CliRunner
 
 from wavadapt.cli import app
 from wavadapt.errors import WavadaptError
-from wavadapt.experiment import Experiment, load_experiment, plan, run_experiment
+from wavadapt.experiment import RECIPES as RECIPE_DIR
+from wavadapt.experiment import Experiment, load_experiment, plan, recipe_path, run_experiment
 
-RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
+RECIPES = sorted(RECIPE_DIR.glob("*.yaml"))
 
 
 def test_there_are_the_papers_recipes_and_the_demo():
@@ -26,7 +27,7 @@ def test_recipe_loads(recipe):
 
 
 def test_thomas_recipe_sweeps_n_1_to_12():
-    exp = load_experiment(Path(__file__).parent.parent / "recipes" / "thomas2022_adapters.yaml")
+    exp = load_experiment(recipe_path("thomas2022_adapters"))
     assert exp.finetune.methods[-1].top_n == list(range(1, 13))
     assert exp.finetune.train["lr"] == 5e-5
     assert any("2 languages x 26 runs = 52 runs" in line for line in plan(exp))

@@ -580,8 +580,9 @@ def report(
 
 @app.command("run")
 def run_recipe(
-    recipe: Annotated[Path, typer.Argument(help="A YAML recipe (see recipes/): corpus, backbone, pretrain, params, "
-                                           "finetune, continual, evaluate_continual, report; any may be missing.")],
+    recipe: Annotated[str, typer.Argument(help="A YAML recipe file, or the name of a packaged one (demo, "
+                                          "thomas2022_adapters, kessler2022_cwav2vec): corpus, backbone, pretrain, "
+                                          "params, finetune, continual, evaluate_continual, report.")],
     out: Annotated[Path, typer.Option(help="Experiment directory (the layout `wavadapt report` reads); finished "
                                       "runs in it are kept, so running again resumes.")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the full plan, then run every step at toy "
@@ -590,9 +591,9 @@ def run_recipe(
 ) -> None:
     """Run an experiment grid from a YAML recipe: pre-training, fine-tuning sweeps, continual pre-training,
     their evaluation and the report."""
-    from wavadapt.experiment import load_experiment, run_experiment
+    from wavadapt.experiment import load_experiment, recipe_path, run_experiment
 
-    run_experiment(load_experiment(recipe), out, dry_run=dry_run, echo=typer.echo)
+    run_experiment(load_experiment(recipe_path(recipe)), out, dry_run=dry_run, echo=typer.echo)
 
 
 # --- demo ---
@@ -600,13 +601,14 @@ def run_recipe(
 
 @app.command()
 def demo(
-    out_dir: Annotated[Path, typer.Option(help="Where the corpus, vocabularies and results go.")] = Path("demo_out"),
-    seed: Annotated[int, typer.Option(help="Seed of the corpus and the model.")] = 0,
+    out: Annotated[Path, typer.Option(help="Experiment directory: corpus, runs, report.")] = Path("demo_out"),
 ) -> None:
-    """Run the end-to-end demo on a freshly synthesised English + Spanish corpus."""
-    from wavadapt.demo import run_demo
+    """The packaged demo recipe end to end on 2 CPU cores: synthesise English + Spanish speech, pre-train a
+    tiny wav2vec 2.0 on English, fine-tune it with full / adapters / top-N adapters, continue on Spanish with
+    the four continual methods, probe every checkpoint, write the report."""
+    from wavadapt.experiment import load_experiment, recipe_path, run_experiment
 
-    run_demo(out_dir, seed, echo=typer.echo)
+    run_experiment(load_experiment(recipe_path("demo")), out, echo=typer.echo)
 
 
 def main() -> None:

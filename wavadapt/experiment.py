@@ -209,6 +209,22 @@ _Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(\d+
                               list("-+.0123456789"))
 
 
+RECIPES = Path(__file__).parent / "recipes"
+"""The packaged recipes: the two papers' experiments and the demo."""
+
+
+def recipe_path(recipe: str | Path) -> Path:
+    """A recipe file, or the packaged recipe of that name (``demo``, ``thomas2022_adapters`` ...)."""
+    path = Path(recipe)
+    if path.exists():
+        return path
+    packaged = RECIPES / f"{recipe}.yaml"
+    if packaged.exists():
+        return packaged
+    known = ", ".join(sorted(p.stem for p in RECIPES.glob("*.yaml")))
+    raise WavadaptError(f"{recipe}: no such recipe file, nor a packaged recipe (packaged: {known})")
+
+
 def load_experiment(path: str | Path) -> Experiment:
     """Read and check a recipe: unknown keys anywhere (override mappings included) are an error naming the key
     and the file."""
