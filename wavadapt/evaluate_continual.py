@@ -305,19 +305,20 @@ class ContinualReport:
 
     def summary(self) -> str:
         """Both tables as text: per checkpoint and language WER, CER, fine-tuning and self-supervised loss."""
-        head = f"{'method':<12}{'checkpoint':<12}{'step':>6}" + "".join(
+        w = max([len("method"), *(len(r["method"]) for r in self.forgetting + self.efficiency)]) + 2
+        head = f"{'method':<{w}}{'checkpoint':<12}{'step':>6}" + "".join(
             f"{f'{lang} WER':>9}{f'{lang} CER':>9}{f'{lang} CTC':>9}{f'{lang} SSL':>9}" for lang in self.languages)
         lines = ["forgetting: test WER / CER after fine-tuning, last fine-tuning loss (CTC), self-supervised "
                  f"loss (SSL) on {self.probe['ssl_split']}", head]
         for r in self.forgetting:
             cells = "".join(_cell(r.get(f"{m}_{lang}"), m) for lang in self.languages for m in METRICS)
-            lines.append(f"{r['method']:<12}{r['position']:<12}{r['step']:>6}{cells}")
+            lines.append(f"{r['method']:<{w}}{r['position']:<12}{r['step']:>6}{cells}")
         lines += ["", "efficiency (Fig. 6): seconds per update (median; x of the slowest), training seconds, "
                   "seconds to the target validation loss, parameters",
-                  f"{'method':<12}{'task':<6}{'updates':>8}{'s/update':>10}{'x':>6}{'train s':>9}{'to target':>10}"
+                  f"{'method':<{w}}{'task':<6}{'updates':>8}{'s/update':>10}{'x':>6}{'train s':>9}{'to target':>10}"
                   f"{'total':>13}{'trainable':>13}{'frozen':>13}"]
         for r in self.efficiency:
-            lines.append(f"{r['method']:<12}{r['task']:<6}{r['updates']:>8}{_num(r['median_update_seconds'], 10, 3)}"
+            lines.append(f"{r['method']:<{w}}{r['task']:<6}{r['updates']:>8}{_num(r['median_update_seconds'], 10, 3)}"
                          f"{_num(r['relative_update_time'], 6, 2)}{_num(r['train_seconds'], 9, 1)}"
                          f"{_num(r['seconds_to_target'], 10, 1)}{r['total_parameters']:>13,}"
                          f"{r['trainable_parameters']:>13,}{r['frozen_parameters']:>13,}")
