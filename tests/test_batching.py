@@ -137,7 +137,7 @@ def test_collate_pads_without_changing_the_items(tmp_path, vocab):
         n, m = len(item["waveform"]), len(item["labels"])
         assert torch.equal(batch["waveforms"][row, :n], item["waveform"])
         assert not batch["waveforms"][row, n:].any()
-        assert batch["attention_mask"].dtype == torch.long
+        assert batch["attention_mask"].dtype == torch.int32
         assert batch["attention_mask"][row].tolist() == [1] * n + [0] * (batch["waveforms"].shape[1] - n)
         assert torch.equal(batch["labels"][row, :m], item["labels"])
         assert (batch["labels"][row, m:] == -100).all() and batch["label_lengths"][row] == m

@@ -249,16 +249,17 @@ class AudioDataset(Dataset):
 def collate(items: Sequence[dict | None]) -> dict | None:
     """Pad a list of dataset items into a batch; None items (bad files) are dropped and counted.
 
-    Returns ``waveforms`` (B, T) zero-padded, ``attention_mask`` (B, T) long (1 = audio), ``ids``,
-    ``num_skipped``, ``padding_fraction``, ``audio_seconds`` (unpadded), and with labels ``labels`` (B, L)
-    padded with -100 plus ``label_lengths`` (B,). Returns None when every item was bad.
+    Returns ``waveforms`` (B, T) zero-padded, ``attention_mask`` (B, T) int32 (1 = audio; int32 as
+    transformers' feature extractors make it, half the bytes of int64 to pass from DataLoader workers),
+    ``ids``, ``num_skipped``, ``padding_fraction``, ``audio_seconds`` (unpadded), and with labels ``labels``
+    (B, L) padded with -100 plus ``label_lengths`` (B,). Returns None when every item was bad.
     """
     good = [item for item in items if item is not None]
     if not good:
         return None
     sizes = torch.tensor([len(item["waveform"]) for item in good])
     # (B,) -> (B, T): position t is audio iff t < size.
-    attention_mask = (torch.arange(int(sizes.max()))[None, :] < sizes[:, None]).long()
+    attention_mask = (torch.arange(int(sizes.max()))[None, :] < sizes[:, None]).int()
     batch = {
         "ids": [item["id"] for item in good],
         "waveforms": torch.nn.utils.rnn.pad_sequence([item["waveform"] for item in good], batch_first=True),
