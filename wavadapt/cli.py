@@ -492,19 +492,13 @@ def continual(
 
 
 def _pretrain_recipe(preset: str | None, model: str, **options):
-    """The name and the pre-training recipe ``preset`` (default: ``model`` if it names a preset, else base) with the
-    options given on the command line; update_freq defaults to the recipe's GPUs / processes."""
-    import os
-
+    """The name and the pre-training recipe ``preset`` (default: ``model`` if it names a preset, else base)
+    with the options given on the command line."""
     from wavadapt.model.backbone import PRESETS
     from wavadapt.pretrain import recipe
 
     name = preset or (model if model in PRESETS else "base")
-    given = {k: v for k, v in options.items() if v is not None}
-    r = recipe(name, **given)
-    if "update_freq" not in given:
-        r.train.update_freq = max(1, r.gpus // int(os.environ.get("WORLD_SIZE", 1)))
-    return name, r
+    return name, recipe(name, **{k: v for k, v in options.items() if v is not None})
 
 
 def _cache_dir(out: Path, enabled: bool, directory: Path | None) -> Path | None:

@@ -324,8 +324,10 @@ def plan(exp: Experiment) -> list[str]:
         lines.append(f"continual {k.language}: {len(k.methods)} runs ({', '.join(k.methods)}) with the {k.preset} "
                      f"recipe, overrides {k.train}")
     if exp.evaluate_continual is not None:
+        from wavadapt.pretrain import recipe
+
         k = exp.continual
-        updates = _ssl_recipe(k.preset, k.train).train.max_updates
+        updates = recipe(k.preset, **k.train).train.max_updates
         checkpoints = updates // k.checkpoint_every if k.keep_snapshots and k.checkpoint_every else 1
         lines.append(f"evaluate-continual: fine-tune and test {checkpoints} checkpoints per method on each language "
                      f"learnt, overrides {exp.evaluate_continual.probe}")
@@ -374,20 +376,9 @@ def _resume(run_dir: Path) -> bool:
     return False
 
 
-def _ssl_recipe(preset: str, train: dict):
-    """The pre-training recipe with the overrides; update_freq defaults to the recipe's GPUs over this run's
-    processes (as `wavadapt pretrain`), so the global batch is the recipe's."""
-    from wavadapt.pretrain import recipe
-
-    r = recipe(preset, **train)
-    if "update_freq" not in train:
-        r.train.update_freq = max(1, r.gpus // int(os.environ.get("WORLD_SIZE", 1)))
-    return r
-
-
 def _pretrain(exp: Experiment, data: Path, out: Path, echo: Echo) -> Path:
     from wavadapt.data.corpora import open_corpus
-    from wavadapt.pretrain import build_model, pretrain
+    from wavadapt.pretrain import build_model, pretrain, recipe
 
     p = exp.pretrain
     run_dir = out / "pretrain" / p.language
@@ -395,7 +386,7 @@ def _pretrain(exp: Experiment, data: Path, out: Path, echo: Echo) -> Path:
         echo(f"pretrain {p.language}: done, kept")
         return run_dir
     echo(f"pretrain {p.language} -> {run_dir}")
-    r = _ssl_recipe(p.preset, {"seed": exp.seed, **p.train})
+    r = recipe(p.preset, **{"seed": exp.seed, **p.train})
     model = build_model(exp.backbone, p.language, p.preset, trust_pickle=exp.trust_pickle, seed=exp.seed)
     pretrain(model, p.language, open_corpus(data, exp.corpus.splits.pretrain, p.language), r.train, run_dir,
              crop_seconds=r.crop_seconds if p.crop_seconds is None else p.crop_seconds, min_seconds=r.min_seconds,
@@ -453,7 +444,7 @@ def _continual(exp: Experiment, data: Path, start: str | Path, first: str, out: 
 
     from wavadapt.continual import ContinualConfig, prepare_continual
     from wavadapt.data.corpora import open_corpus
-    from wavadapt.pretrain import build_model, pretrain
+    from wavadapt.pretrain import build_model, pretrain, recipe
 
     c = exp.continual
     run_dirs = []
@@ -464,7 +455,7 @@ def _continual(exp: Experiment, data: Path, start: str | Path, first: str, out: 
             echo(f"continual {method}: done, kept")
             continue
         echo(f"continual {method} ({first} -> {c.language}) -> {run_dir}")
-        r = _ssl_recipe(c.preset, {"seed": exp.seed, "checkpoint_every": c.checkpoint_every, **c.train})
+        r = recipe(c.preset, **{"seed": exp.seed, "checkpoint_every": c.checkpoint_every, **c.train})
         model = build_model(start, first, c.preset, trust_pickle=exp.trust_pickle, seed=exp.seed)
         torch.manual_seed(exp.seed)  # the new adapters and heads
         trainable, regularizer = prepare_continual(model, c.language,

@@ -93,13 +93,18 @@ class PretrainRecipe:
 
 
 def recipe(name: str, **train_overrides) -> PretrainRecipe:
-    """The :data:`PRETRAIN_PRESETS` entry ``name`` with ``train_overrides`` applied to its TrainConfig."""
+    """The :data:`PRETRAIN_PRESETS` entry ``name`` with ``train_overrides`` applied to its TrainConfig.
+
+    Unless overridden, ``update_freq`` is the recipe's GPUs over this run's processes (torchrun's
+    WORLD_SIZE), so the global batch is the recipe's on any number of processes.
+    """
     if name not in PRETRAIN_PRESETS:
         raise WavadaptError(f"unknown pre-training preset {name!r} (known: {', '.join(PRETRAIN_PRESETS)})")
     p = PRETRAIN_PRESETS[name]
+    update_freq = max(1, p["gpus"] // int(os.environ.get("WORLD_SIZE", 1)))
     return PretrainRecipe(dict(p["backbone"]), PretrainingConfig(**p["objective"]),
-                          TrainConfig(**{**p["train"], **train_overrides}), p["crop_seconds"], p["min_seconds"],
-                          p["gpus"])
+                          TrainConfig(**{**p["train"], "update_freq": update_freq, **train_overrides}),
+                          p["crop_seconds"], p["min_seconds"], p["gpus"])
 
 
 def build_model(source: str | Path, task: str, preset: str = "base", *, trust_pickle: bool = False,
