@@ -15,13 +15,16 @@ app = typer.Typer(
 )
 
 
-# Options shared by the training commands.
+# Options shared by several commands.
 Amp = Annotated[str, typer.Option(help="auto | bf16 | fp16 | none")]
 ValidateEvery = Annotated[int, typer.Option(help="Validate every N updates (0: at the end).")]
 CheckpointEvery = Annotated[int, typer.Option(help="Checkpoint every N updates (0: at the end).")]
 NumWorkers = Annotated[int, typer.Option(help="Data-loading worker processes.")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its checkpoint.")]
-TrustPickle = Annotated[bool, typer.Option("--trust-pickle", help="Allow a fairseq .pt (a pickle).")]
+TrustPickle = Annotated[
+    bool, typer.Option("--trust-pickle", help="Allow reading a fairseq .pt: a pickle, which can run code.")
+]
+Family = Annotated[str | None, typer.Option(help="Family of a preset: wav2vec2 (default), hubert or wavlm.")]
 KeepSnapshots = Annotated[bool, typer.Option("--keep-snapshots", help="Keep the full state of every checkpoint "
                                              "in snapshots/ (learning curves).")]
 FeatureCache = Annotated[bool, typer.Option("--feature-cache", help="Train on the frozen CNN's output, computed once "
@@ -143,10 +146,6 @@ AdapterOption = Annotated[
     typer.Option(help="A task file (adapter.<task>.json); repeat to stack, the language adapter first."),
 ]
 TaskOption = Annotated[str | None, typer.Option(help="Task to run (default: the last task file's).")]
-FamilyOption = Annotated[str | None, typer.Option(help="Family of a preset: wav2vec2 (default), hubert or wavlm.")]
-TrustPickleOption = Annotated[
-    bool, typer.Option("--trust-pickle", help="Allow reading a fairseq .pt: a pickle, which can run code.")
-]
 
 
 def _asr_model(model: str, adapters: list[Path] | None, task: str | None, family: str | None, trust_pickle: bool):
@@ -171,8 +170,8 @@ def evaluate_corpus(
     language: Annotated[str | None, typer.Option(help="Language directory / transcript normalisation.")] = None,
     out: Annotated[Path | None, typer.Option(help="Write hyp.<task>.txt and ref.<task>.txt here.")] = None,
     max_seconds_per_batch: Annotated[float, typer.Option(help="Seconds of padded audio per batch.")] = 60.0,
-    family: FamilyOption = None,
-    trust_pickle: TrustPickleOption = False,
+    family: Family = None,
+    trust_pickle: TrustPickle = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Decode a corpus split greedily and print WER / CER per language."""
@@ -194,8 +193,8 @@ def transcribe_files(
     model: ModelOption,
     adapter: AdapterOption = None,
     task: TaskOption = None,
-    family: FamilyOption = None,
-    trust_pickle: TrustPickleOption = False,
+    family: Family = None,
+    trust_pickle: TrustPickle = False,
 ) -> None:
     """Print `<file>TAB<transcript>` per file (greedy CTC); unreadable files get an error line, exit status 1."""
     from wavadapt.data.audio import read_audio
@@ -230,10 +229,8 @@ def params(
         int | None, typer.Option(help="CTC output tokens (default 32: fairseq's LibriSpeech letter dictionary).")
     ] = None,
     vocab: Annotated[Path | None, typer.Option(help="vocab.json or dict.ltr.txt whose size sets the head.")] = None,
-    family: Annotated[str | None, typer.Option(help="Family of a preset: wav2vec2 (default), hubert or wavlm.")] = None,
-    trust_pickle: Annotated[
-        bool, typer.Option("--trust-pickle", help="Allow reading a fairseq .pt: a pickle, which can run code.")
-    ] = False,
+    family: Family = None,
+    trust_pickle: TrustPickle = False,
     all_methods: Annotated[
         bool, typer.Option("--all", help="Every method, with both top-N methods for N = 1 .. layers.")
     ] = False,
@@ -277,13 +274,11 @@ def info(
     model: Annotated[
         str, typer.Argument(help="A preset (tiny, base, large), a Hugging Face checkpoint directory or a fairseq .pt.")
     ],
-    family: Annotated[str | None, typer.Option(help="Family of a preset: wav2vec2 (default), hubert or wavlm.")] = None,
+    family: Family = None,
     pretraining: Annotated[
         bool, typer.Option("--pretraining", help="Include wav2vec 2.0's quantizer and projections.")
     ] = False,
-    trust_pickle: Annotated[
-        bool, typer.Option("--trust-pickle", help="Allow reading a fairseq .pt: a pickle, which can run code.")
-    ] = False,
+    trust_pickle: TrustPickle = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Summarise a backbone's architecture and count its parameters by component."""
