@@ -1,4 +1,4 @@
-"""Fixed inputs and output probes shared by the backbone and fairseq loading tests."""
+"""Fixed inputs, output probes and configs shared by the model tests."""
 
 import torch
 
@@ -7,6 +7,9 @@ MASK = torch.zeros(2, 24, dtype=torch.bool)
 MASK[:, 4:14] = True
 # Large's structure at tiny size: pre-LN, layer norm and bias in every conv.
 LARGE_STYLE = {"do_stable_layer_norm": True, "feat_extract_norm": "layer", "conv_bias": True}
+# Deterministic pre-training forwards: every dropout and layer drop off.
+NO_DROPOUT = dict(hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0,
+                  feat_quantizer_dropout=0.0, layerdrop=0.0)
 
 
 def hidden(model) -> torch.Tensor:

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from model_probes import NO_DROPOUT
 from torch import nn
 
 from wavadapt.model.backbone import build_pretraining_model
@@ -16,9 +17,6 @@ from wavadapt.objectives.contrastive import (
     sample_negatives,
 )
 from wavadapt.objectives.masking import compute_mask_indices
-
-NO_DROPOUT = dict(hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0,
-                  feat_quantizer_dropout=0.0, layerdrop=0.0)
 
 
 def test_distractors_are_other_masked_steps_of_the_same_utterance():

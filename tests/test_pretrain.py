@@ -7,6 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from model_probes import NO_DROPOUT
 
 from wavadapt.data.batching import filter_by_length
 from wavadapt.data.corpora import open_corpus
@@ -22,8 +23,6 @@ from wavadapt.objectives.contrastive import sample_negatives
 from wavadapt.objectives.masking import compute_mask_indices
 from wavadapt.pretrain import PretrainingObjective, build_model, evaluate_pretraining, maskable, pretrain, recipe
 
-NO_DROPOUT = dict(hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0,
-                  feat_quantizer_dropout=0.0, layerdrop=0.0)
 CROP = 4.0
 
 
