@@ -103,3 +103,19 @@ def test_evaluate_continual_needs_continual(tmp_path):
     path.write_text("evaluate_continual: {}\n")
     with pytest.raises(WavadaptError, match="needs a continual section"):
         load_experiment(path)
+
+
+def test_fine_tuning_starts_from_the_pretrained_first_model(tmp_path):
+    """With a pretrain section, every fine-tuning run's task file is fingerprinted against the backbone that
+    pre-training wrote, not the recipe's fresh preset."""
+    from wavadapt.checkpoint import backbone_fingerprint
+    from wavadapt.model.backbone import build_backbone, load_backbone
+
+    recipe = tmp_path / "small.yaml"
+    recipe.write_text("corpus: {root: nowhere}\npretrain: {language: en}\n"
+                      "finetune: {languages: [en], methods: [{method: adapters}, {method: full}]}\n")
+    out = run_experiment(load_experiment(recipe), tmp_path / "out", dry_run=True, echo=lambda line: None)
+    pretrained = backbone_fingerprint(load_backbone(out / "pretrain" / "en"))
+    assert pretrained != backbone_fingerprint(build_backbone("tiny"))
+    adapters = json.loads((out / "finetune" / "en" / "adapters" / "adapter.en.json").read_text())
+    assert adapters["backbone"]["fingerprint"] == pretrained

@@ -403,9 +403,10 @@ def _params(exp: Experiment, out: Path, echo: Echo) -> None:
     echo(f"params: {len(accounts)} methods -> {out / 'params.json'}")
 
 
-def _finetune_one(exp: Experiment, data: Path, language: str, method: FinetuneMethod, top_n: int | None,
-                  run_dir: Path) -> None:
-    """One `wavadapt finetune` run on the train split, validated on dev, then scored on test (eval.json)."""
+def _finetune_one(exp: Experiment, data: Path, start: str | Path, language: str, method: FinetuneMethod,
+                  top_n: int | None, run_dir: Path) -> None:
+    """One `wavadapt finetune` run of the model ``start`` on the train split, validated on dev, then scored on
+    test (eval.json)."""
     from wavadapt.checkpoint import load_asr_model
     from wavadapt.data.corpora import open_corpus
     from wavadapt.evaluate import evaluate
@@ -414,7 +415,7 @@ def _finetune_one(exp: Experiment, data: Path, language: str, method: FinetuneMe
 
     f, splits = exp.finetune, exp.corpus.splits
     config = TrainConfig(**{"seed": exp.seed, **f.train, **method.train})
-    model = load_asr_model(exp.backbone, [], trust_pickle=exp.trust_pickle, seed=exp.seed)
+    model = load_asr_model(start, [], trust_pickle=exp.trust_pickle, seed=exp.seed)
     finetune(model, language, open_corpus(data, splits.train, language),
              MethodConfig(method.method, top_n, method.adapter_size, method.freeze_updates), config, run_dir,
              valid=open_corpus(data, splits.dev, language), augment=AugmentConfig(**f.augment),
@@ -426,7 +427,7 @@ def _finetune_one(exp: Experiment, data: Path, language: str, method: FinetuneMe
     (run_dir / "eval.json").write_text(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
 
 
-def _finetune(exp: Experiment, data: Path, out: Path, echo: Echo) -> None:
+def _finetune(exp: Experiment, data: Path, start: str | Path, out: Path, echo: Echo) -> None:
     for language in exp.finetune.languages:
         for method in exp.finetune.methods:
             for n in method.top_ns():
@@ -435,7 +436,7 @@ def _finetune(exp: Experiment, data: Path, out: Path, echo: Echo) -> None:
                     echo(f"finetune {run_dir.relative_to(out)}: done, kept")
                     continue
                 echo(f"finetune {run_dir.relative_to(out)}")
-                _finetune_one(exp, data, language, method, n, run_dir)
+                _finetune_one(exp, data, start, language, method, n, run_dir)
 
 
 def _continual(exp: Experiment, data: Path, start: str | Path, first: str, out: Path, echo: Echo) -> list[Path]:
@@ -479,6 +480,13 @@ def _evaluate_continual(exp: Experiment, data: Path, runs: list[Path], out: Path
     echo(report.summary())
 
 
+def _pretraining_run(backbone: str) -> Path | None:
+    """The backbone as a `wavadapt pretrain` run directory, else None: a run is the first task's checkpoint
+    that evaluate-continual compares the continual methods against."""
+    path = Path(backbone)
+    return path if (path / "run.json").is_file() and (path / "pretraining.json").is_file() else None
+
+
 def run_experiment(exp: Experiment, out: str | Path, dry_run: bool = False, echo: Echo = print) -> Path:
     """Run every step of ``exp`` into ``out`` (toy scale with ``dry_run``, after printing the full plan);
     returns ``out``."""
@@ -491,11 +499,11 @@ def run_experiment(exp: Experiment, out: str | Path, dry_run: bool = False, echo
     out.mkdir(parents=True, exist_ok=True)
     needs_data = exp.pretrain or exp.finetune or exp.continual
     data = _corpus(exp, out, echo) if needs_data else None
-    first_model = _pretrain(exp, data, out, echo) if exp.pretrain else None
+    first_model = _pretrain(exp, data, out, echo) if exp.pretrain else _pretraining_run(exp.backbone)
     if exp.params and _main_process():
         _params(exp, out, echo)
     if exp.finetune:
-        _finetune(exp, data, out, echo)
+        _finetune(exp, data, first_model or exp.backbone, out, echo)
     if exp.continual:
         first = exp.pretrain.language if exp.pretrain else exp.first_task
         runs = _continual(exp, data, first_model or exp.backbone, first, out, echo)

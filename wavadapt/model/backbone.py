@@ -120,12 +120,17 @@ def load_backbone(path: str | Path, *, trust_pickle: bool = False, **overrides) 
     """Load the base encoder (Wav2Vec2Model / HubertModel / WavLMModel) from a checkpoint.
 
     `path` is a Hugging Face checkpoint directory (config.json + model.safetensors or pytorch_model.bin,
-    saved from the base model or from a ForPreTraining / ForCTC model) or a fairseq wav2vec 2.0 .pt file
-    (a pickle: needs `trust_pickle=True`). Head weights (CTC head, quantizer) are dropped; any other missing
-    or unexpected key raises CheckpointError listing them. `overrides` change config fields that do not
+    saved from the base model or from a ForPreTraining / ForCTC model), a fairseq wav2vec 2.0 .pt file
+    (a pickle: needs `trust_pickle=True`) or a `wavadapt pretrain` run directory (pretraining.json). Head
+    weights (CTC head, quantizer) are dropped; any other missing or unexpected key raises CheckpointError
+    listing them. `overrides` change config fields that do not
     alter the weights (dropouts, masking). The model comes back in eval mode, in float32.
     """
     path = Path(path)
+    if (path / "pretraining.json").is_file():  # a `wavadapt pretrain` run: its backbone with any adapter sets
+        from wavadapt.model.pretraining import load_pretraining  # it builds on this module
+
+        return load_pretraining(path, **overrides).backbone
     if _is_fairseq_file(path):
         config, state = read_fairseq_checkpoint(path, trust_pickle=trust_pickle)
         return _from_state(path, Wav2Vec2Model, config, state, overrides)
