@@ -44,6 +44,7 @@ log = logging.getLogger("wavadapt.pretrain")
 
 _DROPOUT_01 = {"hidden_dropout": 0.1, "attention_dropout": 0.1, "activation_dropout": 0.0,
                "feat_proj_dropout": 0.1, "feat_quantizer_dropout": 0.1}
+_NO_DROPOUT = {k: 0.0 for k in _DROPOUT_01}
 _ADAM = {"schedule": "linear", "betas": (0.9, 0.98), "eps": 1e-6, "weight_decay": 0.01}
 
 # Per recipe: backbone config overrides (dropouts, layer drop), objective, optimisation, data. Batch sizes
@@ -70,10 +71,13 @@ PRETRAIN_PRESETS: dict[str, dict] = {
         "train": {**_ADAM, "lr": 3e-4, "max_updates": 600_000, "max_seconds_per_batch": 1_200_000 / SAMPLE_RATE},
         "crop_seconds": 320_000 / SAMPLE_RATE, "min_seconds": 32_000 / SAMPLE_RATE, "gpus": 128,
     },
-    # CPU tests and the demo: Base's objective on a few seconds of audio per batch.
+    # CPU tests and the demo: Base's objective on a few seconds of audio per batch, without Base's regularisers.
+    # With them (dropout 0.1, layer drop, feature penalty 10, CNN gradient x0.1) the tiny model on 20 minutes
+    # of synthetic speech stayed at chance (contrastive loss ln 101) for 680 updates; without them it left
+    # chance after ~500.
     "tiny": {
-        "backbone": {**_DROPOUT_01, "layerdrop": 0.05},
-        "objective": {"feature_grad_mult": 0.1, "feature_penalty_weight": 10.0, "latent_temp": (2.0, 0.5, 0.999995)},
+        "backbone": {**_NO_DROPOUT, "layerdrop": 0.0},
+        "objective": {"feature_grad_mult": 1.0, "feature_penalty_weight": 0.0, "latent_temp": (2.0, 0.5, 0.999995)},
         "train": {**_ADAM, "lr": 5e-4, "max_updates": 200, "max_seconds_per_batch": 16.0},
         "crop_seconds": 4.0, "min_seconds": 0.0, "gpus": 1,
     },
