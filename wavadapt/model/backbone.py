@@ -123,8 +123,8 @@ def load_backbone(path: str | Path, *, trust_pickle: bool = False, **overrides) 
     saved from the base model or from a ForPreTraining / ForCTC model), a fairseq wav2vec 2.0 .pt file
     (a pickle: needs `trust_pickle=True`) or a `wavadapt pretrain` run directory (pretraining.json). Head
     weights (CTC head, quantizer) are dropped; any other missing or unexpected key raises CheckpointError
-    listing them. `overrides` change config fields that do not
-    alter the weights (dropouts, masking). The model comes back in eval mode, in float32.
+    listing them. `overrides` change config fields that do not alter the weights (dropouts, masking). The
+    model comes back in eval mode, in float32.
     """
     path = Path(path)
     if (path / "pretraining.json").is_file():  # a `wavadapt pretrain` run: its backbone with any adapter sets
