@@ -19,8 +19,9 @@ from wavadapt.train import TrainConfig
 # The Trainer's log.csv columns (train.py): a training row, then the validation metrics when validated.
 LOG_COLUMNS = ["update", "loss", "grad_norm", "lr", "items", "audio_seconds", "audio_seconds_per_second",
                "update_seconds", "skipped_updates", "skipped_files", "skipped_batches", "valid_wer", "valid_cer"]
-PNGS = ["finetune_wer", "top_n", "valid_cer", "continual_loss", "forgetting_wer_en", "forgetting_ssl_loss_en",
-        "forgetting_wer_es", "forgetting_ssl_loss_es", "update_time", "continual_parameters"]
+PNGS = ["finetune_error_rates", "top_n", "valid_cer", "continual_loss", "forgetting_wer_en", "forgetting_cer_en",
+        "forgetting_ssl_loss_en", "forgetting_wer_es", "forgetting_cer_es", "forgetting_ssl_loss_es", "update_time",
+        "continual_parameters"]
 
 
 def write_log(path, cers):

@@ -93,13 +93,13 @@ def updates_to_target(log: Sequence[dict], target_cer: float) -> int | None:
 
 def line_figure(title: str, xlabel: str, ylabel: str, series: Series) -> Figure:
     """One line with markers per series."""
-    fig = Figure(figsize=(6.4, 4.0))  # no pyplot: a bare Figure renders PNGs with Agg and holds no global state
+    fig = Figure(figsize=(8.0, 4.0))  # no pyplot: a bare Figure renders PNGs with Agg and holds no global state
     ax = fig.add_subplot()
     for label, (xs, ys) in series.items():
         ax.plot(xs, ys, marker="o", label=label)
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     ax.grid(alpha=0.3)
-    ax.legend()
+    _legend_outside(ax)
     fig.tight_layout()
     return fig
 
@@ -107,16 +107,21 @@ def line_figure(title: str, xlabel: str, ylabel: str, series: Series) -> Figure:
 def bar_figure(title: str, xlabel: str, ylabel: str, groups: Sequence[str], series: dict[str, Sequence[float]]
                ) -> Figure:
     """Grouped bars: one group per entry of ``groups``, one bar per series in each."""
-    fig = Figure(figsize=(max(6.4, 1.2 * len(groups)), 4.0))
+    fig = Figure(figsize=(max(8.0, 1.2 * len(groups) + 1.6), 4.0))
     ax = fig.add_subplot()
     width = 0.8 / len(series)
     for i, (label, values) in enumerate(series.items()):
         ax.bar([g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))], values, width, label=label)
     ax.set_xticks(range(len(groups)), groups, rotation=20, ha="right")
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
-    ax.legend()
+    _legend_outside(ax)
     fig.tight_layout()
     return fig
+
+
+def _legend_outside(ax) -> None:
+    """The legend right of the axes: inside, a dozen curves' legend hides the curves it names."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
 
 
 # --- Markdown ---
@@ -200,12 +205,13 @@ def _finetuning(report: Report, runs: list[FinetuneRun], target_cer: float) -> N
         scores = {(r.label, r.language): r.result for r in evaluated}
         rows = [[label, *(_percent(scores.get((label, lang), {}).get(m)) for lang in languages for m in ("wer", "cer"))]
                 for label in labels]
-        # NaN draws no bar: a method not run on a language must not look like 0% WER
-        wer = {lang: [100 * scores[(label, lang)]["wer"] if (label, lang) in scores else float("nan")
-                      for label in labels] for lang in languages}
+        # NaN draws no bar: a method not run on a language must not look like 0% WER. CER is drawn too: a small
+        # model's WER sits near 100% long after its CER shows what it learnt.
+        bars = {f"{lang} {m.upper()}": [100 * scores[(label, lang)][m] if (label, lang) in scores else float("nan")
+                                        for label in labels] for lang in languages for m in ("wer", "cer")}
         report.section(title, _table(["method", *(f"{lang} {m}" for lang in languages for m in ("WER", "CER"))], rows),
-                       report.plot("finetune_wer", bar_figure("Test WER per fine-tuning method", "method", "WER (%)",
-                                                              labels, wer)))
+                       report.plot("finetune_error_rates", bar_figure("Test WER and CER per fine-tuning method",
+                                                                      "method", "error rate (%)", labels, bars)))
     _top_n(report, evaluated)
     _convergence(report, runs, target_cer)
     report.summary_rows += [[r.language, r.label, r.name, _percent(r.result and r.result["wer"]),
@@ -218,15 +224,16 @@ def _top_n(report: Report, evaluated: list[FinetuneRun]) -> None:
     series = {}
     for method in ("top-n-adapters", "top-n-full"):
         for lang in dict.fromkeys(r.language for r in evaluated):
-            points = sorted((r.method["top_n"], 100 * r.result["wer"]) for r in evaluated
-                            if r.method["method"] == method and r.language == lang)
-            if points:
-                series[f"{method} ({lang})"] = tuple(zip(*points, strict=True))
+            for metric in ("wer", "cer"):
+                points = sorted((r.method["top_n"], 100 * r.result[metric]) for r in evaluated
+                                if r.method["method"] == method and r.language == lang)
+                if points:
+                    series[f"{method} ({lang}) {metric.upper()}"] = tuple(zip(*points, strict=True))
     if not series:
         return report.skip(title, "no evaluated top-n-adapters or top-n-full run")
-    report.section(title, "Test WER of the top-N methods against the number of trained (adapted) top layers.",
-                   report.plot("top_n", line_figure("Test WER vs top N layers", "N (top layers trained)", "WER (%)",
-                                                    series)))
+    report.section(title, "Test WER and CER of the top-N methods against the number of trained (adapted) top layers.",
+                   report.plot("top_n", line_figure("Test WER and CER vs top N layers", "N (top layers trained)",
+                                                    "error rate (%)", series)))
 
 
 def _convergence(report: Report, runs: list[FinetuneRun], target_cer: float) -> None:
@@ -274,7 +281,7 @@ def _forgetting(report: Report, directory: Path) -> None:
                                                           for m in ("WER", "CER", "SSL loss"))], cells)]
     methods = list(dict.fromkeys(r["method"] for r in rows))
     for lang in languages:  # the cwav2vec 2.0 paper's Figs. 4 (WER) and 5 (SSL loss)
-        for metric, name, scale in (("wer", "WER (%)", 100), ("ssl_loss", "SSL loss", 1)):
+        for metric, name, scale in (("wer", "WER (%)", 100), ("cer", "CER (%)", 100), ("ssl_loss", "SSL loss", 1)):
             series = {}
             for method in methods:
                 points = sorted((r["step"], scale * r[f"{metric}_{lang}"]) for r in rows
