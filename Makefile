@@ -6,7 +6,7 @@ VENV := .venv
 SYSTEM_PACKAGES := espeak-ng fortunes fortunes-es fortunes-de fortunes-it
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test setup system-packages
+.PHONY: demo test setup system-packages shipped-model
 
 demo: setup
 	$(VENV)/bin/wavadapt demo
@@ -16,6 +16,21 @@ test: setup
 	$(VENV)/bin/pytest -q
 
 setup: system-packages $(VENV)/.installed
+
+# Re-makes the shipped checkpoint wavadapt/shipped/tiny-en-synth with the commands its README.md records.
+SHIPPED := wavadapt/shipped/tiny-en-synth
+shipped-model: setup
+	rm -rf build/shipped
+	$(VENV)/bin/wavadapt synth build/shipped/corpus --languages en --pretrain-minutes 20 --train-minutes 5 \
+	  --dev-minutes 1 --test-minutes 1 --speakers 4 --seed 0
+	OMP_NUM_THREADS=1 $(VENV)/bin/wavadapt pretrain build/shipped/corpus --language en --model tiny --preset tiny \
+	  --out build/shipped/stage1 --max-updates 600 --lr 2e-3 --warmup-updates 60 --max-seconds-per-batch 16 \
+	  --crop-seconds 4
+	OMP_NUM_THREADS=1 $(VENV)/bin/wavadapt pretrain build/shipped/corpus --language en --model build/shipped/stage1 \
+	  --preset tiny --out build/shipped/stage2 --max-updates 3000 --lr 1e-3 --warmup-updates 100 \
+	  --max-seconds-per-batch 16 --crop-seconds 4 --checkpoint-every 500
+	cp build/shipped/stage2/pretraining.json build/shipped/stage2/pretraining.safetensors \
+	  build/shipped/stage2/run.json build/shipped/stage2/log.csv $(SHIPPED)/
 
 system-packages:
 	@if ! command -v espeak-ng >/dev/null || [ ! -d /usr/share/games/fortunes/es ] \

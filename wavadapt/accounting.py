@@ -9,7 +9,6 @@ adapters and layer-norm copies the method adds. What trains is decided by `metho
 import textwrap
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -18,7 +17,15 @@ from transformers import PreTrainedModel
 from wavadapt.data.text import SPECIAL_TOKENS, WORD_DELIMITER, Vocabulary
 from wavadapt.errors import WavadaptError
 from wavadapt.methods import METHODS, MethodConfig, prepare
-from wavadapt.model.backbone import COMPONENTS, PRESETS, build_backbone, component_of, load_backbone, make_config
+from wavadapt.model.backbone import (
+    COMPONENTS,
+    PRESETS,
+    build_backbone,
+    component_of,
+    load_backbone,
+    make_config,
+    resolve_checkpoint,
+)
 from wavadapt.model.ctc import CTCModel
 
 BackboneFactory = Callable[[], PreTrainedModel]
@@ -113,7 +120,7 @@ def backbone_factory(source: str, family: str | None = None, trust_pickle: bool 
     elif family is not None:
         raise WavadaptError("--family applies to presets only: a checkpoint names its own family")
     else:
-        if not Path(source).exists():
+        if not resolve_checkpoint(source).exists():
             raise WavadaptError(f"{source}: neither a preset ({', '.join(PRESETS)}) nor an existing checkpoint")
         loaded = load_backbone(source, trust_pickle=trust_pickle)
         config_source = (type(loaded), loaded.config)

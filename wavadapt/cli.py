@@ -594,9 +594,9 @@ def demo(
     full: Annotated[bool, typer.Option(help="The larger grid (recipe demo_full: more data and updates, top-N "
                                        "sweeps, both languages fine-tuned), for a GPU or hours of CPU.")] = False,
 ) -> None:
-    """The packaged demo recipe end to end on 2 CPU cores: synthesise English + Spanish speech, pre-train a
-    tiny wav2vec 2.0 on English, fine-tune it with full / adapters / top-N adapters, continue on Spanish with
-    the four continual methods, probe every checkpoint, write the report."""
+    """The packaged demo recipe end to end on 2 CPU cores: synthesise English + Spanish speech, fine-tune the
+    shipped tiny English wav2vec 2.0 (tiny-en-synth) with full / adapters / top-N adapters, continue it on
+    Spanish with the four continual methods, probe every checkpoint on both languages, write the report."""
     from wavadapt.experiment import load_experiment, recipe_path, run_experiment
 
     run_experiment(load_experiment(recipe_path("demo_full" if full else "demo")), out, echo=typer.echo)

@@ -279,7 +279,10 @@ def _toy_method(m: FinetuneMethod) -> FinetuneMethod:
 
 def toy(exp: Experiment) -> Experiment:
     """``exp`` at toy scale: a few seconds of synthetic en + the other languages (espeak-ng voices only), the
-    tiny backbone, 1 update per run, sweeps cut to 2 values; the grid's shape is kept."""
+    tiny backbone (or the shipped tiny checkpoint the recipe names), 1 update per run, sweeps cut to 2 values;
+    the grid's shape is kept."""
+    from wavadapt.model.backbone import SHIPPED
+
     first = _toy_language(exp.pretrain.language if exp.pretrain else exp.first_task)
     pretrain = exp.pretrain and replace(exp.pretrain, language=first, preset="tiny", crop_seconds=2.0,
                                         train={**exp.pretrain.train, **TOY_TRAIN})
@@ -297,7 +300,8 @@ def toy(exp: Experiment) -> Experiment:
     languages = [first, *(finetune.languages if finetune else []), *([continual.language] if continual else [])]
     synth = SynthCorpus(languages=list(dict.fromkeys(["en", *languages])), minutes=TOY_MINUTES, speakers=2,
                         seed=exp.seed)
-    return replace(exp, corpus=Corpus(synth=synth), backbone="tiny", trust_pickle=False, first_task=first,
+    backbone = exp.backbone if (SHIPPED / exp.backbone).is_dir() else "tiny"
+    return replace(exp, corpus=Corpus(synth=synth), backbone=backbone, trust_pickle=False, first_task=first,
                    pretrain=pretrain, finetune=finetune, continual=continual, evaluate_continual=evaluate)
 
 
@@ -481,9 +485,11 @@ def _evaluate_continual(exp: Experiment, data: Path, runs: list[Path], out: Path
 
 
 def _pretraining_run(backbone: str) -> Path | None:
-    """The backbone as a `wavadapt pretrain` run directory, else None: a run is the first task's checkpoint
-    that evaluate-continual compares the continual methods against."""
-    path = Path(backbone)
+    """The backbone as a `wavadapt pretrain` run directory (a shipped one included), else None: a run is the
+    first task's checkpoint that evaluate-continual compares the continual methods against."""
+    from wavadapt.model.backbone import resolve_checkpoint
+
+    path = resolve_checkpoint(backbone)
     return path if (path / "run.json").is_file() and (path / "pretraining.json").is_file() else None
 
 

@@ -116,12 +116,14 @@ def build_model(source: str | Path, task: str, preset: str = "base", *, trust_pi
     """A PretrainingModel with a head for ``task``, built with ``preset``'s dropouts, layer drop and objective.
 
     ``source`` is a backbone preset (tiny, base, large: fresh weights drawn with ``seed``), a
-    :func:`save_pretraining` directory, a Hugging Face pre-training directory or a fairseq .pt (needs
-    ``trust_pickle``). A head for ``task`` is added (fresh) when the source has none.
+    :func:`save_pretraining` directory (or a shipped one's name), a Hugging Face pre-training directory or a
+    fairseq .pt (needs ``trust_pickle``). A head for ``task`` is added (fresh) when the source has none.
     """
-    from wavadapt.model.backbone import PRESETS, build_backbone, load_pretraining_model
+    from wavadapt.model.backbone import PRESETS, build_backbone, load_pretraining_model, resolve_checkpoint
 
     r = recipe(preset)
+    if str(source) not in PRESETS:
+        source = resolve_checkpoint(source)
     if str(source) in PRESETS:
         with torch.random.fork_rng():
             torch.manual_seed(seed)

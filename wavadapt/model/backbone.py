@@ -116,6 +116,18 @@ _WEIGHT_FILES = (
 )
 
 
+SHIPPED = Path(__file__).parents[1] / "shipped"
+"""Checkpoints shipped with wavadapt, loadable by name (``tiny-en-synth``: see its README.md)."""
+
+
+def resolve_checkpoint(source: str | Path) -> Path:
+    """``source`` as a path: itself when it exists, else the shipped checkpoint of that name (if any)."""
+    path = Path(source)
+    if not path.exists() and path.name == str(source) and (SHIPPED / path.name).is_dir():
+        return SHIPPED / path.name
+    return path
+
+
 def load_backbone(path: str | Path, *, trust_pickle: bool = False, **overrides) -> PreTrainedModel:
     """Load the base encoder (Wav2Vec2Model / HubertModel / WavLMModel) from a checkpoint.
 
@@ -124,9 +136,10 @@ def load_backbone(path: str | Path, *, trust_pickle: bool = False, **overrides) 
     (a pickle: needs `trust_pickle=True`) or a `wavadapt pretrain` run directory (pretraining.json). Head
     weights (CTC head, quantizer) are dropped; any other missing or unexpected key raises CheckpointError
     listing them. `overrides` change config fields that do not alter the weights (dropouts, masking). The
-    model comes back in eval mode, in float32.
+    model comes back in eval mode, in float32. A shipped checkpoint's name (:data:`SHIPPED`) stands for its
+    directory.
     """
-    path = Path(path)
+    path = resolve_checkpoint(path)
     if (path / "pretraining.json").is_file():  # a `wavadapt pretrain` run: its backbone with any adapter sets
         from wavadapt.model.pretraining import load_pretraining  # it builds on this module
 
@@ -144,7 +157,7 @@ def load_pretraining_model(path: str | Path, *, trust_pickle: bool = False, **ov
     Same sources and checks as `load_backbone`; a checkpoint without the quantizer weights (a base-model
     or fine-tuned checkpoint) raises CheckpointError.
     """
-    path = Path(path)
+    path = resolve_checkpoint(path)
     if _is_fairseq_file(path):
         config, state = read_fairseq_checkpoint(path, trust_pickle=trust_pickle)
         return _from_state(path, Wav2Vec2ForPreTraining, config, state, overrides)
