@@ -20,7 +20,7 @@ from wavadapt.data.corpora import open_corpus
 from wavadapt.data.text import Vocabulary
 from wavadapt.evaluate import evaluate, forward_padded, score, transcribe
 from wavadapt.methods import MethodConfig, prepare
-from wavadapt.model.backbone import build_backbone, make_config
+from wavadapt.model.backbone import build_backbone, load_backbone, make_config
 from wavadapt.model.ctc import CTCModel
 
 runner = CliRunner()
@@ -92,6 +92,18 @@ def test_group_norm_cnn_sees_the_padding(vocab, test_set):
         alone = model(short[None])
     assert padded.lengths[0] == alone.lengths[0]
     assert not torch.allclose(padded.logits[0, : alone.lengths[0]], alone.logits[0], atol=1e-4)
+
+
+def test_group_norm_models_are_scored_as_if_unbatched(vocab, test_set, tmp_path):
+    """Their transcripts must not depend on the batch size (the padding their CNN would see). The pre-trained
+    shipped backbone, whose features are not a fresh model's near-constant ones: batched, 6 of 7 differ."""
+    torch.manual_seed(0)
+    model = _asr(load_backbone("tiny-en-synth"), vocab)
+    alone = [transcribe(model, read_audio(u.path)) for u in test_set]
+    for seconds in (1.0, 1000.0):
+        evaluate(model, test_set, max_seconds_per_batch=seconds, out_dir=tmp_path / str(seconds))
+        lines = (tmp_path / str(seconds) / f"hyp.{model.active}.txt").read_text().splitlines()
+        assert [line.partition(" ")[2] for line in lines] == alone
 
 
 def test_evaluate_groups_languages_writes_files_and_skips_bad_audio(layer_norm_model, test_set, tmp_path):

@@ -117,7 +117,8 @@ def evaluate(
 
     References are ``normalize_text(text, language or utterance.language)``; hypotheses are in the task's
     character set already. Results are grouped by ``Utterance.language``. Utterances are batched by length
-    (longer ones than ``max_seconds_per_batch`` are batched apart); unreadable files are skipped
+    (longer ones than ``max_seconds_per_batch`` are batched apart; one per batch for a group-norm CNN, which
+    sees the padding); unreadable files are skipped
     and listed. With ``out_dir``, writes ``hyp.<task>.txt`` and ``ref.<task>.txt`` (``<id> <text>`` lines,
     in input order).
     """
@@ -173,6 +174,10 @@ def _decode(model: CTCModel, utterances: list[Utterance], max_seconds_per_batch:
         ([u for u in utterances if u.num_samples <= cap], max_seconds_per_batch),
         (longer, (max((u.num_samples for u in longer), default=0) + 1) / SAMPLE_RATE),
     ]
+    if model.backbone.config.feat_extract_norm == "group":
+        # A group-norm CNN normalises over the padding too: one file per batch, so that a transcript (and the
+        # score) does not depend on which files it was batched with.
+        groups = [([u], (u.num_samples + 1) / SAMPLE_RATE) for u in utterances]
     device = next(model.parameters()).device
     hypotheses = {}
     for group, seconds in groups:
