@@ -199,9 +199,12 @@ def test_normalize_option_gives_zero_mean_unit_variance(tmp_path):
 
 def test_filter_by_length_fills_unknown_lengths(tmp_path):
     utts = [Utterance(u.id, u.path, u.text, u.language) for u in make_utterances(tmp_path)]
-    kept, dropped = filter_by_length([*utts, corrupt(tmp_path, "bad")], min_seconds=0.25, max_seconds=0.4)
+    bad = corrupt(tmp_path, "bad")
+    unknown = Utterance("bad-unknown", bad.path, bad.text, bad.language)  # its header must be read, and fails
+    kept, unreadable, outside = filter_by_length([*utts, bad, unknown], min_seconds=0.25, max_seconds=0.4)
     assert [u.id for u in kept] == ["u0"] and kept[0].num_samples == int(0.3 * SAMPLE_RATE)
-    assert dropped == 3  # too long, too short, and the bad file's declared 0.5 s
+    assert len(outside) == 3 and "bad" in outside  # too long, too short, and the bad file's declared 0.5 s
+    assert unreadable == ["bad-unknown"]
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
@@ -220,9 +223,9 @@ def test_synthetic_corpus_loads_in_batches(synth_corpus):
     from wavadapt.data.corpora import open_corpus
 
     for language in ("en", "es"):
-        utts, dropped = filter_by_length(open_corpus(synth_corpus, "train", language), max_seconds=20)
+        utts, unreadable, outside = filter_by_length(open_corpus(synth_corpus, "train", language), max_seconds=20)
         vocab = Vocabulary.build([u.text for u in utts], language)
         loader = make_dataloader(AudioDataset(utts, vocab), max_seconds_per_batch=20)
         batches = list(loader)
-        assert sum(len(b["ids"]) for b in batches) == len(utts) > 0 and dropped == 0
+        assert sum(len(b["ids"]) for b in batches) == len(utts) > 0 and unreadable == outside == []
         assert all(b["num_skipped"] == 0 and (b["labels"] != vocab.unk_id).all() for b in batches)

@@ -1,5 +1,7 @@
 """`wavadapt <command>`: each command is a typed function whose signature is its command line."""
 
+import logging
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -13,6 +15,15 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Bottleneck adapters for wav2vec 2.0 / HuBERT / WavLM: adapter transfer and continual pre-training.",
 )
+
+
+@app.callback()
+def _global_options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show the Python traceback of an error (also: "
+                                        "WAVADAPT_DEBUG=1).")] = False,
+) -> None:
+    if debug:
+        os.environ["WAVADAPT_DEBUG"] = "1"
 
 
 # Options shared by several commands.
@@ -34,6 +45,9 @@ FeatureCacheDir = Annotated[Path | None, typer.Option(help="Where --feature-cach
                                                       "--feature-cache; default OUT/feature_cache).")]
 WarmupUpdates = Annotated[int | None, typer.Option(help="Warm-up updates (default: 8% of the updates).")]
 SslValidSplit = Annotated[str | None, typer.Option(help="Validation split (loss, accuracy).")]
+RawFormatOption = Annotated[str | None, typer.Option(help="How to read headerless PCM files (.raw, .pcm): "
+                                                     "ENCODING:RATE[:CHANNELS], e.g. s16le:16000 (a manifest's "
+                                                     "raw_format column overrides it per file).")]
 
 
 # --- data commands ---
@@ -44,9 +58,11 @@ def check(
     data: Annotated[Path, typer.Argument(help="A corpus directory or manifest (see `open_corpus`).")],
     split: Annotated[str | None, typer.Option(help="Split to check (default: the only one, else train).")] = None,
     language: Annotated[str | None, typer.Option(help="Language directory / transcript normalisation.")] = None,
-    vocab: Annotated[Path | None, typer.Option(help="vocab.json or dict.ltr.txt: report unknown characters.")] = None,
+    vocab: Annotated[Path | None, typer.Option(help="vocab.json, dict.ltr.txt or a task file "
+                                               "(adapter.<task>.json): report unknown characters.")] = None,
     min_seconds: Annotated[float, typer.Option(help="Shorter files are reported.")] = 0.5,
     max_seconds: Annotated[float, typer.Option(help="Longer files are reported.")] = 30.0,
+    raw_format: RawFormatOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Decode every file of a corpus and list each problem file; exit status 1 if any is unusable."""
@@ -56,10 +72,8 @@ def check(
     from wavadapt.data.corpora import open_corpus
     from wavadapt.data.text import Vocabulary
 
-    utterances = open_corpus(data, split, language)
-    vocabulary = None
-    if vocab is not None:
-        vocabulary = Vocabulary.load_json(vocab) if vocab.suffix == ".json" else Vocabulary.from_fairseq_dict(vocab)
+    utterances = open_corpus(data, split, language, raw_format)
+    vocabulary = Vocabulary.load(vocab) if vocab is not None else None
     report = check_corpus(utterances, vocabulary, min_seconds, max_seconds, progress=not json_output)
     typer.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) if json_output else report.summary())
     if not report.ok:
@@ -172,6 +186,7 @@ def evaluate_corpus(
     max_seconds_per_batch: Annotated[float, typer.Option(help="Seconds of padded audio per batch.")] = 60.0,
     family: Family = None,
     trust_pickle: TrustPickle = False,
+    raw_format: RawFormatOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Decode a corpus split greedily and print WER / CER per language."""
@@ -181,7 +196,7 @@ def evaluate_corpus(
     from wavadapt.evaluate import evaluate
 
     asr = _asr_model(model, adapter, task, family, trust_pickle)
-    result = evaluate(asr, open_corpus(data, split, language), max_seconds_per_batch=max_seconds_per_batch,
+    result = evaluate(asr, open_corpus(data, split, language, raw_format), max_seconds_per_batch=max_seconds_per_batch,
                       out_dir=out)
     typer.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False) if json_output else result.summary())
 
@@ -189,29 +204,35 @@ def evaluate_corpus(
 @app.command("transcribe")
 def transcribe_files(
     files: Annotated[list[Path], typer.Argument(help="Audio files: any format soundfile reads, any rate, mono or "
-                                                "stereo.")],
+                                                "stereo; headerless PCM with --raw-format.")],
     model: ModelOption,
     adapter: AdapterOption = None,
     task: TaskOption = None,
     family: Family = None,
     trust_pickle: TrustPickle = False,
+    raw_format: RawFormatOption = None,
+    chunk_seconds: Annotated[float, typer.Option(help="Longer audio is decoded in windows of this length, cut in "
+                                                 "pauses.")] = 30.0,
 ) -> None:
-    """Print `<file>TAB<transcript>` per file (greedy CTC); unreadable files get an error line, exit status 1."""
-    from wavadapt.data.audio import read_audio
+    """Print `<file>TAB<transcript>` per file (greedy CTC); each unreadable file gets one error line on stderr,
+    the others are still transcribed, and the exit status is 1."""
+    from wavadapt.data.audio import RawFormat, is_headerless, read_audio
     from wavadapt.errors import AudioError
     from wavadapt.evaluate import transcribe
 
+    raw = RawFormat.parse(raw_format) if raw_format else None  # a typo fails before the model loads
     asr = _asr_model(model, adapter, task, family, trust_pickle)
     failed = 0
     for f in files:
         try:
-            text = transcribe(asr, read_audio(f))
+            text = transcribe(asr, read_audio(f, raw=raw if is_headerless(f) else None), chunk_seconds)
         except AudioError as e:
             typer.echo(f"error: {e}", err=True)
             failed += 1
             continue
         typer.echo(f"{f}\t{text}")
     if failed:
+        typer.echo(f"{failed} of {len(files)} files could not be read", err=True)
         raise typer.Exit(1)
 
 
@@ -256,7 +277,7 @@ def params(
         raise WavadaptError("give --vocab or --vocab-size, not both")
     config = None if all_methods else MethodConfig(method or "adapters", top_n=top_n, adapter_size=adapter_size)
     if vocab is not None:
-        tokens = Vocabulary.load_json(vocab) if vocab.suffix == ".json" else Vocabulary.from_fairseq_dict(vocab)
+        tokens = Vocabulary.load(vocab)
     else:
         tokens = vocab_size or LIBRISPEECH_VOCAB_SIZE
     factory = backbone_factory(model, family, trust_pickle)
@@ -346,6 +367,7 @@ def finetune(
     seed: Annotated[int, typer.Option()] = 0,
     resume: Resume = False,
     trust_pickle: TrustPickle = False,
+    raw_format: RawFormatOption = None,
 ) -> None:
     """Fine-tune CTC ASR with one of the methods; launch with torchrun to use several processes / GPUs."""
     from wavadapt.checkpoint import load_asr_model
@@ -361,8 +383,8 @@ def finetune(
                          max_seconds_per_batch=max_seconds_per_batch, amp=amp, validate_every=validate_every,
                          checkpoint_every=checkpoint_every, num_workers=num_workers, seed=seed)
     augment = AugmentConfig(mask_time_prob=mask_time_prob, mask_feature_prob=mask_feature_prob, layerdrop=layerdrop)
-    valid = open_corpus(data, valid_split, language) if valid_split else None
-    history = run(asr, task or language, open_corpus(data, split, language), method_config, config, out,
+    valid = open_corpus(data, valid_split, language, raw_format) if valid_split else None
+    history = run(asr, task or language, open_corpus(data, split, language, raw_format), method_config, config, out,
                   valid=valid, augment=augment, resume=resume)
     if history:
         last = history[-1]
@@ -403,6 +425,7 @@ def pretrain(
     feature_cache_dir: FeatureCacheDir = None,
     resume: Resume = False,
     trust_pickle: TrustPickle = False,
+    raw_format: RawFormatOption = None,
 ) -> None:
     """wav2vec 2.0 self-supervised pre-training (contrastive + diversity loss); launch with torchrun for GPUs."""
     from dataclasses import replace
@@ -420,8 +443,9 @@ def pretrain(
     pt = build_model(model, task, name, trust_pickle=trust_pickle, seed=seed)
     if feature_grad_mult is not None:
         pt.config = replace(pt.config, feature_grad_mult=feature_grad_mult)
-    valid = [u for lang in languages for u in open_corpus(data, valid_split, lang)] if valid_split else None
-    history = run(pt, task, [u for lang in languages for u in open_corpus(data, split, lang)], r.train, out,
+    valid = [u for lang in languages for u in open_corpus(data, valid_split, lang, raw_format)] if valid_split else None
+    history = run(pt, task, [u for lang in languages for u in open_corpus(data, split, lang, raw_format)], r.train,
+                  out,
                   crop_seconds=r.crop_seconds if crop_seconds is None else crop_seconds,
                   min_seconds=r.min_seconds if min_seconds is None else min_seconds, valid=valid, resume=resume,
                   keep_snapshots=keep_snapshots, feature_cache=_cache_dir(out, feature_cache, feature_cache_dir))
@@ -459,6 +483,7 @@ def continual(
     feature_cache_dir: FeatureCacheDir = None,
     resume: Resume = False,
     trust_pickle: TrustPickle = False,
+    raw_format: RawFormatOption = None,
 ) -> None:
     """Learn a new language's self-supervised representation on top of a pre-trained model (cwav2vec 2.0
     or a baseline); earlier tasks keep their heads."""
@@ -478,8 +503,8 @@ def continual(
     torch.manual_seed(seed)  # the new adapters and heads
     trainable, regularizer = prepare_continual(pt, task, ContinualConfig(method, l2_weight, adapter_size))
     r.train.extra = {"continual_method": method, "l2_weight": l2_weight, "adapter_size": adapter_size}
-    valid = open_corpus(data, valid_split, language) if valid_split else None
-    history = run(pt, task, open_corpus(data, split, language), r.train, out, trainable=trainable,
+    valid = open_corpus(data, valid_split, language, raw_format) if valid_split else None
+    history = run(pt, task, open_corpus(data, split, language, raw_format), r.train, out, trainable=trainable,
                   crop_seconds=r.crop_seconds if crop_seconds is None else crop_seconds, min_seconds=r.min_seconds,
                   valid=valid, resume=resume, regularizer=regularizer, keep_snapshots=keep_snapshots,
                   feature_cache=_cache_dir(out, feature_cache, feature_cache_dir))
@@ -603,9 +628,31 @@ def demo(
 
 
 def main() -> None:
-    """Console entry point: known errors become one line on stderr and exit status 1."""
+    """Console entry point: an error becomes one ``error: ...`` line on stderr and a non-zero exit status;
+    ``--debug`` (or WAVADAPT_DEBUG=1) shows the Python traceback instead."""
+    logger = logging.getLogger("wavadapt")
+    if not logger.handlers:  # warnings (skipped files) as one plain line each, on stderr
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("warning: %(message)s"))
+        logger.addHandler(handler)
     try:
         app()
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise SystemExit(130) from None
     except WavadaptError as e:
+        if _debug():
+            raise
         typer.echo(f"error: {e}", err=True)
         raise SystemExit(1) from None
+    except Exception as e:  # a bug, or a failure wavadapt does not know yet: still one line, never a traceback
+        if _debug():
+            raise
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        typer.echo(f"error: {type(e).__name__}{': ' + reason if reason else ''} (run with --debug for the "
+                   "traceback)", err=True)
+        raise SystemExit(2) from None
+
+
+def _debug() -> bool:
+    return os.environ.get("WAVADAPT_DEBUG", "") not in ("", "0")

@@ -1,6 +1,7 @@
 """Greedy CTC decoding of a corpus or single files, and WER / CER (jiwer) per language."""
 
 import contextlib
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -11,12 +12,17 @@ import torch
 from torch import nn
 
 from wavadapt.checkpoint import safe_name
-from wavadapt.data.audio import SAMPLE_RATE, normalize_waveform
-from wavadapt.data.batching import AudioDataset, filter_by_length, make_dataloader
+from wavadapt.data.audio import SAMPLE_RATE, normalize_waveform, read_audio
+from wavadapt.data.batching import AudioDataset, filter_by_length, make_dataloader, transcribed
 from wavadapt.data.corpora import Utterance
 from wavadapt.data.text import normalize_text
-from wavadapt.errors import WavadaptError
+from wavadapt.errors import AudioError, WavadaptError
 from wavadapt.model.ctc import CTCModel, CTCOutput
+
+log = logging.getLogger("wavadapt.evaluate")
+
+CHUNK_SECONDS = 30.0
+"""Longest audio :func:`transcribe` decodes in one forward pass."""
 
 
 @dataclass
@@ -38,6 +44,8 @@ class EvalResult(Scores):
     languages: dict[str, Scores] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
     """Ids of files that could not be read; they are not scored."""
+    no_transcript: list[str] = field(default_factory=list)
+    """Ids of utterances without a transcript (or none left after normalisation); not scored."""
     elapsed: float = 0.0
     """Wall-clock seconds of reading and decoding."""
 
@@ -48,7 +56,8 @@ class EvalResult(Scores):
         """A table of WER / CER per language (and overall when there are several)."""
         lines = [
             f"task {self.task}: {self.utterances} utterances, {self.seconds:.1f} s of audio decoded in "
-            f"{self.elapsed:.1f} s; {len(self.skipped)} unreadable skipped",
+            f"{self.elapsed:.1f} s; {len(self.skipped)} unreadable and {len(self.no_transcript)} without a transcript "
+            "skipped",
             f"{'language':<10}{'utterances':>11}{'WER':>9}{'CER':>9}",
         ]
         rows = list(self.languages.items()) + ([("all", self)] if len(self.languages) > 1 else [])
@@ -91,13 +100,38 @@ def _inference(model: CTCModel):
             m.training = training
 
 
-def transcribe(model: CTCModel, waveform: np.ndarray) -> str:
-    """Greedy transcript of one 16 kHz mono waveform by the active task."""
-    if model.normalize_waveforms:
-        waveform = normalize_waveform(waveform)
-    x = torch.from_numpy(waveform)[None].to(next(model.parameters()).device)  # (1, S)
+def transcribe(model: CTCModel, waveform: np.ndarray, chunk_seconds: float | None = CHUNK_SECONDS) -> str:
+    """Greedy transcript of one 16 kHz mono waveform by the active task.
+
+    Audio longer than ``chunk_seconds`` is decoded in consecutive windows cut at their quietest 20 ms near the
+    end (a pause, not a word, where there is one), so memory stays bounded for any length; None decodes it whole.
+    """
+    device = next(model.parameters()).device
+    texts = []
     with _inference(model):
-        return model.greedy_decode(forward_padded(model, x, torch.ones_like(x, dtype=torch.long)))[0]
+        for piece in _chunks(waveform, chunk_seconds):
+            if model.normalize_waveforms:
+                piece = normalize_waveform(piece)
+            x = torch.from_numpy(piece)[None].to(device)  # (1, S)
+            texts.append(model.greedy_decode(forward_padded(model, x, torch.ones_like(x, dtype=torch.long)))[0])
+    return " ".join(t for t in texts if t)
+
+
+def _chunks(x: np.ndarray, chunk_seconds: float | None, search_seconds: float = 5.0) -> list[np.ndarray]:
+    """``x`` cut into windows of at most ``chunk_seconds``, each cut at the lowest-energy 20 ms frame of the
+    window's last ``search_seconds``."""
+    if chunk_seconds is None or len(x) <= chunk_seconds * SAMPLE_RATE:
+        return [x]
+    size, hop = int(chunk_seconds * SAMPLE_RATE), SAMPLE_RATE // 50
+    search = min(int(search_seconds * SAMPLE_RATE), size // 2) // hop * hop
+    pieces, start = [], 0
+    while len(x) - start > size:
+        end = start + size
+        energy = np.square(x[end - search : end]).reshape(-1, hop).sum(axis=1)
+        cut = end - search + hop * int(energy.argmin())
+        pieces.append(x[start:cut])
+        start = cut
+    return [*pieces, x[start:]]
 
 
 def score(references: list[str], hypotheses: list[str], seconds: float = 0.0) -> Scores:
@@ -116,31 +150,32 @@ def evaluate(
     """Decode ``utterances`` greedily with ``task`` (default: the active one) and score them.
 
     References are ``normalize_text(text, language or utterance.language)``; hypotheses are in the task's
-    character set already. Results are grouped by ``Utterance.language``. Utterances are batched by length
-    (longer ones than ``max_seconds_per_batch`` are batched apart; one per batch for a group-norm CNN, which
-    sees the padding); unreadable files are skipped
-    and listed. With ``out_dir``, writes ``hyp.<task>.txt`` and ``ref.<task>.txt`` (``<id> <text>`` lines,
+    character set already. Results are grouped by ``Utterance.language``. Utterances without a transcript are
+    skipped and listed (``no_transcript``), and so are unreadable files (``skipped``). Utterances are batched
+    by length (longer ones than ``max_seconds_per_batch`` are batched apart; one per batch for a group-norm
+    CNN, which sees the padding); those over ``CHUNK_SECONDS`` are decoded in windows as by
+    :func:`transcribe`. With ``out_dir``, writes ``hyp.<task>.txt`` and ``ref.<task>.txt`` (``<id> <text>`` lines,
     in input order).
     """
     task = task or model.active
     if task is None:
         raise WavadaptError("no task to evaluate: the model has no active task")
     model.activate(task)
-    unlabeled = [u.id for u in utterances if u.text is None]
-    if unlabeled:
-        raise WavadaptError(f"{len(unlabeled)} utterances have no transcript (e.g. {unlabeled[0]}); cannot score")
     ids = [u.id for u in utterances]
     if len(set(ids)) != len(ids):
         raise WavadaptError("utterance ids are not unique; hypotheses are matched to references by id")
+    labeled, no_transcript = transcribed(utterances, language)
+    if not labeled:
+        raise WavadaptError(f"none of the {len(utterances)} utterances has a transcript to score against")
 
     start = time.perf_counter()
-    readable, _ = filter_by_length(utterances)  # fills lengths from headers, drops unreadable headers
+    readable = filter_by_length(labeled).kept  # fills lengths from headers, drops unreadable headers
     with _inference(model):
         hypotheses = _decode(model, readable, max_seconds_per_batch) if readable else {}
     elapsed = time.perf_counter() - start
-    scored = [u for u in utterances if u.id in hypotheses]
+    scored = [u for u in labeled if u.id in hypotheses]
     if not scored:
-        raise WavadaptError(f"none of the {len(utterances)} audio files could be read")
+        raise WavadaptError(f"none of the {len(labeled)} audio files could be read")
 
     lengths = {u.id: u.num_samples for u in readable}
     references = {u.id: normalize_text(u.text, language or u.language) for u in scored}
@@ -155,7 +190,7 @@ def evaluate(
     overall = scores(scored)
     result = EvalResult(**asdict(overall), task=task, elapsed=elapsed,
                         languages={lang: scores(group) for lang, group in sorted(by_language.items())},
-                        skipped=[i for i in ids if i not in hypotheses])
+                        skipped=[u.id for u in labeled if u.id not in hypotheses], no_transcript=no_transcript)
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -167,19 +202,27 @@ def evaluate(
 
 def _decode(model: CTCModel, utterances: list[Utterance], max_seconds_per_batch: float) -> dict[str, str]:
     """Greedy transcripts by utterance id; files that fail to decode are left out."""
-    cap = int(max_seconds_per_batch * SAMPLE_RATE)
-    longer = [u for u in utterances if u.num_samples > cap]
-    # Utterances over the cap are batched apart under their own longest length, so the cap holds for the rest.
-    groups = [
-        ([u for u in utterances if u.num_samples <= cap], max_seconds_per_batch),
-        (longer, (max((u.num_samples for u in longer), default=0) + 1) / SAMPLE_RATE),
-    ]
+    chunked = int(CHUNK_SECONDS * SAMPLE_RATE)
+    hypotheses = {}
+    for u in [u for u in utterances if u.num_samples > chunked]:  # in windows, as transcribe does: bounded memory
+        try:
+            hypotheses[u.id] = transcribe(model, read_audio(u.path, raw=u.raw_format))
+        except AudioError as e:
+            log.warning("skipping %s: %s", u.id, e)
+    utterances = [u for u in utterances if u.num_samples <= chunked]
     if model.backbone.config.feat_extract_norm == "group":
         # A group-norm CNN normalises over the padding too: one file per batch, so that a transcript (and the
         # score) does not depend on which files it was batched with.
         groups = [([u], (u.num_samples + 1) / SAMPLE_RATE) for u in utterances]
+    else:
+        cap = int(max_seconds_per_batch * SAMPLE_RATE)
+        longer = [u for u in utterances if u.num_samples > cap]
+        # Utterances over the cap are batched apart under their own longest length, so the cap holds for the rest.
+        groups = [
+            ([u for u in utterances if u.num_samples <= cap], max_seconds_per_batch),
+            (longer, (max((u.num_samples for u in longer), default=0) + 1) / SAMPLE_RATE),
+        ]
     device = next(model.parameters()).device
-    hypotheses = {}
     for group, seconds in groups:
         if not group:
             continue

@@ -245,7 +245,7 @@ def build_feature_cache(model: PretrainingModel, utterances: Sequence[Utterance]
     def waveforms():
         for u in utterances:
             try:
-                x = read_audio(u.path)
+                x = read_audio(u.path, raw=u.raw_format)
             except AudioError as e:
                 log.warning("skipping %s: %s", u.id, e)
                 skipped.append(u.id)

@@ -9,9 +9,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from wavadapt.data.batching import AudioDataset, filter_by_length
+from wavadapt.data.batching import AudioDataset, filter_by_length, transcribed
 from wavadapt.data.corpora import Utterance
 from wavadapt.data.text import Vocabulary
+from wavadapt.errors import WavadaptError
 from wavadapt.methods import MethodConfig, prepare
 from wavadapt.model.ctc import CTCModel
 from wavadapt.train import TrainConfig, Trainer
@@ -56,20 +57,27 @@ def finetune(model: CTCModel, task: str, train: list[Utterance], method: MethodC
              min_seconds: float = 0.5, max_seconds: float = 30.0) -> list[dict]:
     """Fine-tune ``model`` for ``task`` on ``train`` with ``method``; returns the training log rows.
 
-    The vocabulary is built from the training transcripts unless given. ``valid`` is decoded greedily
-    every ``config.validate_every`` updates (WER, CER). ``resume`` continues ``out_dir``'s last checkpoint.
+    Utterances without a transcript, unreadable or outside the length limits are skipped, named in warnings
+    and listed in run.json. The vocabulary is built from the training transcripts unless given. ``valid`` is
+    decoded greedily every ``config.validate_every`` updates (WER, CER). ``resume`` continues ``out_dir``'s last
+    checkpoint.
     """
     from wavadapt.checkpoint import save_backbone, save_task
     from wavadapt.evaluate import evaluate
 
     out_dir = Path(out_dir)
-    language = train[0].language
-    vocab = vocab or Vocabulary.build([u.text for u in train], language)
+    labeled, no_transcript = transcribed(train)
+    if not labeled:
+        raise WavadaptError(f"none of the {len(train)} training utterances has a transcript")
+    vocab = vocab or Vocabulary.build([u.text for u in labeled], labeled[0].language)
     torch.manual_seed(config.seed)  # the same new weights on every rank
     params = prepare(model, task, vocab, method)
     augment = augment or AugmentConfig()
     augment.apply(model)
-    kept, dropped = filter_by_length(train, min_seconds, max_seconds)
+    kept, unreadable, outside = filter_by_length(labeled, min_seconds, max_seconds)
+    if not kept:
+        raise WavadaptError(f"no usable training utterance: {len(unreadable)} unreadable, {len(outside)} outside "
+                            f"{min_seconds}-{max_seconds} s, {len(no_transcript)} without a transcript")
     dataset = AudioDataset(kept, vocab, normalize=model.normalize_waveforms, seed=config.seed)
 
     def validate(m: CTCModel) -> dict[str, float]:
@@ -89,7 +97,9 @@ def finetune(model: CTCModel, task: str, train: list[Utterance], method: MethodC
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "run.json").write_text(json.dumps({
             "task": task, "method": asdict(method), "train": asdict(config), "augment": asdict(augment),
-            "train_utterances": len(kept), "dropped_by_length": dropped}, indent=2, default=str))
+            "train_utterances": len(kept), "dropped_by_length": len(outside),
+            # Files dropped before training; those that fail to decode later are counted in log.csv.
+            "skipped": {"unreadable": unreadable, "no_transcript": no_transcript}}, indent=2, default=str))
     history = trainer.train()
     if trainer.env.main:
         model.eval()

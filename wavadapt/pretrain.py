@@ -122,8 +122,7 @@ def build_model(source: str | Path, task: str, preset: str = "base", *, trust_pi
     from wavadapt.model.backbone import PRESETS, build_backbone, load_pretraining_model, resolve_checkpoint
 
     r = recipe(preset)
-    if str(source) not in PRESETS:
-        source = resolve_checkpoint(source)
+    source = resolve_checkpoint(source)  # a preset's name stays itself: no shipped checkpoint bears one
     if str(source) in PRESETS:
         with torch.random.fork_rng():
             torch.manual_seed(seed)
@@ -287,10 +286,11 @@ def pretrain(model: PretrainingModel, task: str, utterances: Sequence[Utterance]
     for p in params.values():
         p.requires_grad_(True)
     max_seconds = config.max_seconds_per_batch if crop_seconds is None else math.inf
-    kept, dropped = filter_by_length(utterances, min_seconds, max_seconds)
+    kept, unreadable, outside = filter_by_length(utterances, min_seconds, max_seconds)
     kept, too_short = maskable(model, kept, crop_seconds)
     if not kept:
-        raise WavadaptError(f"no usable utterances: {dropped} outside the length limits, {too_short} too short to mask")
+        raise WavadaptError(f"no usable utterances: {len(unreadable)} unreadable, {len(outside)} outside the length "
+                            f"limits, {too_short} too short to mask")
     env = Distributed.from_env()
     cache_info = None
     if feature_cache is None:
@@ -320,7 +320,8 @@ def pretrain(model: PretrainingModel, task: str, utterances: Sequence[Utterance]
         (out_dir / "run.json").write_text(json.dumps({
             "task": task, "adapters": list(model.stacks[task]), "train": asdict(config),
             "objective": asdict(model.config), "crop_seconds": crop_seconds, "min_seconds": min_seconds,
-            "train_utterances": len(kept), "dropped_by_length": dropped, "too_short_to_mask": too_short,
+            "train_utterances": len(kept), "dropped_by_length": len(outside), "unreadable": unreadable,
+            "too_short_to_mask": too_short,
             "trainable_parameters": sum(p.numel() for p in params.values()),
             "world_size": int(os.environ.get("WORLD_SIZE", 1)), "feature_cache": cache_info}, indent=2,
             default=str))

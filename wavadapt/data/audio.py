@@ -1,52 +1,126 @@
-"""Decode audio files into the 16 kHz mono float32 waveforms every wav2vec 2.0 style model expects."""
+"""The audio gate: decode files into the 16 kHz mono float32 waveforms every wav2vec 2.0 style model expects.
 
+Every function here that opens a file raises only :class:`AudioError` (naming the file and the cause),
+whatever soundfile, soxr, numpy or the OS throws, so that one bad file can cost a caller one line.
+
+Headerless PCM (``.raw``, ``.pcm``) carries no rate or encoding, so it is read only with an explicit
+:class:`RawFormat` (``s16le:16000``), never guessed.
+"""
+
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import soxr
 
-from wavadapt.errors import AudioError
+from wavadapt.errors import AudioError, WavadaptError
 
 SAMPLE_RATE = 16000
+HEADERLESS_SUFFIXES = (".raw", ".pcm")
+# Rates outside this range are corrupt headers, not recordings; resampling them could need absurd memory.
+MIN_RATE, MAX_RATE = 1000, 768000
+# A header declaring more than this (4 h at 48 kHz stereo) is corrupt: decoding would allocate it all.
+MAX_SAMPLES = 4 * 3600 * 48000 * 2
+
+# --raw-format encodings -> soundfile subtypes (the names sox and ffmpeg use for the same layouts).
+_RAW_SUBTYPES = {
+    "s8": "PCM_S8", "u8": "PCM_U8", "s16": "PCM_16", "s24": "PCM_24", "s32": "PCM_32",
+    "f32": "FLOAT", "f64": "DOUBLE", "mulaw": "ULAW", "alaw": "ALAW",
+}  # fmt: skip
+_ENDIAN = {"le": "LITTLE", "be": "BIG"}
 
 
-def audio_info(path: str | Path) -> tuple[int, int, int]:
+@dataclass(frozen=True)
+class RawFormat:
+    """How to read headerless PCM: encoding (``s16``), endianness, sample rate and channels."""
+
+    encoding: str
+    endian: str
+    sample_rate: int
+    channels: int = 1
+
+    @classmethod
+    def parse(cls, spec: str) -> "RawFormat":
+        """``ENC[le|be]:RATE[:CHANNELS]``, e.g. ``s16le:16000``, ``f32be:8000:2``, ``mulaw:8000``."""
+        parts = spec.strip().lower().split(":")
+        usage = ("expected ENCODING:RATE[:CHANNELS] such as s16le:16000 "
+                 f"(encodings: {', '.join(sorted(_RAW_SUBTYPES))}, with le/be after the multi-byte ones)")
+        if len(parts) not in (2, 3) or not all(p.isdigit() for p in parts[1:]):
+            raise WavadaptError(f"raw format {spec!r}: {usage}")
+        name, endian = parts[0], "le"
+        if name[-2:] in _ENDIAN and name[:-2] in _RAW_SUBTYPES:
+            name, endian = name[:-2], name[-2:]
+        rate, channels = int(parts[1]), int(parts[2]) if len(parts) == 3 else 1
+        if name not in _RAW_SUBTYPES or not MIN_RATE <= rate <= MAX_RATE or not 1 <= channels <= 64:
+            raise WavadaptError(f"raw format {spec!r}: {usage}, a rate in {MIN_RATE}..{MAX_RATE} Hz, 1..64 channels")
+        return cls(name, endian, rate, channels)
+
+    def __str__(self) -> str:
+        return f"{self.encoding}{self.endian}:{self.sample_rate}:{self.channels}"
+
+    def soundfile_args(self) -> dict:
+        return {"format": "RAW", "subtype": _RAW_SUBTYPES[self.encoding], "endian": _ENDIAN[self.endian],
+                "samplerate": self.sample_rate, "channels": self.channels}
+
+
+def is_headerless(path: str | Path) -> bool:
+    """Whether ``path``'s name says headerless PCM, which only an explicit RawFormat can read."""
+    return Path(path).suffix.lower() in HEADERLESS_SUFFIXES
+
+
+def as_raw_format(raw: "RawFormat | str | None") -> RawFormat | None:
+    return RawFormat.parse(raw) if isinstance(raw, str) else raw
+
+
+def audio_info(path: str | Path, raw: RawFormat | str | None = None) -> tuple[int, int, int]:
     """Return ``(frames, sample_rate, channels)`` from the file header without decoding the audio.
 
     For mp3 the frame count comes from the Xing/LAME header when present (as in Common Voice); a
     variable-bitrate file without one gets an estimate, so treat mp3 counts as approximate.
     """
+    raw = as_raw_format(raw)
+    _require_audio_file(path, raw)
     try:
-        info = sf.info(str(path))
-    except (sf.SoundFileError, OSError) as e:
-        raise AudioError(f"{path}: cannot read audio header ({_reason(path, e)})") from None
+        info = sf.info(str(path)) if raw is None else _raw_info(path, raw)
+    except Exception as e:  # the gate: libsndfile, OS and argument errors alike
+        raise AudioError(f"{path}: cannot read audio header ({_reason(e)})") from None
+    _check_header(path, info.frames, info.samplerate, info.channels)
     return info.frames, info.samplerate, info.channels
 
 
-def read_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+def decode(path: str | Path, raw: RawFormat | str | None = None) -> tuple[np.ndarray, int]:
+    """Decode ``path`` as stored: ``(samples (frames, channels) float32, sample_rate)``, unchecked."""
+    frames, rate, _ = audio_info(path, raw)  # refuses corrupt headers before anything is allocated
+    args = {} if raw is None else as_raw_format(raw).soundfile_args()
+    try:
+        x, rate = sf.read(str(path), dtype="float32", always_2d=True, **args)
+    except Exception as e:  # the gate (MemoryError included: a header can lie)
+        raise AudioError(f"{path}: cannot decode audio ({_reason(e)})") from None
+    return x, rate
+
+
+def read_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, raw: RawFormat | str | None = None) -> np.ndarray:
     """Decode ``path`` to a mono float32 waveform at ``sample_rate``.
 
     Channels are averaged; other rates are resampled with soxr ("HQ"). Raises AudioError naming
     the file when it cannot be decoded, holds no samples, or holds NaN/Inf samples.
     """
-    x, rate = decode(path)
+    x, rate = decode(path, raw)
     if x.size == 0:
         raise AudioError(f"{path}: no audio samples")
     if not np.isfinite(x).all():
         raise AudioError(f"{path}: audio contains NaN or Inf samples")
     x = x.mean(axis=1) if x.shape[1] > 1 else x[:, 0]
     if rate != sample_rate:
-        x = soxr.resample(x, rate, sample_rate, quality="HQ")
+        try:
+            x = soxr.resample(x, rate, sample_rate, quality="HQ")
+        except Exception as e:  # the gate
+            raise AudioError(f"{path}: cannot resample {rate} Hz to {sample_rate} Hz ({_reason(e)})") from None
+        if x.size == 0:
+            raise AudioError(f"{path}: no audio samples at {sample_rate} Hz")
     return np.ascontiguousarray(x, dtype=np.float32)
-
-
-def decode(path: str | Path) -> tuple[np.ndarray, int]:
-    """Decode ``path`` as stored: ``(samples (frames, channels) float32, sample_rate)``, unchecked."""
-    try:
-        return sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.SoundFileError, OSError) as e:
-        raise AudioError(f"{path}: cannot decode audio ({_reason(path, e)})") from None
 
 
 def normalize_waveform(x: np.ndarray) -> np.ndarray:
@@ -60,8 +134,43 @@ def normalize_waveform(x: np.ndarray) -> np.ndarray:
     return (x - x.mean()) / np.sqrt(x.var() + 1e-7)
 
 
-def _reason(path: str | Path, e: Exception) -> str:
+def _raw_info(path: str | Path, raw: RawFormat):
+    """soundfile's info of a headerless file read with ``raw`` (sf.info cannot take a format)."""
+    with sf.SoundFile(str(path), **raw.soundfile_args()) as f:
+        return f
+
+
+def _require_audio_file(path: str | Path, raw: RawFormat | None) -> None:
+    """What libsndfile would only call a "System error" or "Format not recognised", in plain words."""
+    p = Path(path)
+    if p.is_symlink() and not p.exists():
+        raise AudioError(f"{path}: broken symbolic link (to {os.readlink(p)})")
+    if p.is_dir():
+        raise AudioError(f"{path}: is a directory, not an audio file")
+    if not p.exists():
+        raise AudioError(f"{path}: no such file")
+    if not p.is_file():
+        raise AudioError(f"{path}: not a regular file")
+    if not os.access(p, os.R_OK):
+        raise AudioError(f"{path}: permission denied")
+    if p.stat().st_size == 0:
+        raise AudioError(f"{path}: empty file (0 bytes)")
+    if raw is None and is_headerless(p):
+        raise AudioError(f"{path}: headerless PCM ({p.suffix}): the file has no header to give its rate and "
+                         "encoding; say them with --raw-format (e.g. s16le:16000) or a raw_format manifest column")
+
+
+def _check_header(path: str | Path, frames: int, rate: int, channels: int) -> None:
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise AudioError(f"{path}: implausible sample rate {rate} Hz in its header (corrupt file?)")
+    if frames * channels > MAX_SAMPLES:
+        raise AudioError(f"{path}: its header declares {frames * channels} samples "
+                         f"({frames / rate / 3600:.1f} h): corrupt, or too long to decode at once")
+
+
+def _reason(e: BaseException) -> str:
     """libsndfile's own words ("Format not recognised") without repeating the file name."""
-    if not Path(path).is_file():
-        return "no such file"  # libsndfile only says "System error"
-    return str(getattr(e, "error_string", None) or e).rstrip(".")
+    if isinstance(e, MemoryError):
+        return "out of memory: the header declares more audio than fits"
+    text = str(getattr(e, "error_string", None) or e).rstrip(".") or type(e).__name__
+    return text.removeprefix("Error : ").strip()

@@ -8,7 +8,7 @@ import logging
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -30,28 +30,50 @@ class Encoder(Protocol):
     def encode(self, text: str) -> list[int]: ...
 
 
+class LengthFilter(NamedTuple):
+    """What :func:`filter_by_length` kept, and the ids it dropped as unreadable or outside the limits."""
+
+    kept: list[Utterance]
+    unreadable: list[str]
+    outside: list[str]
+
+
 def filter_by_length(
     utterances: Sequence[Utterance], min_seconds: float = 0.0, max_seconds: float = math.inf
-) -> tuple[list[Utterance], int]:
-    """Keep utterances with ``min_seconds <= duration <= max_seconds``; return ``(kept, num_dropped)``.
+) -> LengthFilter:
+    """Keep utterances with ``min_seconds <= duration <= max_seconds``.
 
-    Unknown lengths are read from file headers and filled in (the returned utterances carry them).
-    An unreadable header drops the utterance with a warning naming the file.
+    Unknown lengths are read from file headers and filled in (the kept utterances carry them). An
+    unreadable header drops the utterance with a warning naming the file.
     """
-    kept, dropped = [], 0
+    kept, unreadable, outside = [], [], []
     for u in utterances:
         if u.num_samples is None:
             try:
-                u = replace(u, num_samples=samples_at_16k(u.path))
+                u = replace(u, num_samples=samples_at_16k(u.path, u.raw_format))
             except AudioError as e:
-                log.warning("dropping %s: %s", u.id, e)
-                dropped += 1
+                log.warning("skipping %s: %s", u.id, e)
+                unreadable.append(u.id)
                 continue
         if min_seconds <= u.num_samples / SAMPLE_RATE <= max_seconds:
             kept.append(u)
         else:
-            dropped += 1
-    return kept, dropped
+            outside.append(u.id)
+    return LengthFilter(kept, unreadable, outside)
+
+
+def transcribed(utterances: Sequence[Utterance], language: str | None = None) -> tuple[list[Utterance], list[str]]:
+    """Split a labeled set into the utterances with a transcript and the ids of those without one (missing, or
+    nothing left after ``normalize_text`` for ``language`` or their own: a CTC target of no tokens), each named
+    in a warning."""
+    kept, missing = [], []
+    for u in utterances:
+        if u.text is not None and normalize_text(u.text, language or u.language):
+            kept.append(u)
+        else:
+            log.warning("skipping %s (%s): %s transcript", u.id, u.path, "no" if u.text is None else "empty")
+            missing.append(u.id)
+    return kept, missing
 
 
 def padding_fraction(batches: Sequence[Sequence[int]], lengths: Sequence[int]) -> float:
@@ -220,11 +242,12 @@ class AudioDataset(Dataset):
     def __getitem__(self, index: int) -> dict | None:
         u = self.utterances[index]
         try:
-            x = read_audio(u.path)
+            x = read_audio(u.path, raw=u.raw_format)
         except AudioError as e:
-            log.warning("skipping %s: %s", u.id, e)
+            if u.id not in self.stats.skipped_ids:  # named once, not once per epoch
+                log.warning("skipping %s: %s", u.id, e)
+                self.stats.skipped_ids.append(u.id)
             self.stats.skipped += 1
-            self.stats.skipped_ids.append(u.id)
             return None
         if self.crop is not None and len(x) > self.crop:
             start = np.random.default_rng((self.seed, self.epoch, index)).integers(len(x) - self.crop + 1)

@@ -15,8 +15,15 @@ from wavadapt.errors import AudioError
 
 # Files the readers refuse (AudioError): training skips them, so the corpus is smaller than it looks.
 UNUSABLE = ("unreadable", "empty", "non-finite")
-# Files that train, but not as stored: mis-sized, filtered by length, band-limited, downmixed, mislabeled.
-WARNINGS = ("truncated", "too short", "too long", "sample rate", "stereo", "oov characters", "empty transcript")
+# Files that train, but not as stored or not well: mis-sized, filtered by length, band-limited, downmixed,
+# silent, clipped; transcripts that are missing (skipped by fine-tuning) or mislabeled.
+WARNINGS = ("truncated", "too short", "too long", "sample rate", "stereo", "silent", "clipped",
+            "no transcript", "empty transcript", "oov characters")
+SILENCE_DBFS = -60.0
+"""A file whose peak is below this is reported as silent."""
+CLIPPED_FRACTION = 0.01
+"""A file with more of its samples at full scale than this is reported as clipped."""
+FULL_SCALE = 1.0 - 2.0**-15  # the largest 16-bit sample; decoded int16 never reaches 1.0
 
 
 class CharVocabulary(Protocol):
@@ -59,7 +66,7 @@ class CheckReport:
         return not self.unusable
 
     def summary(self) -> str:
-        """A headline, counts per kind, then one line per problem: kind, file, detail."""
+        """A headline, counts per kind, then one line per problem file: file, then its problems."""
         bad_files = len({p.path for p in self.unusable})
         rates = ", ".join(f"{n} at {rate} Hz" for rate, n in sorted(self.rates.items()))
         lines = [
@@ -69,7 +76,10 @@ class CheckReport:
         ]
         counts = Counter(p.kind for p in self.problems)
         lines += [f"  {kind}: {counts[kind]}" for kind in (*UNUSABLE, *WARNINGS) if counts[kind]]
-        lines += [f"{p.kind}\t{p.path}\t{p.detail}" for p in self.problems]
+        by_file: dict[str, list[Problem]] = {}
+        for p in self.problems:
+            by_file.setdefault(p.path, []).append(p)
+        lines += [f"{path}\t" + "; ".join(f"{p.kind}: {p.detail}" for p in found) for path, found in by_file.items()]
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -91,18 +101,20 @@ def check_corpus(
     progress: bool = False,
 ) -> CheckReport:
     """Decode every file and report unreadable, empty, NaN/Inf, truncated, too short/long,
-    multi-channel audio and audio below ``expected_rate`` (higher rates lose nothing the model hears
-    when resampled, so they are only counted), and transcripts that normalise to nothing or (with
-    ``vocab``) hold characters outside the vocabulary."""
+    multi-channel, silent and clipped audio, audio below ``expected_rate`` (higher rates lose nothing the
+    model hears when resampled, so they are only counted), and transcripts that are missing in a labeled
+    split, normalise to nothing or (with ``vocab``) hold characters outside the vocabulary. A bad file costs
+    its own lines only: the check never stops early."""
     problems: list[Problem] = []
     seconds = 0.0
     rates: Counter[int] = Counter()
+    labeled = any(u.text is not None for u in utterances)
     for u in tqdm(utterances, desc="checking", unit="file", disable=not progress):
         duration, rate, found = _check_audio(u, min_seconds, max_seconds, expected_rate)
         seconds += duration
         if rate:
             rates[rate] += 1
-        found += _check_text(u, vocab)
+        found += _check_text(u, vocab, labeled)
         problems += [Problem(u.id, str(u.path), kind, detail) for kind, detail in found]
     return CheckReport(len(utterances), seconds, dict(rates), problems)
 
@@ -112,8 +124,8 @@ def _check_audio(
 ) -> tuple[float, int | None, list[tuple[str, str]]]:
     """Seconds of usable audio, sample rate, and the (kind, detail) problems of ``u``'s file."""
     try:
-        header_frames = audio_info(u.path)[0]
-        x, rate = decode(u.path)
+        header_frames = audio_info(u.path, u.raw_format)[0]
+        x, rate = decode(u.path, u.raw_format)
     except AudioError as e:
         return 0.0, None, [("unreadable", str(e).removeprefix(f"{u.path}: "))]
     if x.size == 0:
@@ -134,13 +146,20 @@ def _check_audio(
         found.append(("sample rate", f"{rate} Hz < {expected_rate} Hz: upsampled, nothing above {rate // 2} Hz"))
     if x.shape[1] > 1:
         found.append(("stereo", f"{x.shape[1]} channels (averaged to mono on read)"))
+    peak = float(np.abs(x).max())
+    if peak < 10 ** (SILENCE_DBFS / 20):
+        found.append(("silent", f"peak {20 * np.log10(peak) if peak else -np.inf:.0f} dBFS < {SILENCE_DBFS:.0f} dBFS"))
+    clipped = float((np.abs(x) >= FULL_SCALE).mean())
+    if clipped > CLIPPED_FRACTION:
+        found.append(("clipped", f"{clipped:.1%} of the samples at full scale"))
     return duration, rate, found
 
 
-def _check_text(u: Utterance, vocab: CharVocabulary | None) -> list[tuple[str, str]]:
-    """Transcript problems: nothing left after normalisation, or characters the vocabulary lacks."""
+def _check_text(u: Utterance, vocab: CharVocabulary | None, labeled: bool) -> list[tuple[str, str]]:
+    """Transcript problems: missing in a labeled split, nothing left after normalisation, or characters the
+    vocabulary lacks."""
     if u.text is None:
-        return []
+        return [("no transcript", "the split is labeled but this file has no transcript")] if labeled else []
     text = normalize_text(u.text, u.language)
     if not text:
         return [("empty transcript", f"{u.text!r} has no {u.language} letters")]

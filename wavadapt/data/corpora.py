@@ -7,12 +7,12 @@ not record stay None and are filled on demand from file headers (see batching.fi
 import csv
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-from wavadapt.data.audio import SAMPLE_RATE, audio_info
-from wavadapt.errors import CorpusError
+from wavadapt.data.audio import SAMPLE_RATE, RawFormat, audio_info, is_headerless
+from wavadapt.errors import CorpusError, WavadaptError
 
 UNKNOWN_LANGUAGE = "und"  # ISO 639-2 "undetermined", for manifests that do not say
 
@@ -23,6 +23,7 @@ class Utterance:
 
     ``num_samples`` is the length at 16 kHz when the layout records it (fairseq manifests), else None.
     ``text`` is None for unlabeled audio (pre-training splits, Common Voice rows without a sentence).
+    ``raw_format`` says how to read a headerless PCM file (``s16le:16000``, see audio.RawFormat).
     """
 
     id: str
@@ -31,12 +32,22 @@ class Utterance:
     language: str
     speaker: str | None = None
     num_samples: int | None = None
+    raw_format: str | None = None
 
 
-def samples_at_16k(path: str | Path) -> int:
+def samples_at_16k(path: str | Path, raw_format: str | None = None) -> int:
     """Length of ``path`` in samples once resampled to 16 kHz, from its header."""
-    frames, rate, _ = audio_info(path)
+    frames, rate, _ = audio_info(path, raw_format)
     return round(frames * SAMPLE_RATE / rate)
+
+
+def with_raw_format(utterances: list[Utterance], raw_format: str | None) -> list[Utterance]:
+    """Give the headerless files (``.raw``, ``.pcm``) that have no format of their own ``raw_format``
+    (--raw-format); the format is validated first, so a typo fails before any file is read."""
+    if raw_format is None:
+        return utterances
+    spec = str(RawFormat.parse(raw_format))
+    return [replace(u, raw_format=spec) if u.raw_format is None and is_headerless(u.path) else u for u in utterances]
 
 
 # --- LibriSpeech: <split>/<speaker>/<chapter>/<speaker>-<chapter>-<NNNN>.flac + <speaker>-<chapter>.trans.txt
@@ -219,9 +230,9 @@ def write_fairseq_manifest(utterances: list[Utterance], out_dir: str | Path, spl
 
 
 def read_manifest(path: str | Path, language: str | None = None) -> list[Utterance]:
-    """Read a TSV (header with ``path`` and optionally ``text``, ``language``, ``speaker``, ``id``)
-    or JSONL manifest. Relative audio paths are relative to the manifest's directory; a row without
-    a language gets ``language`` (default "und")."""
+    """Read a TSV (header with ``path`` and optionally ``text``, ``language``, ``speaker``, ``id``,
+    ``raw_format``) or JSONL manifest. Relative audio paths are relative to the manifest's directory; a row
+    without a language gets ``language`` (default "und")."""
     path = Path(path)
     if path.suffix == ".jsonl":
         rows = []
@@ -237,14 +248,21 @@ def read_manifest(path: str | Path, language: str | None = None) -> list[Utteran
     for lineno, row in enumerate(rows, start=1):
         if not isinstance(row, dict) or not row.get("path"):
             raise CorpusError(f"{path}: entry {lineno} has no 'path'")
-        audio = path.parent / row["path"]
+        audio = path.parent / str(row["path"])
+        raw_format = row.get("raw_format") or None
+        if raw_format is not None:
+            try:
+                raw_format = str(RawFormat.parse(str(raw_format)))
+            except WavadaptError as e:
+                raise CorpusError(f"{path}: entry {lineno}: {e}") from None
         utterances.append(
             Utterance(
                 id=str(row.get("id") or audio.stem),
                 path=audio,
-                text=(row.get("text") or "").strip() or None,
-                language=row.get("language") or language or UNKNOWN_LANGUAGE,
-                speaker=row.get("speaker") or None,
+                text=str(row.get("text") or "").strip() or None,
+                language=str(row.get("language") or language or UNKNOWN_LANGUAGE),
+                speaker=str(row.get("speaker") or "") or None,
+                raw_format=raw_format,
             )
         )
     return utterances
@@ -253,14 +271,19 @@ def read_manifest(path: str | Path, language: str | None = None) -> list[Utteran
 # --- layout detection
 
 
-def open_corpus(path: str | Path, split: str | None = None, language: str | None = None) -> list[Utterance]:
+def open_corpus(path: str | Path, split: str | None = None, language: str | None = None,
+                raw_format: str | None = None) -> list[Utterance]:
     """Read whatever corpus ``path`` is: a LibriSpeech or Common Voice directory, a fairseq manifest
     (``.tsv``, or a directory holding ``<split>.tsv``), a ``.tsv``/``.jsonl`` manifest, or a synthetic
     corpus root (``corpus.json``; ``language`` picks the language directory).
 
-    ``split=None`` means the only split, else ``train``.
+    ``split=None`` means the only split, else ``train``. ``raw_format`` is the format of its headerless
+    PCM files (see :func:`with_raw_format`).
     """
-    path = Path(path)
+    return with_raw_format(_open_layout(Path(path), split, language), raw_format)
+
+
+def _open_layout(path: Path, split: str | None, language: str | None) -> list[Utterance]:
     if not path.exists():
         raise CorpusError(f"{path}: no such file or directory (expected a corpus directory or manifest)")
     if path.is_file():

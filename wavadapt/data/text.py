@@ -172,12 +172,31 @@ class Vocabulary:
         Path(path).write_text(json.dumps(vocab, ensure_ascii=False) + "\n", encoding="utf-8")
 
     @classmethod
+    def load(cls, path: str | Path) -> "Vocabulary":
+        """Read whichever a user holds: an HF ``vocab.json``, fairseq's ``dict.ltr.txt``, or a task file
+        (``adapter.<task>.json`` or its ``.safetensors``), whose JSON carries the task's vocabulary."""
+        path = Path(path)
+        if path.suffix == ".safetensors":
+            path = path.with_suffix(".json")
+        if path.suffix != ".json":
+            return cls.from_fairseq_dict(path)
+        data = _read_json(path, "vocab.json or task file")
+        if isinstance(data, dict) and "format" in data and "vocabulary" in data:  # a task file
+            if not isinstance(data["vocabulary"], list):
+                raise VocabularyError(f"{path}: this task file holds an adapter without a head, so no vocabulary")
+            try:
+                return cls(data["vocabulary"])
+            except (TypeError, VocabularyError) as e:
+                raise VocabularyError(f"{path}: invalid vocabulary in the task file ({e})") from None
+        return cls._from_vocab_json(path, data)
+
+    @classmethod
     def load_json(cls, path: str | Path) -> "Vocabulary":
         """Read an HF vocab.json; ids must be 0..n-1 and start with ``<pad> <s> </s> <unk>``."""
-        try:
-            vocab = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise VocabularyError(f"{path}: cannot read vocab.json ({e})") from None
+        return cls._from_vocab_json(path, _read_json(path, "vocab.json"))
+
+    @classmethod
+    def _from_vocab_json(cls, path: str | Path, vocab) -> "Vocabulary":
         if not isinstance(vocab, dict) or not all(isinstance(t, str) and isinstance(i, int) for t, i in vocab.items()):
             raise VocabularyError(f"{path}: vocab.json must be an object {{token: integer id}}")
         if sorted(vocab.values()) != list(range(len(vocab))):
@@ -218,3 +237,10 @@ class Vocabulary:
             return cls([*SPECIAL_TOKENS, *tokens], counts)
         except VocabularyError as e:
             raise VocabularyError(f"{path}: {e}") from None
+
+
+def _read_json(path: str | Path, what: str):
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise VocabularyError(f"{path}: cannot read {what} ({e})") from None
