@@ -2,6 +2,7 @@
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -631,10 +632,8 @@ def main() -> None:
     """Console entry point: an error becomes one ``error: ...`` line on stderr and a non-zero exit status;
     ``--debug`` (or WAVADAPT_DEBUG=1) shows the Python traceback instead."""
     logger = logging.getLogger("wavadapt")
-    if not logger.handlers:  # warnings (skipped files) as one plain line each, on stderr
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("warning: %(message)s"))
-        logger.addHandler(handler)
+    if not any(isinstance(h, _EchoHandler) for h in logger.handlers):
+        logger.addHandler(_EchoHandler())
     try:
         app()
     except KeyboardInterrupt:
@@ -652,6 +651,18 @@ def main() -> None:
         typer.echo(f"error: {type(e).__name__}{': ' + reason if reason else ''} (run with --debug for the "
                    "traceback)", err=True)
         raise SystemExit(2) from None
+
+
+class _EchoHandler(logging.Handler):
+    """Warnings (a skipped file) as one ``warning: ...`` line of their own on stderr, above any progress bar."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(f"warning: {record.getMessage()}", file=sys.stderr)
 
 
 def _debug() -> bool:

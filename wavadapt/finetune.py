@@ -99,7 +99,8 @@ def finetune(model: CTCModel, task: str, train: list[Utterance], method: MethodC
             "task": task, "method": asdict(method), "train": asdict(config), "augment": asdict(augment),
             "train_utterances": len(kept), "dropped_by_length": len(outside),
             # Files dropped before training; those that fail to decode later are counted in log.csv.
-            "skipped": {"unreadable": unreadable, "no_transcript": no_transcript}}, indent=2, default=str))
+            "skipped": {"unreadable": unreadable, "no_transcript": no_transcript, "outside_length": outside}},
+            indent=2, default=str))
     history = trainer.train()
     if trainer.env.main:
         model.eval()
