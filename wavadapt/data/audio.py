@@ -120,6 +120,8 @@ def read_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, raw: RawFormat 
             raise AudioError(f"{path}: cannot resample {rate} Hz to {sample_rate} Hz ({_reason(e)})") from None
         if x.size == 0:
             raise AudioError(f"{path}: no audio samples at {sample_rate} Hz")
+        if not np.isfinite(x).all():  # float samples near the float32 limit overflow in the filter
+            raise AudioError(f"{path}: samples too large to resample (float audio should lie in [-1, 1])")
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
