@@ -199,7 +199,7 @@ def ssl_loss(model: PretrainingModel, language: str, config: ProbeConfig) -> flo
     """The self-supervised loss per masked step of task ``language`` on the ssl split (masks and distractors
     drawn from ``config.seed``)."""
     model.activate(language)
-    readable, _ = filter_by_length(open_corpus(config.corpus, config.ssl_split, language))  # reads the lengths
+    readable = filter_by_length(open_corpus(config.corpus, config.ssl_split, language)).kept  # reads the lengths
     utterances, _ = maskable(model, readable, config.ssl_crop_seconds)
     if not utterances:
         raise WavadaptError(f"no {language} utterance of split {config.ssl_split!r} is long enough to mask")
