@@ -150,3 +150,25 @@ def test_params_errors_are_one_line_and_exit_1(monkeypatch, capsys, args, messag
     assert e.value.code == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_mms_form_follows_its_closed_form_and_is_named():
+    account = method_account(backbone_factory("large"), MethodConfig("adapters", adapter_size=16, adapter_form="mms"))
+    d, a = 1024, 16
+    # one adapter layer per layer: layer norm (2d), linear_1 (d*a + a), linear_2 (a*d + d); no layer-norm copies
+    assert account.components["adapters"]["trainable"] == 24 * (2 * d * a + a + 3 * d)
+    assert "task_layer_norms" not in account.components
+    assert account.adapter_form == "mms" and account.to_dict()["adapter_form"] == "mms"
+    assert "adapters (mms form, size 16, all 24 layers) on large" in format_account(account, "large")
+    assert method_account(backbone_factory("tiny"), MethodConfig("adapters")).adapter_form == "houlsby"
+    assert method_account(backbone_factory("tiny"), MethodConfig("full")).adapter_form is None
+
+
+def test_mms_form_accounts_skip_top_n_adapters_and_post_ln_backbones_refuse():
+    accounts = all_accounts(backbone_factory("large"), 16, adapter_form="mms")
+    assert [a.method for a in accounts[:3]] == ["full", "adapters", "head-only"]
+    assert {a.method for a in accounts[3:]} == {"top-n-full"} and len(accounts) == 3 + 24
+    with pytest.raises(WavadaptError, match="adapts every layer"):
+        MethodConfig("top-n-adapters", top_n=2, adapter_form="mms")
+    with pytest.raises(WavadaptError, match="needs a pre-LN"):
+        method_account(backbone_factory("base"), MethodConfig("adapters", adapter_form="mms"))

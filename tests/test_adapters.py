@@ -131,3 +131,69 @@ def test_bad_names_and_unknown_sets_are_refused(model):
     with pytest.raises(WavadaptError, match="top_n"):
         add_adapter(model, "de", AdapterConfig(size=8, top_n=9))
     assert adapter_names(model) == ["en"]
+
+
+# --- the mms form ---
+
+PRE_LN = dict(SMALL, do_stable_layer_norm=True, feat_extract_norm="layer")
+MMS = AdapterConfig(size=8, form="mms", layer_norms=False)
+
+
+@pytest.mark.parametrize("config_cls, model_cls", [(Wav2Vec2Config, Wav2Vec2Model), (HubertConfig, HubertModel)])
+def test_mms_form_computes_transformers_adapter_layer(config_cls, model_cls):
+    torch.manual_seed(0)
+    reference = model_cls(config_cls(**PRE_LN, adapter_attn_dim=8)).eval()  # transformers' own adapter layers
+    own = {k: p for k, p in reference.named_parameters() if ".adapter_layer." in k}
+    with torch.no_grad():
+        for p in own.values():
+            p.normal_(std=0.3)
+    model = model_cls(config_cls(**PRE_LN)).eval()
+    model.load_state_dict({k: v for k, v in reference.state_dict().items() if k not in own})
+    add_adapter(model, "eng", MMS)
+    params = adapter_parameters(model, "eng")
+    # encoder.layers.<i>.adapters.sets.eng.adapter_layer.* is transformers' encoder.layers.<i>.adapter_layer.*
+    assert {k.replace(".adapters.sets.eng.", ".") for k in params} == set(own)
+    with torch.no_grad():
+        for k, p in params.items():
+            p.copy_(own[k.replace(".adapters.sets.eng.", ".")])
+    set_active(model, "eng")
+    x = torch.randn(2, 4000)
+    torch.testing.assert_close(_out(model, x), _out(reference, x), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: Wav2Vec2Model(Wav2Vec2Config(**PRE_LN)),
+    lambda: WavLMModel(WavLMConfig(**PRE_LN, num_buckets=16, max_bucket_distance=32)),  # layers return a tuple
+])  # fmt: skip
+def test_mms_form_starts_near_identity_and_routes_mixed_batches_beside_houlsby(make):
+    torch.manual_seed(0)
+    model = make().eval()
+    x = torch.randn(3, 4000)
+    ref = _out(model, x)
+    add_adapter(model, "en", MMS)
+    set_active(model, "en")
+    assert 0 < (_out(model, x) - ref).abs().max() < 1e-2 * ref.abs().mean()
+    add_adapter(model, "es", AdapterConfig(size=8))
+    _randomise(model, "en")
+    _randomise(model, "es")
+    outs = {}
+    for stack in ("en", "es", ("es", "en")):
+        set_active(model, stack)
+        outs[stack] = _out(model, x)
+    set_active(model, per_sample=["es", ("es", "en"), "en"])
+    mixed = _out(model, x)
+    for i, stack in enumerate(["es", ("es", "en"), "en"]):
+        torch.testing.assert_close(mixed[i], outs[stack][i])
+    assert not torch.allclose(outs["en"], outs["es"]) and not torch.allclose(outs[("es", "en")], outs["es"])
+
+
+def test_mms_form_refuses_post_ln_encoders_and_houlsby_options():
+    with pytest.raises(WavadaptError, match="needs a pre-LN"):
+        add_adapter(Wav2Vec2Model(Wav2Vec2Config(**SMALL)), "en", MMS)
+    model = Wav2Vec2Model(Wav2Vec2Config(**PRE_LN))
+    for config in (AdapterConfig(size=8, form="mms"), AdapterConfig(size=8, form="mms", layer_norms=False, top_n=1)):
+        with pytest.raises(WavadaptError, match="every layer"):
+            add_adapter(model, "en", config)
+    with pytest.raises(WavadaptError, match="unknown adapter form 'pfeiffer'"):
+        add_adapter(model, "en", AdapterConfig(size=8, form="pfeiffer"))
+    assert adapter_names(model) == []

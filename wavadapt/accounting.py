@@ -52,6 +52,8 @@ class Account:
     top_n: int | None
     adapter_size: int | None
     """None for the methods without adapters."""
+    adapter_form: str | None
+    """``houlsby`` or ``mms``; None for the methods without adapters."""
     layers: int
     vocab_size: int
     backbone: str
@@ -74,8 +76,10 @@ class Account:
         return DENOMINATOR.format(backbone=self.backbone)
 
     def describe_method(self) -> str:
-        """E.g. ``top-n-adapters (size 256, top 6 of 12 layers)``."""
+        """E.g. ``top-n-adapters (size 256, top 6 of 12 layers)``, ``adapters (mms form, size 16, all 24 layers)``."""
         details = [f"size {self.adapter_size}"] if self.adapter_size is not None else []
+        if self.adapter_form == "mms":  # the papers' houlsby form goes without saying
+            details.insert(0, "mms form")
         if self.top_n is not None:
             details.append(f"top {self.top_n} of {self.layers} layers")
         elif self.method != "head-only":
@@ -146,10 +150,12 @@ def method_account(
     model = CTCModel(backbone())
     prepare(model, TASK, vocab, config)
     counts = count_parameters(model)
+    adapters = config.method.endswith("adapters")
     return Account(
         method=config.method,
         top_n=config.top_n,
-        adapter_size=config.adapter_size if config.method.endswith("adapters") else None,
+        adapter_size=config.adapter_size if adapters else None,
+        adapter_form=config.adapter_form if adapters else None,
         layers=model.backbone.config.num_hidden_layers,
         vocab_size=len(vocab),
         backbone=type(model.backbone).__name__,
@@ -160,14 +166,17 @@ def method_account(
 
 
 def all_accounts(
-    backbone: BackboneFactory, adapter_size: int = 256, vocab: Vocabulary | int = LIBRISPEECH_VOCAB_SIZE
+    backbone: BackboneFactory, adapter_size: int = 256, vocab: Vocabulary | int = LIBRISPEECH_VOCAB_SIZE,
+    adapter_form: str = "houlsby",
 ) -> list[Account]:
-    """Every method: full, adapters, head-only, then both top-N methods for N = 1 .. layers."""
+    """Every method: full, adapters, head-only, then both top-N methods for N = 1 .. layers (top-n-full only
+    for the mms form, which adapts every layer)."""
     layers = backbone().config.num_hidden_layers
-    configs = [MethodConfig(m, adapter_size=adapter_size) for m in METHODS if not m.startswith("top-n")]
+    configs = [MethodConfig(m, adapter_size=adapter_size, adapter_form=adapter_form)
+               for m in METHODS if not m.startswith("top-n")]
     configs += [
         MethodConfig(m, top_n=n, adapter_size=adapter_size)
-        for m in METHODS if m.startswith("top-n")
+        for m in METHODS if m.startswith("top-n") and not (m == "top-n-adapters" and adapter_form == "mms")
         for n in range(1, layers + 1)
     ]  # fmt: skip
     return [method_account(backbone, c, vocab) for c in configs]

@@ -15,6 +15,9 @@ Adapter methods never change a base parameter: the set owns its layer-norm copie
 file alone (adapters + norms + head) reproduces the model on the same backbone. ``stack_on`` names a
 language adapter that the new task adapter sits on (cwav2vec 2.0 fine-tuning, MAD-X style); the
 language adapter stays frozen and the task's layer norms start from the language's.
+
+``adapter_form`` picks the adapter: ``houlsby`` (the papers') or ``mms`` (MMS's one adapter per pre-LN layer,
+exportable to transformers' MMS layout; every layer, so ``adapters`` only, and no layer-norm copies).
 """
 
 from dataclasses import dataclass
@@ -24,6 +27,7 @@ from torch import nn
 from wavadapt.data.text import Vocabulary
 from wavadapt.errors import WavadaptError
 from wavadapt.model.adapters import (
+    FORMS,
     AdapterConfig,
     adapted_layers,
     adapter_parameters,
@@ -47,6 +51,8 @@ class MethodConfig:
     """``full`` only: updates during which the transformer stays frozen and only the head trains."""
     stack_on: str | None = None
     """Adapter methods only: an existing (language) adapter set the new task adapter is stacked on."""
+    adapter_form: str = "houlsby"
+    """Adapter methods only: ``houlsby`` or ``mms`` (see `wavadapt.model.adapters`)."""
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -58,6 +64,10 @@ class MethodConfig:
             raise WavadaptError(f"--top-n applies to top-n-full and top-n-adapters, not {self.method}")
         if self.stack_on is not None and "adapters" not in self.method:
             raise WavadaptError(f"--stack-on applies to the adapter methods, not {self.method}")
+        if self.adapter_form not in FORMS:
+            raise WavadaptError(f"unknown adapter form {self.adapter_form!r}; choose from {', '.join(FORMS)}")
+        if self.adapter_form == "mms" and needs_n:
+            raise WavadaptError(f"the mms adapter form adapts every layer: use method adapters, not {self.method}")
 
 
 def prepare(model: CTCModel, task: str, vocab: Vocabulary, config: MethodConfig) -> dict[str, nn.Parameter]:
@@ -67,7 +77,9 @@ def prepare(model: CTCModel, task: str, vocab: Vocabulary, config: MethodConfig)
     encoder = encoder_of(backbone)
     adapters = config.method.endswith("adapters")
     if adapters:
-        add_adapter(backbone, task, AdapterConfig(size=config.adapter_size, top_n=config.top_n),
+        form = config.adapter_form
+        add_adapter(backbone, task, AdapterConfig(size=config.adapter_size, top_n=config.top_n, form=form,
+                                                  layer_norms=form == "houlsby"),
                     init_layer_norms_from=config.stack_on)
     stack = ((config.stack_on,) if config.stack_on else ()) + ((task,) if adapters else ())
     model.add_task(task, vocab, stack)

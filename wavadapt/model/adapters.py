@@ -15,6 +15,15 @@ subclass that shares the original parameters, so the base model's parameter name
 real checkpoints load as they are. New parameters live under ``...layers.<i>.adapters.<name>.*`` and
 ``...<layer_norm>.tasks.<name>.*``.
 
+The ``mms`` form is MMS's (Pratap et al. 2023) and transformers' ``Wav2Vec2AttnAdapterLayer``, one per layer of a
+pre-LN encoder, after the feed-forward residual::
+
+    h = h + linear_2(relu(linear_1(LayerNorm(h))))
+
+It is attached by a forward hook on the whole encoder layer and lives under
+``...layers.<i>.adapters.sets.<name>.adapter_layer.*`` (transformers' own module, so its names match MMS's
+``...layers.<i>.adapter_layer.*`` files). Its ``linear_2`` starts with weights of std ``init_scale``: near identity.
+
 Adapter sets are keyed by name (``en``, ``es``, ``es/asr``). The active *stack* is a tuple of names
 applied bottom-up (a task adapter on top of a language adapter, MAD-X style); it may be one stack for
 the whole batch or one per batch element (mixed-language batches).
@@ -28,12 +37,16 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers import Wav2Vec2Config
+from transformers.models.wav2vec2.modeling_wav2vec2 import Wav2Vec2AttnAdapterLayer
 
 from wavadapt.errors import WavadaptError
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "swish": nn.SiLU}
 
 Stack = tuple[str, ...]
+
+FORMS = ("houlsby", "mms")
 
 
 @dataclass
@@ -48,7 +61,11 @@ class AdapterConfig:
     layer_norms: bool = True
     """The set owns copies of the encoder layer norms of the layers it adapts (per-task layer norms)."""
     init_scale: float = 1e-3
-    """Initial gain of the adapter's layer norm: the distance from identity at insertion."""
+    """The distance from identity at insertion: the initial gain of a Houlsby adapter's layer norm, the std of an
+    mms adapter's initial ``linear_2`` weights."""
+    form: str = "houlsby"
+    """``houlsby`` (two bottlenecks per layer) or ``mms`` (transformers' MMS adapter layer: every layer of a pre-LN
+    encoder, ReLU, no layer-norm copies, ``size`` is MMS's ``adapter_attn_dim``). Task files without it are houlsby."""
 
 
 class Bottleneck(nn.Module):
@@ -71,6 +88,20 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.norm(self.up(self.act(self.down(x))))
+
+
+class MmsAdapter(Wav2Vec2AttnAdapterLayer):
+    """transformers' MMS adapter layer (same parameters, same names) with its residual: x + adapter(x)."""
+
+    def __init__(self, dim: int, size: int, init_scale: float = 1e-3):
+        super().__init__(Wav2Vec2Config(hidden_size=dim, adapter_attn_dim=size))
+        nn.init.normal_(self.linear_1.weight, std=0.02)  # transformers' initializer_range
+        nn.init.zeros_(self.linear_1.bias)
+        nn.init.normal_(self.linear_2.weight, std=init_scale)
+        nn.init.zeros_(self.linear_2.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + super().forward(x)
 
 
 class Routing:
@@ -109,10 +140,11 @@ class LayerAdapters(nn.Module):
         super().__init__()
         self.sets = nn.ModuleDict()
         self.routing = routing
+        self.hooked_forms: set[str] = set()
 
     def _run(self, which: str, stack: Stack, x: torch.Tensor) -> torch.Tensor:
         for name in stack:
-            if name in self.sets:
+            if name in self.sets and which in self.sets[name]:
                 x = self.sets[name][which](x)
         return x
 
@@ -123,6 +155,23 @@ class LayerAdapters(nn.Module):
 
     def feed_forward_hook(self, module, args, output):
         return _apply_grouped(self.routing, output, lambda s, x: self._run("feed_forward", s, x))
+
+    def layer_hook(self, module, args, output):
+        # wav2vec2 and HuBERT layers return the hidden states, WavLM's (hidden, position bias).
+        hidden = output[0] if isinstance(output, tuple) else output
+        hidden = _apply_grouped(self.routing, hidden, lambda s, x: self._run("adapter_layer", s, x))
+        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+    def hook(self, layer: nn.Module, form: str) -> None:
+        """Register the forward hooks a set of ``form`` runs by, once per form."""
+        if form in self.hooked_forms:
+            return
+        if form == "houlsby":
+            layer.attention.register_forward_hook(self.attention_hook)
+            layer.feed_forward.register_forward_hook(self.feed_forward_hook)
+        else:
+            layer.register_forward_hook(self.layer_hook)
+        self.hooked_forms.add(form)
 
 
 class TaskLayerNorm(nn.LayerNorm):
@@ -184,6 +233,26 @@ def adapted_layers(num_layers: int, top_n: int | None) -> list[int]:
     return list(range(num_layers - top_n, num_layers))
 
 
+def _check_form(config: AdapterConfig, encoder: nn.Module) -> None:
+    if config.form not in FORMS:
+        raise WavadaptError(f"unknown adapter form {config.form!r}; choose from {', '.join(FORMS)}")
+    if config.form != "mms":
+        return
+    if not _pre_ln(encoder):
+        raise WavadaptError(f"the mms adapter form needs a pre-LN (stable layer norm) encoder, not a post-LN "
+                            f"{type(encoder).__name__}")
+    if config.top_n is not None or config.layer_norms or config.activation != "relu":
+        raise WavadaptError("the mms adapter form is transformers' adapter layer in every layer: give it no top_n, "
+                            "layer_norms=False and the relu activation")
+
+
+def _block(dim: int, config: AdapterConfig) -> nn.ModuleDict:
+    if config.form == "mms":
+        return nn.ModuleDict({"adapter_layer": MmsAdapter(dim, config.size, config.init_scale)})
+    return nn.ModuleDict({kind: Bottleneck(dim, config.size, config.activation, config.init_scale)
+                          for kind in ("attention", "feed_forward")})
+
+
 def _task_layer_norm(owner: nn.Module, attr: str, routing: Routing) -> TaskLayerNorm:
     ln = getattr(owner, attr)
     if not isinstance(ln, TaskLayerNorm):
@@ -203,20 +272,16 @@ def add_adapter(model: nn.Module, name: str, config: AdapterConfig, init_layer_n
     if name in adapter_names(model):
         raise WavadaptError(f"the model already has an adapter set named {name!r}")
     encoder = encoder_of(model)
+    _check_form(config, encoder)
     routing = _routing(model)
     layers = adapted_layers(len(encoder.layers), config.top_n)
     for i in layers:
         layer = encoder.layers[i]
         if not hasattr(layer, "adapters"):
             layer.adapters = LayerAdapters(routing)
-            layer.attention.register_forward_hook(layer.adapters.attention_hook)
-            layer.feed_forward.register_forward_hook(layer.adapters.feed_forward_hook)
-        dim = layer.feed_forward.output_dense.out_features
+        layer.adapters.hook(layer, config.form)
         ref = layer.feed_forward.output_dense.weight
-        block = nn.ModuleDict({
-            kind: Bottleneck(dim, config.size, config.activation, config.init_scale)
-            for kind in ("attention", "feed_forward")
-        }).to(device=ref.device, dtype=ref.dtype)
+        block = _block(ref.shape[0], config).to(device=ref.device, dtype=ref.dtype)
         layer.adapters.sets[name] = block
         if config.layer_norms:
             for attr in ("layer_norm", "final_layer_norm"):
