@@ -5,6 +5,7 @@ import pickle
 
 import pytest
 import torch
+from model_probes import LARGE_STYLE
 from safetensors.torch import load_file, save_file
 
 from wavadapt.checkpoint import (
@@ -105,7 +106,7 @@ def test_stacked_task_saves_only_its_own_set(tmp_path):
     info = json.loads(path.read_text())
     assert info["task"] == "es/asr" and info["stack"] == ["es", "es/asr"]
     assert info["adapter"] == {"size": SIZE, "activation": "relu", "top_n": None, "layer_norms": True,
-                               "init_scale": 1e-3}
+                               "init_scale": 1e-3, "form": "houlsby"}
     assert info["layers"] == [0, 1, 2, 3] and info["backbone"]["stacked_on"] == ["es"]
 
 
@@ -235,3 +236,43 @@ def test_fingerprint_covers_base_weights_and_stack_only():
         b.encoder.layers[0].attention.q_proj.weight[0, 0] += 1e-6
     assert backbone_fingerprint(b) != fp
     assert backbone_fingerprint(_backbone().half()) != fp  # exact bytes: another dtype is another backbone
+
+
+def test_task_files_without_a_form_are_houlsby(tmp_path, audio):
+    model = _trained(task="es/asr", stack_on="es")
+    paths = [save_adapter(model.backbone, "es", tmp_path), save_task(model, "es/asr", tmp_path)]
+    for path in paths:  # as written before adapter forms existed
+        info = json.loads(path.read_text())
+        del info["adapter"]["form"]
+        path.write_text(json.dumps(info))
+    fresh = load_asr_model("tiny", paths)
+    assert torch.equal(_run(fresh, audio)[0], _run(model, audio)[0])
+
+
+def _pre_ln_backbone(seed: int = 0):
+    torch.manual_seed(seed)
+    return build_backbone("tiny", **LARGE_STYLE).eval()
+
+
+def test_mms_form_task_round_trip(tmp_path, audio):
+    model = CTCModel(_pre_ln_backbone()).eval()
+    _perturb(prepare(model, "en", VOCAB, MethodConfig("adapters", adapter_size=SIZE, adapter_form="mms")).values())
+    path = save_task(model, "en", tmp_path)
+    layer = {f"backbone.encoder.layers.{i}.adapters.sets.en.adapter_layer.{m}.{p}"
+             for i in range(4) for m in ("norm", "linear_1", "linear_2") for p in ("weight", "bias")}
+    assert _saved_keys(path) == HEAD | layer
+    info = json.loads(path.read_text())
+    assert info["adapter"]["form"] == "mms" and info["layers"] == [0, 1, 2, 3]
+    fresh = CTCModel(_pre_ln_backbone()).eval()
+    load_task(fresh, path)
+    assert torch.equal(_run(fresh, audio)[0], _run(model, audio)[0])
+
+
+def test_adapter_config_the_backbone_cannot_take_is_refused(tmp_path):
+    path = save_task(_trained(), "en", tmp_path)
+    info = json.loads(path.read_text())
+    info["adapter"] |= {"form": "mms", "layer_norms": False}
+    path.write_text(json.dumps(info))
+    with pytest.raises(CheckpointError, match="needs a pre-LN") as e:
+        load_task(CTCModel(_backbone()), path)
+    assert str(path) in str(e.value)

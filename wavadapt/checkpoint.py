@@ -6,7 +6,9 @@ A task is saved as two files, as HF MMS and peft do::
     adapter.<task>.json          what the tensors need to run: stack, AdapterConfig, vocabulary, backbone
 
 The tensors are exactly the task's CTC head (``heads.<task>.*``) and, for the adapter methods, its adapter
-set with its layer-norm copies (``backbone.<...>.adapters.sets.<task>.*``, ``backbone.<...>.tasks.<task>.*``).
+set with its layer-norm copies (``backbone.<...>.adapters.sets.<task>.*``, ``backbone.<...>.tasks.<task>.*``;
+an mms-form set has no copies). The JSON's ``adapter`` records the set's form; files from before forms existed
+have none and are houlsby.
 A wav2vec 2.0 Base adapter set in all 12 layers with a 32-letter head is 9.56M parameters: 38.2 MB in fp32
 (10.1% of the 94.4M backbone, 9.2% of the adapted model); top-8 adapters 25.5 MB; head-only 0.1 MB.
 
@@ -31,6 +33,7 @@ from transformers import PreTrainedModel
 
 from wavadapt.data.text import Vocabulary, VocabularyError
 from wavadapt.errors import CheckpointError, WavadaptError
+from wavadapt.interop.hf import is_ctc_dir, load_ctc_dir, read_do_normalize
 from wavadapt.model.adapters import (
     AdapterConfig,
     adapted_layers,
@@ -41,7 +44,7 @@ from wavadapt.model.adapters import (
     base_state,
     encoder_of,
 )
-from wavadapt.model.backbone import PRESETS, build_backbone, load_backbone, quiet_transformers
+from wavadapt.model.backbone import PRESETS, build_backbone, load_backbone, quiet_transformers, resolve_checkpoint
 from wavadapt.model.ctc import CTCModel
 
 FORMAT = "wavadapt-task"
@@ -80,7 +83,7 @@ def backbone_fingerprint(backbone: PreTrainedModel, stack: tuple[str, ...] | lis
     state = base_state(backbone)
     sets = {}
     for name in stack:
-        sets[name] = asdict(adapter_config(backbone, name))
+        sets[name] = _set_identity(adapter_config(backbone, name))
         state |= {k: p.detach() for k, p in adapter_parameters(backbone, name).items()}
     h = hashlib.sha256(json.dumps({"config": config, "stack": sets}, sort_keys=True).encode())
     for key in sorted(state):
@@ -88,6 +91,14 @@ def backbone_fingerprint(backbone: PreTrainedModel, stack: tuple[str, ...] | lis
         h.update(f"{key}|{t.dtype}|{tuple(t.shape)}".encode())
         h.update(t.detach().reshape(-1).contiguous().cpu().view(torch.uint8).numpy().data)
     return "sha256:" + h.hexdigest()
+
+
+def _set_identity(config: AdapterConfig) -> dict:
+    # A houlsby set hashes as it did before forms existed, so stacked task files saved then still load.
+    identity = asdict(config)
+    if config.form == "houlsby":
+        del identity["form"]
+    return identity
 
 
 # --- saving ---
@@ -208,7 +219,8 @@ def _read_info(path: Path) -> dict:
     return info
 
 
-def _file_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+def file_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of a safetensors file's tensors, read from its header; CheckpointError if unreadable."""
     try:
         with safe_open(path, "pt") as f:
             return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
@@ -235,7 +247,8 @@ def _few(keys, n: int = 6) -> str:
     return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
 
 
-def _check_tensors(path: Path, found: dict, expected: dict) -> None:
+def check_tensors(path: Path, found: dict, expected: dict, what: str = "its own description") -> None:
+    """CheckpointError naming ``path`` and the keys unless ``found`` has exactly ``expected``'s names and shapes."""
     mismatched = [f"{k} {found[k]} in the file, {expected[k]} in the model"
                   for k in sorted(found.keys() & expected.keys()) if found[k] != expected[k]]
     problems = [f"{what}: {_few(keys)}" for what, keys in (
@@ -244,7 +257,7 @@ def _check_tensors(path: Path, found: dict, expected: dict) -> None:
         ("shape mismatches", mismatched),
     ) if keys]  # fmt: skip
     if problems:
-        raise CheckpointError(f"{path}: does not match its own description; " + "; ".join(problems))
+        raise CheckpointError(f"{path}: does not match {what}; " + "; ".join(problems))
 
 
 def load_task(model: CTCModel, path: str | Path) -> str:
@@ -279,7 +292,11 @@ def load_task(model: CTCModel, path: str | Path) -> str:
         vocab = Vocabulary(info["vocabulary"]) if info["vocabulary"] is not None else None
     except (TypeError, VocabularyError) as e:
         raise CheckpointError(f"{json_path}: invalid adapter config or vocabulary ({e})") from None
-    _check_tensors(weights, _file_shapes(weights), _expected_shapes(backbone, name, config, vocab))
+    try:
+        expected = _expected_shapes(backbone, name, config, vocab)
+    except WavadaptError as e:  # an adapter config this backbone cannot take (a form, top_n)
+        raise CheckpointError(f"{json_path}: {e}") from None
+    check_tensors(weights, file_shapes(weights), expected)
 
     if config is not None:
         add_adapter(backbone, name, config)
@@ -295,22 +312,34 @@ def load_task(model: CTCModel, path: str | Path) -> str:
 
 
 def load_asr_model(model: str | Path, adapters: list[Path], *, trust_pickle: bool = False,
-                   family: str | None = None, seed: int = 0) -> CTCModel:
+                   family: str | None = None, seed: int = 0, task: str | None = None) -> CTCModel:
     """A CTCModel in eval mode from a backbone and task files loaded in order (a language adapter before the
-    task stacked on it); the last task with a head is active.
+    task stacked on it); the last task with a head is active, or ``task``.
 
     ``model`` is a preset name (tiny, base, large: random weights drawn with ``seed``, for tests and demos),
-    a Hugging Face directory (e.g. a run's ``backbone/``) or a fairseq .pt (needs ``trust_pickle``).
+    a Hugging Face directory (e.g. a run's ``backbone/``) or a fairseq .pt (needs ``trust_pickle``). A fine-tuned
+    transformers CTC directory brings its own task (`wavadapt.interop.hf`), an MMS directory one task per language
+    (`wavadapt.interop.mms`).
     """
+    from wavadapt.interop.mms import is_mms_dir, load_mms_dir  # it builds on this module
+
+    path = resolve_checkpoint(model)
     if str(model) in PRESETS:
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             backbone = build_backbone(str(model), family or "wav2vec2")
+        asr = CTCModel(backbone).eval()
     elif family is not None:
         raise WavadaptError("--family applies to presets only: a checkpoint names its own family")
+    elif is_mms_dir(path):
+        asr = load_mms_dir(path)
+    elif is_ctc_dir(path):
+        asr = load_ctc_dir(path)
     else:
-        backbone = load_backbone(model, trust_pickle=trust_pickle)
-    asr = CTCModel(backbone).eval()
-    for path in adapters:
-        load_task(asr, path)
+        asr = CTCModel(load_backbone(path, trust_pickle=trust_pickle)).eval()
+        asr.do_normalize = read_do_normalize(path)
+    for adapter in adapters:
+        load_task(asr, adapter)
+    if task is not None:
+        asr.activate(task)
     return asr

@@ -15,13 +15,16 @@ from pathlib import Path
 import torch
 from transformers import (
     HubertConfig,
+    HubertForCTC,
     HubertModel,
     PretrainedConfig,
     PreTrainedModel,
     Wav2Vec2Config,
+    Wav2Vec2ForCTC,
     Wav2Vec2ForPreTraining,
     Wav2Vec2Model,
     WavLMConfig,
+    WavLMForCTC,
     WavLMModel,
 )
 from transformers.utils import logging as hf_logging
@@ -35,6 +38,10 @@ FAMILIES: dict[str, tuple[type[PretrainedConfig], type[PreTrainedModel]]] = {
     "wav2vec2": (Wav2Vec2Config, Wav2Vec2Model),
     "hubert": (HubertConfig, HubertModel),
     "wavlm": (WavLMConfig, WavLMModel),
+}
+
+CTC_MODELS: dict[str, type[PreTrainedModel]] = {
+    "wav2vec2": Wav2Vec2ForCTC, "hubert": HubertForCTC, "wavlm": WavLMForCTC,
 }
 
 # The papers' feature encoder: 7 convs, 400-sample receptive field, 320-sample (20 ms) hop.
@@ -148,7 +155,35 @@ def load_backbone(path: str | Path, *, trust_pickle: bool = False, **overrides) 
         config, state = read_fairseq_checkpoint(path, trust_pickle=trust_pickle)
         return _from_state(path, Wav2Vec2Model, config, state, overrides)
     family = _hf_family(path)
-    return _from_hf_dir(path, FAMILIES[family][1], overrides)
+    model = _from_hf_dir(path, FAMILIES[family][1], overrides)
+    split_adapter_layers(model)
+    return model
+
+
+def load_ctc_model(path: str | Path) -> PreTrainedModel:
+    """Load a Hugging Face CTC directory as its transformers model (Wav2Vec2ForCTC / HubertForCTC / WavLMForCTC,
+    ``lm_head`` included, MMS adapter layers where the config has ``adapter_attn_dim``), with the checks of
+    `load_backbone`: a missing ``lm_head`` is a missing key."""
+    path = resolve_checkpoint(path)
+    if _is_fairseq_file(path):
+        raise CheckpointError(f"{path}: not a Hugging Face CTC checkpoint directory")
+    return _from_hf_dir(path, CTC_MODELS[_hf_family(path)], {})
+
+
+def split_adapter_layers(model: PreTrainedModel) -> dict[str, torch.Tensor]:
+    """Take MMS's adapter layers (``config.adapter_attn_dim``) out of ``model``, leaving the bare backbone, and
+    return their tensors by ``model``'s state-dict names (``wav2vec2.encoder.layers.<i>.adapter_layer.*`` in a
+    Wav2Vec2ForCTC): they hold one language (MMS's ``eng``), like its ``adapter.<lang>.safetensors``."""
+    if getattr(model.config, "adapter_attn_dim", None) is None:
+        return {}
+    owners = [(name, m) for name, m in model.named_modules() if getattr(m, "adapter_layer", None) is not None]
+    tensors = {}
+    for name, module in owners:
+        prefix = f"{name}.adapter_layer."
+        tensors |= {prefix + k: t.detach() for k, t in module.adapter_layer.state_dict().items()}
+        module.adapter_layer = None
+    model.config.adapter_attn_dim = None
+    return tensors
 
 
 def load_pretraining_model(path: str | Path, *, trust_pickle: bool = False, **overrides) -> Wav2Vec2ForPreTraining:

@@ -2,7 +2,8 @@
 
 A *task* (``en``, ``es/asr``) names a CTC head over its language's characters and the adapter stack the
 backbone runs for it: ``()`` for full fine-tuning, ``("en",)`` for an adapter set, ``("es", "es/asr")``
-for a task adapter stacked on a language adapter. Activating a task switches both together.
+for a task adapter stacked on a language adapter. Activating a task switches both together;
+:meth:`CTCModel.forward_mixed` runs one task per batch row instead (a mixed-language batch).
 """
 
 from collections.abc import Sequence
@@ -37,6 +38,9 @@ class CTCModel(nn.Module):
         self.active: str | None = None
         self.freeze_backbone = False
         """Run the backbone without autograd (fairseq's freeze_finetune_updates phase of full fine-tuning)."""
+        self.do_normalize: bool | None = None
+        """A checkpoint's own choice (its feature extractor's ``do_normalize``), set by its loader; None when it
+        came without one."""
 
     @property
     def hidden_size(self) -> int:
@@ -44,7 +48,10 @@ class CTCModel(nn.Module):
 
     @property
     def normalize_waveforms(self) -> bool:
-        """fairseq's convention: models with layer-norm CNNs were trained on normalised waveforms."""
+        """Whether inputs are normalised to zero mean, unit variance: the checkpoint's ``do_normalize`` where it
+        has one, else fairseq's convention: models with layer-norm CNNs were trained on normalised waveforms."""
+        if self.do_normalize is not None:
+            return self.do_normalize
         return self.backbone.config.feat_extract_norm == "layer"
 
     def add_task(self, name: str, vocab: Vocabulary, adapters: Sequence[str] = ()) -> None:
@@ -67,18 +74,47 @@ class CTCModel(nn.Module):
         lengths = attention_mask.sum(-1) if attention_mask is not None else torch.full((batch,), samples)
         return self.backbone._get_feat_extract_output_lengths(lengths).long().clamp(min=0)
 
-    def forward(self, waveforms: torch.Tensor, attention_mask: torch.Tensor | None = None) -> CTCOutput:
-        """(B, S) 16 kHz waveforms -> (B, T, V) logits of the active task."""
-        if self.active is None:
-            raise WavadaptError("no active task: call activate(task) first")
+    def _encode(self, waveforms: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """(B, S) waveforms -> (B, T, D) hidden states on the current routing (dropout applied), (B,) frames."""
         lengths = self.output_lengths(attention_mask, *waveforms.shape)
         # transformers' convention (Wav2Vec2FeatureExtractor.return_attention_mask): only layer-norm CNN
         # models take the mask; group-norm ones (Base) were trained on zero-padded batches without one.
         if self.backbone.config.feat_extract_norm != "layer":
             attention_mask = None
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_backbone):
-            hidden = self.backbone(waveforms, attention_mask=attention_mask).last_hidden_state  # (B, T, D)
-        logits = self.heads[self.active](self.dropout(hidden))  # (B, T, V)
+            hidden = self.backbone(waveforms, attention_mask=attention_mask).last_hidden_state
+        return self.dropout(hidden), lengths
+
+    def forward(self, waveforms: torch.Tensor, attention_mask: torch.Tensor | None = None) -> CTCOutput:
+        """(B, S) 16 kHz waveforms -> (B, T, V) logits of the active task."""
+        if self.active is None:
+            raise WavadaptError("no active task: call activate(task) first")
+        hidden, lengths = self._encode(waveforms, attention_mask)
+        return CTCOutput(self.heads[self.active](hidden), lengths)
+
+    def forward_mixed(self, waveforms: torch.Tensor, tasks: Sequence[str],
+                      attention_mask: torch.Tensor | None = None) -> CTCOutput:
+        """Like :meth:`forward` with one task per batch row: row i runs ``tasks[i]``'s adapter stack and head.
+
+        Rows share one (B, T, V) tensor, V the largest vocabulary, so a row's scores beyond its own vocabulary are
+        ``-inf`` (never the argmax, zero probability); decode with ``greedy_decode(output, tasks)``. The active
+        task is unchanged.
+        """
+        unknown = sorted(set(tasks) - set(self.heads))
+        if unknown:
+            raise WavadaptError(f"unknown task(s) {unknown}; the model has {sorted(self.heads)}")
+        if len(tasks) != waveforms.shape[0]:
+            raise WavadaptError(f"{len(tasks)} tasks for a batch of {waveforms.shape[0]}")
+        set_active(self.backbone, per_sample=[self.stacks[t] for t in tasks])
+        try:
+            hidden, lengths = self._encode(waveforms, attention_mask)
+        finally:
+            set_active(self.backbone, self.stacks[self.active] if self.active else None)
+        width = max(self.heads[t].out_features for t in tasks)
+        logits = hidden.new_full((*hidden.shape[:2], width), float("-inf"))
+        for task in dict.fromkeys(tasks):
+            rows = torch.tensor([i for i, t in enumerate(tasks) if t == task], device=hidden.device)
+            logits[rows, :, : self.heads[task].out_features] = self.heads[task](hidden[rows])
         return CTCOutput(logits, lengths)
 
     def ctc_loss(self, output: CTCOutput, labels: torch.Tensor, label_lengths: torch.Tensor) -> torch.Tensor:
@@ -92,8 +128,9 @@ class CTCModel(nn.Module):
                                       reduction="sum", zero_infinity=True)
 
     @torch.no_grad()
-    def greedy_decode(self, output: CTCOutput) -> list[str]:
-        """Best path per utterance: argmax per frame, repeats collapsed, blanks removed."""
-        vocab = self.vocabularies[self.active]
+    def greedy_decode(self, output: CTCOutput, tasks: Sequence[str] | None = None) -> list[str]:
+        """Best path per utterance: argmax per frame, repeats collapsed, blanks removed; in the active task's
+        vocabulary, or row i in ``tasks[i]``'s (an output of :meth:`forward_mixed`)."""
         best = output.logits.argmax(-1)
-        return [vocab.ctc_decode(best[i, : output.lengths[i]].tolist()) for i in range(best.shape[0])]
+        tasks = tasks or [self.active] * best.shape[0]
+        return [self.vocabularies[t].ctc_decode(best[i, : output.lengths[i]].tolist()) for i, t in enumerate(tasks)]
