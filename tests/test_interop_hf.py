@@ -27,7 +27,8 @@ AUDIO = torch.randn(2, 8000, generator=torch.Generator().manual_seed(0))
 LAYER_NORM_CNN = {"do_stable_layer_norm": True, "feat_extract_norm": "layer", "conv_bias": True}
 
 
-def _save_ctc_dir(path, family="wav2vec2", vocab_json=None, do_normalize=True, seed=0, **overrides):
+def _save_ctc_dir(path, family="wav2vec2", vocab_json=None, do_normalize=True, seed=0, tokenizer_kwargs=None,
+                  **overrides):
     """What a transformers fine-tuning run leaves: save_pretrained of the model and of its processor."""
     path.mkdir(parents=True, exist_ok=True)
     vocab_json = vocab_json or {t: i for i, t in enumerate(VOCAB.tokens)}
@@ -38,11 +39,12 @@ def _save_ctc_dir(path, family="wav2vec2", vocab_json=None, do_normalize=True, s
     with torch.no_grad():
         model.lm_head.weight.normal_(std=1.0)  # a varied best path
         # never <s> </s> <unk>: transformers' decode spells them out, wavadapt's drops them
-        for token in ("<s>", "</s>", "<unk>"):
+        for token in ("<s>", "</s>", (tokenizer_kwargs or {}).get("unk_token", "<unk>")):
             model.lm_head.bias[ids[token]] = -1e4
     model.save_pretrained(path)
     (path / "vocab.json").write_text(json.dumps(vocab_json))
-    tokenizer = Wav2Vec2CTCTokenizer(str(path / "vocab.json"), target_lang=next(iter(vocab_json)) if nested else None)
+    tokenizer = Wav2Vec2CTCTokenizer(str(path / "vocab.json"), target_lang=next(iter(vocab_json)) if nested else None,
+                                     **(tokenizer_kwargs or {}))
     extractor = Wav2Vec2FeatureExtractor(do_normalize=do_normalize, return_attention_mask=False)
     Wav2Vec2Processor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(path)
     return path
@@ -135,17 +137,21 @@ def test_head_and_vocabulary_must_agree(tmp_path):
         load_asr_model(path, [])
 
 
-# TODO(issue 11): wavadapt's Vocabulary demands <pad> <s> </s> <unk> at ids 0-3 (blank 0). MMS and many hub
-# checkpoints order theirs otherwise, with the blank at the tokenizer's pad id (config.pad_token_id). This test
-# passes once Vocabulary takes any order (see the report of this change); then drop the xfail.
-@pytest.mark.xfail(raises=CheckpointError, strict=True, reason="Vocabulary needs <pad> <s> </s> <unk> at ids 0-3")
-def test_vocabulary_in_another_order_decodes_like_transformers(tmp_path):
-    fairseq_order = ["<s>", "<pad>", "</s>", "<unk>", *VOCAB.tokens[4:]]  # the blank <pad> at id 1
-    path = _save_ctc_dir(tmp_path, vocab_json={t: i for i, t in enumerate(fairseq_order)}, pad_token_id=1)
+# fairseq's Dictionary order (the blank <pad> at id 1), and that of transformers' run_speech_recognition_ctc.py
+# ([UNK] and [PAD] appended after the letters).
+@pytest.mark.parametrize("order, special", [
+    (["<s>", "<pad>", "</s>", "<unk>", *VOCAB.tokens[4:]], {}),
+    ([*VOCAB.tokens[4:], "[UNK]", "[PAD]", "<s>", "</s>"], {"pad_token": "[PAD]", "unk_token": "[UNK]"}),
+])
+def test_vocabulary_in_another_order_decodes_like_transformers(tmp_path, order, special):
+    ids = {t: i for i, t in enumerate(order)}
+    pad = special.get("pad_token", "<pad>")
+    path = _save_ctc_dir(tmp_path, vocab_json=ids, pad_token_id=ids[pad], tokenizer_kwargs=special)
     model = load_asr_model(path, [])
-    assert model.vocabularies[TASK].blank_id == 1
+    assert model.vocabularies[TASK].blank_id == ids[pad]
     with torch.no_grad():
         out = model(AUDIO)
         reference = Wav2Vec2ForCTC.from_pretrained(path).eval()(AUDIO).logits
+    torch.testing.assert_close(out.logits, reference, atol=1e-5, rtol=0)
     texts = Wav2Vec2Processor.from_pretrained(path).batch_decode(reference.argmax(-1))
     assert model.greedy_decode(out) == [" ".join(t.split()) for t in texts]

@@ -89,7 +89,7 @@ def test_fairseq_dict_round_trip(tmp_path):
     [
         ("vocab.json", "{not json", "cannot read vocab.json"),
         ("vocab.json", '{"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "|": 5}', "ids must be 0..4"),
-        ("vocab.json", '{"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "|": 4}', "must start with"),
+        ("vocab.json", '{"<s>": 0, "</s>": 1, "<unk>": 2, "|": 3, "a": 4}', "no blank '<pad>'"),
         ("vocab.json", '{"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "a": 4}', "no word delimiter"),
         ("dict.ltr.txt", "| 10\ne 5 extra\n", "dict.ltr.txt:2: expected '<token> <count>'"),
         ("dict.ltr.txt", "| 10\ne 5\ne 3\n", "duplicate tokens ['e']"),
@@ -175,3 +175,17 @@ def test_missing_fortune_package_is_named(tmp_path, monkeypatch):
         sentences._load.cache_clear()
     with pytest.raises(CorpusError, match="no sentence source for language 'xx'"):
         load_sentences("xx")
+
+
+def test_a_checkpoints_own_order_and_special_tokens_are_kept(tmp_path):
+    # HF's run_speech_recognition_ctc.py puts [UNK] and [PAD] last; fairseq's Dictionary puts <s> (its blank) first.
+    path = tmp_path / "vocab.json"
+    path.write_text('{"a": 0, "b": 1, "|": 2, "[UNK]": 3, "[PAD]": 4}', encoding="utf-8")
+    vocab = Vocabulary.load_json(path, blank="[PAD]", unk="[UNK]")
+    assert (vocab.blank_id, vocab.unk_id, vocab.word_delimiter_id) == (4, 3, 2)
+    assert vocab.ctc_decode([0, 0, 4, 0, 2, 1, 3, 4]) == "aa b"  # a blank parts repeats; [UNK] is never spelt
+    assert vocab.encode("ab c") == [0, 1, 2, 3]
+    fairseq = Vocabulary(["<s>", "<pad>", "</s>", "<unk>", "|", "a"], blank="<s>")
+    assert fairseq.blank_id == 0 and fairseq.ctc_decode([5, 1, 0, 5, 2, 3]) == "aa"
+    with pytest.raises(VocabularyError, match="no blank"):
+        Vocabulary.load_json(path)

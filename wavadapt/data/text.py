@@ -93,26 +93,32 @@ def _clean_apostrophes(word: str, keep: bool) -> str:
 
 @dataclass
 class Vocabulary:
-    """CTC character vocabulary: ``<pad>`` (the CTC blank, id 0), ``<s>``, ``</s>``, ``<unk>``, ``|``, letters.
+    """CTC character vocabulary: a CTC blank, an unknown token, ``|`` (the word delimiter) and the letters.
 
-    The order is that of the HF Wav2Vec2CTCTokenizer vocab.json converted from fairseq's dictionary,
-    so ids agree with fine-tuned checkpoints from either library. ``counts`` holds the character
+    wavadapt builds them in the order of the HF Wav2Vec2CTCTokenizer vocab.json converted from fairseq's
+    dictionary (``<pad>`` = blank at id 0, ``<s>``, ``</s>``, ``<unk>``, ``|``, letters), so ids agree with
+    fine-tuned checkpoints from either library; checkpoints in other orders keep theirs, naming their own
+    ``blank`` (fairseq's ``<s>``, a community model's ``[PAD]``) and ``unk``. ``counts`` holds the character
     counts of the transcripts it was built from (written to dict.ltr.txt); empty when unknown.
     """
 
     tokens: list[str]
     counts: dict[str, int] = field(default_factory=dict)
+    blank: str = "<pad>"
+    unk: str = "<unk>"
     _ids: dict[str, int] = field(init=False, repr=False, compare=False)
+    _special_ids: frozenset[int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if tuple(self.tokens[:4]) != SPECIAL_TOKENS:
-            raise VocabularyError(f"vocabulary must start with {list(SPECIAL_TOKENS)}, got {self.tokens[:4]}")
-        if WORD_DELIMITER not in self.tokens:
-            raise VocabularyError(f"vocabulary has no word delimiter {WORD_DELIMITER!r}")
         self._ids = {t: i for i, t in enumerate(self.tokens)}
         if len(self._ids) != len(self.tokens):
             dupes = sorted(t for t, n in Counter(self.tokens).items() if n > 1)
             raise VocabularyError(f"vocabulary has duplicate tokens {dupes}")
+        for what, token in (("blank", self.blank), ("unknown token", self.unk), ("word delimiter", WORD_DELIMITER)):
+            if token not in self._ids:
+                raise VocabularyError(f"vocabulary has no {what} {token!r}")
+        # Never spelt out: the blank, <unk>, and the sentence markers a tokenizer carries.
+        self._special_ids = frozenset(self._ids[t] for t in {*SPECIAL_TOKENS, self.blank, self.unk} if t in self._ids)
 
     @classmethod
     def build(cls, transcripts: Iterable[str], language: str | None = None) -> "Vocabulary":
@@ -137,12 +143,12 @@ class Vocabulary:
 
     @property
     def blank_id(self) -> int:
-        """Id of the CTC blank ``<pad>``."""
-        return 0
+        """Id of the CTC blank."""
+        return self._ids[self.blank]
 
     @property
     def unk_id(self) -> int:
-        return self._ids["<unk>"]
+        return self._ids[self.unk]
 
     @property
     def word_delimiter_id(self) -> int:
@@ -155,7 +161,7 @@ class Vocabulary:
 
     def decode(self, ids: Iterable[int]) -> str:
         """Inverse of :meth:`encode` for normalised text: ``|`` -> space, special tokens skipped."""
-        chars = [self.tokens[i] for i in ids if i >= len(SPECIAL_TOKENS)]
+        chars = [self.tokens[i] for i in ids if i not in self._special_ids]
         return " ".join("".join(chars).replace(WORD_DELIMITER, " ").split())
 
     def ctc_decode(self, ids: Iterable[int]) -> str:
@@ -182,27 +188,37 @@ class Vocabulary:
             return cls.from_fairseq_dict(path)
         data = _read_json(path, "vocab.json or task file")
         if isinstance(data, dict) and "format" in data and "vocabulary" in data:  # a task file
-            if not isinstance(data["vocabulary"], list):
-                raise VocabularyError(f"{path}: this task file holds an adapter without a head, so no vocabulary")
             try:
-                return cls(data["vocabulary"])
+                vocab = cls.from_task_info(data)
             except (TypeError, VocabularyError) as e:
                 raise VocabularyError(f"{path}: invalid vocabulary in the task file ({e})") from None
+            if vocab is None:
+                raise VocabularyError(f"{path}: this task file holds an adapter without a head, so no vocabulary")
+            return vocab
         return cls._from_vocab_json(path, data)
 
     @classmethod
-    def load_json(cls, path: str | Path) -> "Vocabulary":
-        """Read an HF vocab.json; ids must be 0..n-1 and start with ``<pad> <s> </s> <unk>``."""
-        return cls._from_vocab_json(path, _read_json(path, "vocab.json"))
+    def from_task_info(cls, info: dict) -> "Vocabulary | None":
+        """The vocabulary a task file's JSON describes (None for a head-less adapter set). Files from before
+        ``special_tokens`` existed used wavadapt's own ``<pad>`` blank and ``<unk>``."""
+        if info["vocabulary"] is None:
+            return None
+        return cls(info["vocabulary"], **info.get("special_tokens", {}))
 
     @classmethod
-    def _from_vocab_json(cls, path: str | Path, vocab) -> "Vocabulary":
+    def load_json(cls, path: str | Path, blank: str = "<pad>", unk: str = "<unk>") -> "Vocabulary":
+        """Read an HF vocab.json ``{token: id}``; ids must be 0..n-1. ``blank`` and ``unk`` are the tokenizer's pad
+        and unknown tokens (tokenizer_config.json)."""
+        return cls._from_vocab_json(path, _read_json(path, "vocab.json"), blank, unk)
+
+    @classmethod
+    def _from_vocab_json(cls, path: str | Path, vocab, blank: str = "<pad>", unk: str = "<unk>") -> "Vocabulary":
         if not isinstance(vocab, dict) or not all(isinstance(t, str) and isinstance(i, int) for t, i in vocab.items()):
             raise VocabularyError(f"{path}: vocab.json must be an object {{token: integer id}}")
         if sorted(vocab.values()) != list(range(len(vocab))):
             raise VocabularyError(f"{path}: ids must be 0..{len(vocab) - 1}, each used once")
         try:
-            return cls(sorted(vocab, key=vocab.__getitem__))
+            return cls(sorted(vocab, key=vocab.__getitem__), blank=blank, unk=unk)
         except VocabularyError as e:
             raise VocabularyError(f"{path}: {e}") from None
 
@@ -212,6 +228,9 @@ class Vocabulary:
         fairseq's Dictionary adds its four special symbols itself. Counts are 0 when unknown (a
         vocabulary loaded from vocab.json); fairseq keeps the file order, so ids are unaffected.
         """
+        if set(self.tokens[:4]) != set(SPECIAL_TOKENS):
+            raise VocabularyError(f"a fairseq dictionary needs {list(SPECIAL_TOKENS)} at ids 0-3 (fairseq adds them "
+                                  f"itself); this vocabulary starts {self.tokens[:4]}")
         lines = [f"{t} {self.counts.get(t, 0)}\n" for t in self.tokens[len(SPECIAL_TOKENS) :]]
         Path(path).write_text("".join(lines), encoding="utf-8")
 

@@ -7,8 +7,9 @@ the backbone and one task, active: named by tokenizer_config.json's ``target_lan
 its head. The feature extractor's ``do_normalize`` decides the waveform normalisation. The backbone fingerprints
 like `load_backbone` of the directory, so wavadapt tasks trained on that load beside the checkpoint's own.
 
-wavadapt's `Vocabulary` puts ``<pad>`` (the CTC blank) ``<s> </s> <unk>`` at ids 0-3, the order of vocabularies
-converted from fairseq (facebook/wav2vec2-base-960h); a vocab.json in another order is refused.
+The vocabulary keeps the checkpoint's order and names its tokenizer's pad token as the CTC blank and its unknown
+token (``<pad>`` / ``<unk>`` in vocabularies converted from fairseq, ``[PAD]`` / ``[UNK]`` last in those of
+transformers' CTC fine-tuning example); the word delimiter must be ``|``.
 """
 
 import json
@@ -77,23 +78,22 @@ def target_lang(path: Path) -> str | None:
 def read_vocabularies(path: Path) -> Vocabulary | dict[str, Vocabulary]:
     """The directory's vocab.json: one Vocabulary (flat) or one per language (nested).
 
-    Refuses a tokenizer whose blank (pad token) or word delimiter is not wavadapt's ``<pad>`` and ``|``, a config
-    whose ``pad_token_id`` (the blank of transformers' CTC loss) is not the blank's id, and any vocabulary not in
-    `Vocabulary`'s order."""
+    The tokenizer's pad token is the blank and its unk token the unknown token. Refuses a word delimiter other than
+    ``|`` and a config whose ``pad_token_id`` (the blank of transformers' CTC loss) is not the blank's id."""
     file = path / "tokenizer_config.json"
     tokenizer = read_json(file) if file.is_file() else {}
-    pad, delimiter = _token(tokenizer.get("pad_token", "<pad>")), tokenizer.get("word_delimiter_token", "|")
-    if (pad, delimiter) != ("<pad>", WORD_DELIMITER):
-        raise CheckpointError(f"{file}: pad token {pad!r} and word delimiter {delimiter!r}; wavadapt reads "
-                              f"'<pad>' (the CTC blank) and {WORD_DELIMITER!r}")
+    pad, unk = _token(tokenizer.get("pad_token", "<pad>")), _token(tokenizer.get("unk_token", "<unk>"))
+    delimiter = tokenizer.get("word_delimiter_token", WORD_DELIMITER)
+    if delimiter != WORD_DELIMITER:
+        raise CheckpointError(f"{file}: word delimiter {delimiter!r}; wavadapt reads {WORD_DELIMITER!r}")
     file = path / "vocab.json"
     if not file.is_file():
         raise CheckpointError(f"{path}: no vocab.json (save the processor or tokenizer beside the model)")
     data = read_json(file)
     if data and all(isinstance(v, dict) for v in data.values()):
-        vocabularies = {lang: _vocabulary(f"{file} ({lang!r})", ids) for lang, ids in data.items()}
+        vocabularies = {lang: _vocabulary(f"{file} ({lang!r})", ids, pad, unk) for lang, ids in data.items()}
     else:
-        vocabularies = _vocabulary(str(file), data)
+        vocabularies = _vocabulary(str(file), data, pad, unk)
     pad_id = _config(path).get("pad_token_id")
     blanks = {v.blank_id for v in (vocabularies.values() if isinstance(vocabularies, dict) else [vocabularies])}
     if pad_id is not None and blanks != {pad_id}:
@@ -101,13 +101,13 @@ def read_vocabularies(path: Path) -> Vocabulary | dict[str, Vocabulary]:
     return vocabularies
 
 
-def _vocabulary(where: str, ids: dict) -> Vocabulary:
+def _vocabulary(where: str, ids: dict, blank: str, unk: str) -> Vocabulary:
     if not ids or not all(isinstance(t, str) and isinstance(i, int) for t, i in ids.items()):
         raise CheckpointError(f"{where}: expected {{token: integer id}} or {{language: {{token: integer id}}}}")
     if sorted(ids.values()) != list(range(len(ids))):
         raise CheckpointError(f"{where}: ids must be 0..{len(ids) - 1}, each used once")
     try:
-        return Vocabulary(sorted(ids, key=ids.__getitem__))
+        return Vocabulary(sorted(ids, key=ids.__getitem__), blank=blank, unk=unk)
     except VocabularyError as e:
         raise CheckpointError(f"{where}: {e}") from None
 
