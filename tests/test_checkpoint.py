@@ -276,3 +276,11 @@ def test_adapter_config_the_backbone_cannot_take_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="needs a pre-LN") as e:
         load_task(CTCModel(_backbone()), path)
     assert str(path) in str(e.value)
+
+
+def test_a_vocabulary_in_its_own_order_round_trips_with_its_blank(tmp_path):
+    vocab = Vocabulary(["<s>", "<pad>", "</s>", "<unk>", "|", "a", "b"], blank="<s>")  # fairseq's order
+    model = CTCModel(_backbone()).eval()
+    model.add_task("fs", vocab)
+    loaded = load_asr_model("tiny", [save_task(model, "fs", tmp_path)]).vocabularies["fs"]
+    assert (loaded.tokens, loaded.blank, loaded.unk, loaded.blank_id) == (vocab.tokens, "<s>", "<unk>", 0)

@@ -139,6 +139,7 @@ def save_task(model: CTCModel, task: str, out_dir: str | Path, dtype: torch.dtyp
         "adapter": asdict(config) if config else None,
         "layers": adapted_layers(len(encoder_of(model.backbone).layers), config.top_n) if config else [],
         "vocabulary": model.vocabularies[task].tokens,
+        "special_tokens": {"blank": model.vocabularies[task].blank, "unk": model.vocabularies[task].unk},
     }
     return _write(model.backbone, task, [n for n in stack if n != task], tensors, meta, Path(out_dir), dtype)
 
@@ -289,7 +290,7 @@ def load_task(model: CTCModel, path: str | Path) -> str:
         )
     try:
         config = AdapterConfig(**info["adapter"]) if info["adapter"] is not None else None
-        vocab = Vocabulary(info["vocabulary"]) if info["vocabulary"] is not None else None
+        vocab = Vocabulary.from_task_info(info)
     except (TypeError, VocabularyError) as e:
         raise CheckpointError(f"{json_path}: invalid adapter config or vocabulary ({e})") from None
     try:
