@@ -18,8 +18,10 @@ from transformers import (
     WavLMConfig,
     WavLMModel,
 )
+from typer.testing import CliRunner
 
 from wavadapt.checkpoint import backbone_fingerprint, load_asr_model, save_task
+from wavadapt.cli import app
 from wavadapt.data.text import Vocabulary
 from wavadapt.errors import CheckpointError, WavadaptError
 from wavadapt.interop.mms import export_mms, load_mms_dir
@@ -240,3 +242,33 @@ def test_post_ln_backbone_takes_no_mms_adapters():
     with pytest.raises(WavadaptError, match="needs a pre-LN"):
         prepare(model, "eng", VOCABS["eng"], MethodConfig("adapters", adapter_size=4, adapter_form="mms"))
     assert adapter_names(model.backbone) == []
+
+
+def test_finetune_in_the_mms_form_then_export_from_the_command_line(mms_dir, synth_corpus, tmp_path):
+    run = tmp_path / "run"
+    runner = CliRunner()
+    result = runner.invoke(app, ["finetune", str(synth_corpus), "--language", "en", "--task", "en", "--model",
+                                 str(mms_dir), "--method", "adapters", "--adapter-form", "mms", "--adapter-size",
+                                 str(ATTN_DIM), "--out", str(run), "--max-updates", "2", "--valid-split", "",
+                                 "--lr", "1e-2"])
+    assert result.exit_code == 0, result.output
+    task_file = run / "adapter.en.json"
+    assert json.loads(task_file.read_text())["adapter"]["form"] == "mms"
+    out = tmp_path / "export"
+    result = runner.invoke(app, ["export", str(task_file), "--model", str(mms_dir), "--task", "deu", "--out",
+                                 str(out)])
+    assert result.exit_code == 0, result.output
+    model = load_asr_model(mms_dir, [task_file])
+    hf = Wav2Vec2ForCTC.from_pretrained(out, target_lang="deu", ignore_mismatched_sizes=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(hf(AUDIO).logits, _logits(model, "deu"), atol=1e-5, rtol=0)
+        hf.load_adapter("en")
+        torch.testing.assert_close(hf(AUDIO).logits, _logits(model, "en"), atol=1e-5, rtol=0)
+
+
+def test_houlsby_tasks_are_not_exported_to_mms(mms_dir, tmp_path):
+    model = load_mms_dir(mms_dir)
+    prepare(model, "xho", Vocabulary.build(["molo"]), MethodConfig("adapters", adapter_size=8))
+    result = CliRunner().invoke(app, ["export", str(save_task(model, "xho", tmp_path)), "--model", str(mms_dir),
+                                      "--out", str(tmp_path / "x")])
+    assert result.exit_code != 0 and "mms" in str(result.exception)

@@ -46,6 +46,8 @@ FeatureCacheDir = Annotated[Path | None, typer.Option(help="Where --feature-cach
                                                       "--feature-cache; default OUT/feature_cache).")]
 WarmupUpdates = Annotated[int | None, typer.Option(help="Warm-up updates (default: 8% of the updates).")]
 SslValidSplit = Annotated[str | None, typer.Option(help="Validation split (loss, accuracy).")]
+AdapterForm = Annotated[str, typer.Option(help="houlsby (the papers': two bottlenecks per layer) or mms (MMS's one "
+                                           "adapter per pre-LN layer, exportable to transformers' MMS layout).")]
 RawFormatOption = Annotated[str | None, typer.Option(help="How to read headerless PCM files (.raw, .pcm): "
                                                      "ENCODING:RATE[:CHANNELS], e.g. s16le:16000 (a manifest's "
                                                      "raw_format column overrides it per file).")]
@@ -247,6 +249,7 @@ def params(
     ] = None,
     top_n: Annotated[int | None, typer.Option(help="N of the top-n methods: the top N transformer layers.")] = None,
     adapter_size: Annotated[int, typer.Option(help="Adapter bottleneck size.")] = 256,
+    adapter_form: AdapterForm = "houlsby",
     vocab_size: Annotated[
         int | None, typer.Option(help="CTC output tokens (default 32: fairseq's LibriSpeech letter dictionary).")
     ] = None,
@@ -276,14 +279,15 @@ def params(
         raise WavadaptError("--all lists every method: drop --method and --top-n")
     if vocab is not None and vocab_size is not None:
         raise WavadaptError("give --vocab or --vocab-size, not both")
-    config = None if all_methods else MethodConfig(method or "adapters", top_n=top_n, adapter_size=adapter_size)
+    config = None if all_methods else MethodConfig(method or "adapters", top_n=top_n, adapter_size=adapter_size,
+                                                   adapter_form=adapter_form)
     if vocab is not None:
         tokens = Vocabulary.load(vocab)
     else:
         tokens = vocab_size or LIBRISPEECH_VOCAB_SIZE
     factory = backbone_factory(model, family, trust_pickle)
     if all_methods:
-        accounts = all_accounts(factory, adapter_size, tokens)
+        accounts = all_accounts(factory, adapter_size, tokens, adapter_form)
         output = {"accounts": [a.to_dict() for a in accounts]} if json_output else format_table(accounts, model)
     else:
         account = method_account(factory, config, tokens)
@@ -333,6 +337,34 @@ def info(
     typer.echo(json.dumps(summary, indent=2) if json_output else format_description(summary))
 
 
+@app.command()
+def export(
+    model: ModelOption,
+    out: Annotated[Path, typer.Option(help="Output directory.")],
+    files: Annotated[list[Path] | None, typer.Argument(help="Task files (adapter.<task>.json) to export, loaded in "
+                                                        "order onto --model.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="mms: transformers' MMS layout (mms-form tasks; the first "
+                                     "is the main language).")] = "mms",
+    task: Annotated[list[str] | None, typer.Option(help="Also export this task of the model itself (e.g. a "
+                                                   "language of an MMS directory); repeat.")] = None,
+    family: Family = None,
+    trust_pickle: TrustPickle = False,
+) -> None:
+    """Write tasks in another toolkit's layout: `--format mms` gives a directory that transformers'
+    `Wav2Vec2ForCTC.from_pretrained(DIR, target_lang=...)` and `load_adapter(...)` load."""
+    from wavadapt.checkpoint import load_asr_model, load_task
+    from wavadapt.interop.mms import export_mms
+
+    if fmt != "mms":
+        raise WavadaptError(f"--format {fmt!r}: wavadapt exports mms (a Houlsby-form task stays a wavadapt task "
+                            "file: transformers has no module for it)")
+    asr = load_asr_model(model, [], trust_pickle=trust_pickle, family=family)
+    tasks = [*(task or []), *(load_task(asr, f) for f in files or [])]
+    if not tasks:
+        raise WavadaptError("nothing to export: give task files or --task")
+    typer.echo(f"{export_mms(asr, tasks, out)}: {', '.join(tasks)} in the MMS layout")
+
+
 # --- training commands ---
 
 
@@ -347,6 +379,7 @@ def finetune(
     method: Annotated[str, typer.Option(help="full | top-n-full | adapters | top-n-adapters | head-only")] = "adapters",
     top_n: Annotated[int | None, typer.Option(help="N of the top-n methods.")] = None,
     adapter_size: Annotated[int, typer.Option(help="Adapter bottleneck size (papers: 256).")] = 256,
+    adapter_form: AdapterForm = "houlsby",
     task: Annotated[str | None, typer.Option(help="Task name (default: the language; e.g. es/asr).")] = None,
     adapter: Annotated[list[Path] | None, typer.Option(help="Adapter files to load first.")] = None,
     stack_on: Annotated[str | None, typer.Option(help="Stack the new task adapter on this loaded adapter set.")] = None,
@@ -379,7 +412,7 @@ def finetune(
     from wavadapt.train import TrainConfig
 
     asr = load_asr_model(model, adapter or [], trust_pickle=trust_pickle)
-    method_config = MethodConfig(method, top_n, adapter_size, freeze_updates, stack_on)
+    method_config = MethodConfig(method, top_n, adapter_size, freeze_updates, stack_on, adapter_form)
     config = TrainConfig(max_updates=max_updates, lr=lr, update_freq=update_freq, clip_norm=clip_norm,
                          max_seconds_per_batch=max_seconds_per_batch, amp=amp, validate_every=validate_every,
                          checkpoint_every=checkpoint_every, num_workers=num_workers, seed=seed)

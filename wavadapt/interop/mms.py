@@ -184,7 +184,12 @@ def _save_processor(model: CTCModel, vocabularies: dict[str, Vocabulary], out_di
     vocab_file = out_dir / "vocab.json"
     nested = {lang: {t: i for i, t in enumerate(v.tokens)} for lang, v in vocabularies.items()}
     vocab_file.write_text(json.dumps(nested, ensure_ascii=False), encoding="utf-8")
-    tokenizer = Wav2Vec2CTCTokenizer(str(vocab_file), target_lang=next(iter(vocabularies)))
+    specials = {(v.blank, v.unk) for v in vocabularies.values()}
+    if len(specials) != 1:  # one tokenizer config serves every language
+        raise WavadaptError(f"the languages' vocabularies name different blank / unknown tokens {sorted(specials)}")
+    (blank, unk), = specials
+    tokenizer = Wav2Vec2CTCTokenizer(str(vocab_file), target_lang=next(iter(vocabularies)), pad_token=blank,
+                                     unk_token=unk)
     extractor = Wav2Vec2FeatureExtractor(do_normalize=model.normalize_waveforms,
                                          return_attention_mask=model.backbone.config.feat_extract_norm == "layer")
     with quiet_transformers():
