@@ -13,10 +13,12 @@ from transformers import (
     Wav2Vec2Processor,
     WavLMForCTC,
 )
+from typer.testing import CliRunner
 
-from wavadapt.checkpoint import backbone_fingerprint, load_asr_model, save_task
+from wavadapt.checkpoint import backbone_fingerprint, load_asr_model, load_task, save_task
+from wavadapt.cli import app
 from wavadapt.data.text import Vocabulary
-from wavadapt.errors import CheckpointError
+from wavadapt.errors import CheckpointError, WavadaptError
 from wavadapt.interop.hf import TASK
 from wavadapt.methods import MethodConfig, prepare
 from wavadapt.model.backbone import load_backbone, make_config
@@ -155,3 +157,21 @@ def test_vocabulary_in_another_order_decodes_like_transformers(tmp_path, order, 
     torch.testing.assert_close(out.logits, reference, atol=1e-5, rtol=0)
     texts = Wav2Vec2Processor.from_pretrained(path).batch_decode(reference.argmax(-1))
     assert model.greedy_decode(out) == [" ".join(t.split()) for t in texts]
+
+
+def test_finetuning_continues_the_checkpoints_own_task(ctc_dir, synth_corpus, tmp_path):
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, ["finetune", str(synth_corpus), "--language", "en", "--model", str(ctc_dir),
+                                      "--task", TASK, "--method", "head-only", "--out", str(run), "--max-updates",
+                                      "2", "--valid-split", "", "--lr", "1e-2"])
+    assert result.exit_code == 0, result.output
+    before = load_asr_model(ctc_dir, [])
+    after = load_asr_model(ctc_dir, [])
+    del after.heads[TASK]  # the task file replaces the checkpoint's own head with the trained one
+    del after.vocabularies[TASK], after.stacks[TASK]
+    load_task(after, run / f"adapter.{TASK}.json")
+    assert after.vocabularies[TASK].tokens == VOCAB.tokens  # its own vocabulary, not one built from the corpus
+    assert not torch.equal(after.heads[TASK].weight, before.heads[TASK].weight)
+    assert backbone_fingerprint(after.backbone) == backbone_fingerprint(before.backbone)  # head-only: backbone kept
+    with pytest.raises(WavadaptError, match="continue it with full, top-n-full or head-only"):
+        prepare(before, TASK, VOCAB, MethodConfig("adapters", adapter_size=8))

@@ -189,3 +189,12 @@ def test_a_checkpoints_own_order_and_special_tokens_are_kept(tmp_path):
     assert fairseq.blank_id == 0 and fairseq.ctc_decode([5, 1, 0, 5, 2, 3]) == "aa"
     with pytest.raises(VocabularyError, match="no blank"):
         Vocabulary.load_json(path)
+
+
+def test_a_vocabulary_of_capitals_reads_and_writes_normalised_lowercase_text():
+    vocab = Vocabulary(["<pad>", "<s>", "</s>", "<unk>", "|", "E", "T", "H", "'"])  # wav2vec2-base-960h's kind
+    assert vocab.encode("the eth'") == [6, 7, 5, 4, 5, 6, 7, 8]
+    assert vocab.ctc_decode([6, 7, 0, 5, 4, 5]) == "the e"
+    assert vocab.oov_chars("the cat") == {"c", "a"}
+    mixed = Vocabulary(["<pad>", "<s>", "</s>", "<unk>", "|", "a", "B"])  # not all capitals: taken as it is
+    assert mixed.encode("ab") == [5, 3] and mixed.ctc_decode([5, 6]) == "aB"

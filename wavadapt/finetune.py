@@ -58,7 +58,8 @@ def finetune(model: CTCModel, task: str, train: list[Utterance], method: MethodC
     """Fine-tune ``model`` for ``task`` on ``train`` with ``method``; returns the training log rows.
 
     Utterances without a transcript, unreadable or outside the length limits are skipped, named in warnings
-    and listed in run.json. The vocabulary is built from the training transcripts unless given. ``valid`` is
+    and listed in run.json. The vocabulary is built from the training transcripts unless given or the task
+    exists already (a fine-tuned checkpoint's own, continued: see ``methods.prepare``). ``valid`` is
     decoded greedily every ``config.validate_every`` updates (WER, CER). ``resume`` continues ``out_dir``'s last
     checkpoint.
     """
@@ -69,7 +70,8 @@ def finetune(model: CTCModel, task: str, train: list[Utterance], method: MethodC
     labeled, no_transcript = transcribed(train)
     if not labeled:
         raise WavadaptError(f"none of the {len(train)} training utterances has a transcript")
-    vocab = vocab or Vocabulary.build([u.text for u in labeled], labeled[0].language)
+    if vocab is None:  # a continued task keeps its own; a new one gets the training transcripts' characters
+        vocab = model.vocabularies.get(task) or Vocabulary.build([u.text for u in labeled], labeled[0].language)
     torch.manual_seed(config.seed)  # the same new weights on every rank
     params = prepare(model, task, vocab, method)
     augment = augment or AugmentConfig()

@@ -72,17 +72,24 @@ class MethodConfig:
 
 def prepare(model: CTCModel, task: str, vocab: Vocabulary, config: MethodConfig) -> dict[str, nn.Parameter]:
     """Add the task (head, and adapters for the adapter methods) and set ``requires_grad`` so exactly the
-    method's parameters train; returns them by name."""
+    method's parameters train; returns them by name.
+
+    A task the model already has without adapters (the head of a fine-tuned checkpoint) is continued: its head
+    and vocabulary are kept and train on with ``full``, ``top-n-full`` or ``head-only``."""
     backbone = model.backbone
     encoder = encoder_of(backbone)
     adapters = config.method.endswith("adapters")
-    if adapters:
+    if task in model.heads:
+        if adapters or model.stacks[task]:
+            raise WavadaptError(f"the model already has a task {task!r}: continue it with full, top-n-full or "
+                                "head-only, or give the new adapters a task name of their own (--task)")
+    elif adapters:
         form = config.adapter_form
         add_adapter(backbone, task, AdapterConfig(size=config.adapter_size, top_n=config.top_n, form=form,
                                                   layer_norms=form == "houlsby"),
                     init_layer_norms_from=config.stack_on)
-    stack = ((config.stack_on,) if config.stack_on else ()) + ((task,) if adapters else ())
-    model.add_task(task, vocab, stack)
+    if task not in model.heads:
+        model.add_task(task, vocab, ((config.stack_on,) if config.stack_on else ()) + ((task,) if adapters else ()))
     model.activate(task)
 
     model.requires_grad_(False)

@@ -100,6 +100,10 @@ class Vocabulary:
     fine-tuned checkpoints from either library; checkpoints in other orders keep theirs, naming their own
     ``blank`` (fairseq's ``<s>``, a community model's ``[PAD]``) and ``unk``. ``counts`` holds the character
     counts of the transcripts it was built from (written to dict.ltr.txt); empty when unknown.
+
+    Normalised text is lowercase; a vocabulary whose letters are all capitals (LibriSpeech's, in
+    wav2vec2-base-960h and fairseq's dict.ltr.txt) encodes it in capitals and decodes to lowercase, so its
+    transcripts compare with normalised references.
     """
 
     tokens: list[str]
@@ -108,6 +112,7 @@ class Vocabulary:
     unk: str = "<unk>"
     _ids: dict[str, int] = field(init=False, repr=False, compare=False)
     _special_ids: frozenset[int] = field(init=False, repr=False, compare=False)
+    _capitals: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self._ids = {t: i for i, t in enumerate(self.tokens)}
@@ -119,6 +124,8 @@ class Vocabulary:
                 raise VocabularyError(f"vocabulary has no {what} {token!r}")
         # Never spelt out: the blank, <unk>, and the sentence markers a tokenizer carries.
         self._special_ids = frozenset(self._ids[t] for t in {*SPECIAL_TOKENS, self.blank, self.unk} if t in self._ids)
+        letters = [t for i, t in enumerate(self.tokens) if i not in self._special_ids and t.isalpha()]
+        self._capitals = bool(letters) and all(t == t.upper() != t.lower() for t in letters)
 
     @classmethod
     def build(cls, transcripts: Iterable[str], language: str | None = None) -> "Vocabulary":
@@ -157,12 +164,14 @@ class Vocabulary:
     def encode(self, text: str) -> list[int]:
         """Ids of the characters of (normalised) ``text``: spaces -> ``|``, unknown characters -> ``<unk>``."""
         unk = self.unk_id
+        text = text.upper() if self._capitals else text
         return [self._ids.get(c, unk) for c in " ".join(text.split()).replace(" ", WORD_DELIMITER)]
 
     def decode(self, ids: Iterable[int]) -> str:
         """Inverse of :meth:`encode` for normalised text: ``|`` -> space, special tokens skipped."""
         chars = [self.tokens[i] for i in ids if i not in self._special_ids]
-        return " ".join("".join(chars).replace(WORD_DELIMITER, " ").split())
+        text = " ".join("".join(chars).replace(WORD_DELIMITER, " ").split())
+        return text.lower() if self._capitals else text
 
     def ctc_decode(self, ids: Iterable[int]) -> str:
         """Greedy CTC output to text: collapse repeated ids, then drop blanks (and other specials)."""
@@ -170,7 +179,8 @@ class Vocabulary:
 
     def oov_chars(self, text: str) -> set[str]:
         """Characters of ``text`` (other than spaces) that the vocabulary cannot encode."""
-        return {c for c in text if c not in self._ids and not c.isspace()}
+        text = text.upper() if self._capitals else text
+        return {c.lower() if self._capitals else c for c in text if c not in self._ids and not c.isspace()}
 
     def save_json(self, path: str | Path) -> None:
         """Write HF's vocab.json: ``{token: id}`` in id order (Wav2Vec2CTCTokenizer(vocab_file=path))."""
