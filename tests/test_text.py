@@ -3,6 +3,8 @@
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from transformers import Wav2Vec2CTCTokenizer
 
 from wavadapt.data import sentences
@@ -198,3 +200,20 @@ def test_a_vocabulary_of_capitals_reads_and_writes_normalised_lowercase_text():
     assert vocab.oov_chars("the cat") == {"c", "a"}
     mixed = Vocabulary(["<pad>", "<s>", "</s>", "<unk>", "|", "a", "B"])  # not all capitals: taken as it is
     assert mixed.encode("ab") == [5, 3] and mixed.ctc_decode([5, 6]) == "aB"
+
+
+def test_ctc_words_give_the_greedy_text_with_each_words_frames():
+    vocab = Vocabulary(["<pad>", "<s>", "</s>", "<unk>", "|", "h", "i", "a"])
+    path = [0, 5, 5, 0, 6, 4, 4, 0, 7, 0, 7, 0, 3, 4]  # "hi" over frames 1-4, "aa" over 8-10, then <unk> and |
+    assert vocab.ctc_words(path) == [("hi", 1, 5), ("aa", 8, 11)]
+    assert " ".join(w for w, _, _ in vocab.ctc_words(path)) == vocab.ctc_decode(path)
+    assert vocab.ctc_words([0, 0, 4]) == []
+
+
+@given(st.lists(st.integers(0, 8), max_size=60))
+def test_ctc_words_always_spell_ctc_decode(path):
+    vocab = Vocabulary(["<pad>", "<s>", "</s>", "<unk>", "|", "H", "I", "A", "'"])
+    words = vocab.ctc_words(path)
+    assert " ".join(w for w, _, _ in words) == vocab.ctc_decode(path)
+    assert all(0 <= start < end <= len(path) for _, start, end in words)
+    assert all(a[2] <= b[1] for a, b in zip(words, words[1:], strict=False))

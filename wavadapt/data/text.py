@@ -5,7 +5,7 @@ import json
 import string
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
 from pathlib import Path
@@ -177,6 +177,28 @@ class Vocabulary:
         """Greedy CTC output to text: collapse repeated ids, then drop blanks (and other specials)."""
         return self.decode(i for i, _ in groupby(ids))
 
+    def ctc_words(self, ids: Sequence[int]) -> list[tuple[str, int, int]]:
+        """The words of the greedy CTC path ``ids`` (one id per frame) with the frames they span:
+        ``(word, first frame, last frame + 1)``, from a word's first letter to its last; the words joined by
+        spaces are :meth:`ctc_decode`'s text."""
+        words, letters, start, end = [], [], 0, 0
+        for frame, (i, run) in _runs(ids):
+            token = self.tokens[i]
+            if i in self._special_ids:
+                continue
+            if token == WORD_DELIMITER:
+                if letters:
+                    words.append(("".join(letters), start, end))
+                letters = []
+                continue
+            if not letters:
+                start = frame
+            letters.append(token.lower() if self._capitals else token)
+            end = frame + run
+        if letters:
+            words.append(("".join(letters), start, end))
+        return words
+
     def oov_chars(self, text: str) -> set[str]:
         """Characters of ``text`` (other than spaces) that the vocabulary cannot encode."""
         text = text.upper() if self._capitals else text
@@ -273,3 +295,12 @@ def _read_json(path: str | Path, what: str):
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise VocabularyError(f"{path}: cannot read {what} ({e})") from None
+
+
+def _runs(ids: Sequence[int]):
+    """``(first frame, (id, length))`` of each run of equal ids."""
+    frame = 0
+    for i, group in groupby(ids):
+        run = sum(1 for _ in group)
+        yield frame, (i, run)
+        frame += run
