@@ -8,19 +8,34 @@ import types
 
 import pytest
 import torch
-from model_probes import LARGE_STYLE, hidden, pretraining_outputs
+from model_probes import AUDIO, LARGE_STYLE, hidden, pretraining_outputs
 from transformers import Wav2Vec2ForCTC
 from typer.testing import CliRunner
 
+from wavadapt.checkpoint import load_asr_model
 from wavadapt.cli import app
-from wavadapt.errors import CheckpointError
+from wavadapt.data.text import Vocabulary
+from wavadapt.errors import CheckpointError, WavadaptError
 from wavadapt.model.backbone import build_pretraining_model, load_backbone, load_pretraining_model, make_config
 from wavadapt.model.fairseq import (
     format_conv_spec,
     parse_conv_spec,
     read_fairseq_checkpoint,
+    save_fairseq_checkpoint,
     to_fairseq_state_dict,
 )
+
+# What fairseq 0.12.2 reads of a checkpoint besides the weights (fairseq/checkpoint_utils.py, fairseq/trainer.py):
+# load_checkpoint_to_cpu -> _upgrade_state_dict reads optimizer_history[-1] (lacking the list, it reads best_loss and
+# optimizer instead: the KeyError 'best_loss' of a bare {cfg, model}) and extra_state["train_iterator"];
+# load_model_ensemble_and_task reads cfg.task (tasks.setup_task), cfg.model (task.build_model) and
+# optimizer_history[-1]["num_updates"]; Trainer.load_checkpoint, resuming a run, last_optimizer_state and
+# extra_state. Audio tasks interpolate common.tpu, wav2vec_ctc distributed_training.ddp_backend and task.normalize,
+# the ctc criterion optimization.sentence_avg.
+LOADER_KEYS = {"args", "cfg", "model", "optimizer_history", "extra_state", "last_optimizer_state"}
+OPTIMIZER_HISTORY_KEYS = {"criterion_name", "optimizer_name", "lr_scheduler_state", "num_updates"}
+CFG_SECTIONS = {"common", "distributed_training", "task", "model", "criterion", "optimization", "checkpoint"}
+TASK_KEYS = {"_name", "data", "normalize", "sample_rate"}
 
 
 def assert_same_pretraining_model(loaded, model):
@@ -142,6 +157,55 @@ def test_omegaconf_and_fairseq_classes_without_those_packages(tmp_path, monkeypa
     loaded = load_pretraining_model(tmp_path / "hydra.pt", trust_pickle=True)
     assert loaded.config.feat_extract_norm == "layer"
     assert_same_pretraining_model(loaded, model)
+
+
+# --- writing what fairseq loads ---
+
+
+def assert_fairseq_loader_keys(state: dict, task: str, criterion: str) -> None:
+    assert state.keys() == LOADER_KEYS and state["args"] is None and state["last_optimizer_state"] is None
+    (entry,) = state["optimizer_history"]
+    assert entry.keys() == OPTIMIZER_HISTORY_KEYS and entry["criterion_name"] == criterion
+    assert entry["num_updates"] == 0 and entry["lr_scheduler_state"] == {"best": None}
+    assert state["extra_state"]["train_iterator"]["epoch"] == 1 and "val_loss" in state["extra_state"]
+    cfg = state["cfg"]
+    assert cfg.keys() == CFG_SECTIONS and cfg["task"]["_name"] == task and TASK_KEYS <= cfg["task"].keys()
+    assert cfg["common"]["tpu"] is False and cfg["optimization"]["sentence_avg"] is True
+    assert cfg["distributed_training"]["ddp_backend"] and cfg["criterion"]["_name"]
+
+
+@pytest.mark.parametrize("overrides", [{}, LARGE_STYLE], ids=["post-ln", "pre-ln"])
+def test_saved_pretraining_checkpoint_holds_what_fairseqs_loader_reads(tmp_path, overrides):
+    model = build_pretraining_model("tiny", **overrides).eval()
+    path = save_fairseq_checkpoint(model, tmp_path / "checkpoint_best.pt")
+    state = torch.load(path, weights_only=False)
+    assert_fairseq_loader_keys(state, "audio_pretraining", "Wav2vecCriterion")
+    assert state["cfg"]["model"]["_name"] == "wav2vec2" and state["cfg"]["task"]["data"] == str(tmp_path.resolve())
+    assert state["cfg"]["task"]["normalize"] is (overrides == LARGE_STYLE)  # fairseq's convention by default
+    assert_same_pretraining_model(load_pretraining_model(path, trust_pickle=True), model)
+
+
+def test_saved_ctc_checkpoint_holds_what_fairseqs_loader_reads(tmp_path):
+    vocab = Vocabulary.build(["the quick brown fox", "jumps over the lazy dog"])
+    model = Wav2Vec2ForCTC(make_config("tiny", vocab_size=len(vocab))).eval()
+    path = save_fairseq_checkpoint(model, tmp_path / "checkpoint_best.pt", vocab=vocab, normalize=True)
+    state = torch.load(path, weights_only=False)
+    assert_fairseq_loader_keys(state, "audio_finetuning", "CtcCriterion")
+    cfg = state["cfg"]
+    assert (cfg["task"]["labels"], cfg["model"]["_name"]) == ("ltr", "wav2vec_ctc")
+    # Wav2VecEncoder builds the encoder from w2v_args' task and model, asserting both runs normalise alike
+    pretraining = cfg["model"]["w2v_args"]
+    assert {"common", "task", "model"} <= pretraining.keys() and pretraining["task"]["normalize"] is True
+    # AudioFinetuningTask reads dict.<labels>.txt from task.data: fairseq's Dictionary has as many tokens as the head
+    assert Vocabulary.from_fairseq_dict(tmp_path / "dict.ltr.txt").tokens == vocab.tokens
+    assert cfg["task"]["data"] == str(tmp_path.resolve())
+
+    loaded = load_asr_model(path, [], trust_pickle=True)
+    assert loaded.normalize_waveforms is True and loaded.vocabularies["ctc"].tokens[4:] == vocab.tokens[4:]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(AUDIO).logits, model(AUDIO).logits, atol=1e-5, rtol=0)
+    with pytest.raises(WavadaptError, match=f"the vocabulary has {len(vocab) - 1} tokens"):
+        save_fairseq_checkpoint(model, tmp_path / "bad.pt", vocab=Vocabulary(vocab.tokens[:-1]))
 
 
 # --- refusals ---

@@ -153,7 +153,7 @@ def load_backbone(path: str | Path, *, trust_pickle: bool = False, **overrides) 
         return load_pretraining(path, **overrides).backbone
     if _is_fairseq_file(path):
         config, state = read_fairseq_checkpoint(path, trust_pickle=trust_pickle)
-        return _from_state(path, Wav2Vec2Model, config, state, overrides)
+        return model_from_state(path, Wav2Vec2Model, config, state, overrides)
     family = _hf_family(path)
     model = _from_hf_dir(path, FAMILIES[family][1], overrides)
     split_adapter_layers(model)
@@ -195,7 +195,7 @@ def load_pretraining_model(path: str | Path, *, trust_pickle: bool = False, **ov
     path = resolve_checkpoint(path)
     if _is_fairseq_file(path):
         config, state = read_fairseq_checkpoint(path, trust_pickle=trust_pickle)
-        return _from_state(path, Wav2Vec2ForPreTraining, config, state, overrides)
+        return model_from_state(path, Wav2Vec2ForPreTraining, config, state, overrides)
     family = _hf_family(path)
     if family != "wav2vec2":
         raise CheckpointError(f"{path}: a {family} checkpoint has no wav2vec 2.0 quantizer to pre-train with")
@@ -263,7 +263,7 @@ def _from_hf_dir(path: Path, model_cls: type[PreTrainedModel], overrides: dict) 
     return model.eval()
 
 
-def _from_state(
+def model_from_state(
     path: Path, model_cls: type[PreTrainedModel], config: Wav2Vec2Config, state: dict, overrides: dict
 ) -> PreTrainedModel:
     _check_overrides(type(config), overrides)

@@ -1,9 +1,9 @@
 """fairseq wav2vec 2.0 checkpoints (.pt) <-> transformers names, without fairseq installed.
 
-A fairseq checkpoint is a pickle of `{"cfg": {"model": {...}}, "model": state_dict}` (hydra, fairseq >= 0.10)
-or `{"args": Namespace(...), "model": state_dict}` (argparse, older). Pre-training checkpoints hold the
-fairseq `Wav2Vec2Model` keys; fine-tuned CTC checkpoints hold them under `w2v_encoder.w2v_model.` plus the
-CTC projection `w2v_encoder.proj`, and nest the pre-training config in `w2v_args`.
+A fairseq checkpoint is a pickle of `{"cfg": {"task": {...}, "model": {...}, ...}, "model": state_dict, ...}`
+(hydra, fairseq >= 0.10) or `{"args": Namespace(...), "model": state_dict}` (argparse, older). Pre-training
+checkpoints hold the fairseq `Wav2Vec2Model` keys; fine-tuned CTC checkpoints hold them under
+`w2v_encoder.w2v_model.` plus the CTC projection `w2v_encoder.proj`, and nest the pre-training config in `w2v_args`.
 
 Converted state dicts use the layout of transformers' `Wav2Vec2ForPreTraining` / `Wav2Vec2ForCTC`:
 encoder keys under `wav2vec2.`, heads as `quantizer.*`, `project_q.*`, `project_hid.*`, `lm_head.*`.
@@ -17,10 +17,12 @@ import re
 import types
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from transformers import Wav2Vec2Config, Wav2Vec2Model, Wav2Vec2PreTrainedModel
 
+from wavadapt.data.text import Vocabulary
 from wavadapt.errors import CheckpointError, WavadaptError
 
 # --- key names ---
@@ -378,16 +380,30 @@ def _model_cfg(ckpt: dict, path: Path) -> tuple[dict, bool]:
     return {**inner, **overrides}, True
 
 
-def read_fairseq_checkpoint(
-    path: str | Path, *, trust_pickle: bool = False
-) -> tuple[Wav2Vec2Config, dict[str, torch.Tensor]]:
+def _task_cfg(ckpt: dict) -> dict:
+    """The task config (normalize, labels, ...): cfg['task'] (hydra), or the flat args (argparse); {} without."""
+    if ckpt.get("cfg") is not None:
+        task = _plain(ckpt["cfg"]).get("task")
+    else:
+        task = _plain(ckpt.get("args"))
+    return task if isinstance(task, dict) else {}
+
+
+class FairseqCheckpoint(NamedTuple):
+    config: Wav2Vec2Config
+    state: dict[str, torch.Tensor]
+    """In transformers names, the layout of `Wav2Vec2ForPreTraining` / `Wav2Vec2ForCTC`."""
+    task: dict
+    """The task config as plain Python: ``normalize``, ``labels`` (a fine-tuned model's dict.<labels>.txt)."""
+
+
+def open_fairseq_checkpoint(path: str | Path, *, trust_pickle: bool = False) -> FairseqCheckpoint:
     """Read a fairseq wav2vec 2.0 checkpoint (pre-training or fine-tuned CTC) without fairseq installed.
 
-    Returns the transformers config and the state dict in transformers names (layout of
-    `Wav2Vec2ForPreTraining` / `Wav2Vec2ForCTC`). The file is a pickle, and unpickling can run arbitrary
-    code, so `trust_pickle=True` is required. Classes of fairseq and omegaconf (and any other class that
-    cannot be imported) are replaced by inert stand-ins; configs built from them are read back as plain
-    dicts (omegaconf containers and nodes, enums, Namespaces). Interpolations such as "${...}" stay strings.
+    The file is a pickle, and unpickling can run arbitrary code, so `trust_pickle=True` is required. Classes
+    of fairseq and omegaconf (and any other class that cannot be imported) are replaced by inert stand-ins;
+    configs built from them are read back as plain dicts (omegaconf containers and nodes, enums, Namespaces).
+    Interpolations such as "${...}" stay strings.
     """
     path = Path(path)
     if not trust_pickle:
@@ -411,16 +427,61 @@ def read_fairseq_checkpoint(
         )
     if "lm_head.weight" in state:
         config.vocab_size = state["lm_head.weight"].shape[0]
-    return config, state
+    return FairseqCheckpoint(config, state, _task_cfg(ckpt))
 
 
-def to_fairseq_state_dict(model: Wav2Vec2PreTrainedModel) -> dict:
-    """Express a transformers wav2vec2 model in fairseq's checkpoint format; `torch.save` it to write a .pt.
+def read_fairseq_checkpoint(
+    path: str | Path, *, trust_pickle: bool = False
+) -> tuple[Wav2Vec2Config, dict[str, torch.Tensor]]:
+    """The transformers config and state dict of a fairseq wav2vec 2.0 checkpoint (see `open_fairseq_checkpoint`)."""
+    checkpoint = open_fairseq_checkpoint(path, trust_pickle=trust_pickle)
+    return checkpoint.config, checkpoint.state
 
-    Accepts `Wav2Vec2Model`, `Wav2Vec2ForPreTraining` and `Wav2Vec2ForCTC` (written as a fine-tuned
-    checkpoint: `w2v_encoder.*` keys, pre-training config in `w2v_args`). Returns
-    `{"cfg": {"model": {...}}, "model": state_dict}` in the hydra style, with legacy weight-norm names
-    (weight_g / weight_v) for the positional conv, as fairseq writes them.
+
+# --- writing ---
+
+_SAMPLE_RATE = 16_000  # fairseq's audio tasks' default, and wavadapt's rate
+
+
+def _training_state(criterion: str) -> dict:
+    """What fairseq's loader reads besides cfg and model (checkpoint_utils._upgrade_state_dict, and
+    Trainer.load_checkpoint when training resumes): one optimizer-history entry, the epoch iterator, and no
+    optimizer state, so a run starting from the file builds a fresh optimizer."""
+    return {
+        "optimizer_history": [
+            {"criterion_name": criterion, "optimizer_name": "FairseqAdam", "lr_scheduler_state": {"best": None},
+             "num_updates": 0}
+        ],
+        "extra_state": {"train_iterator": {"epoch": 1, "iterations_in_epoch": 0}, "val_loss": None},
+        "last_optimizer_state": None,
+    }
+
+
+def _run_cfg(task: dict, model: dict, criterion: str) -> dict:
+    """A fairseq run config around a task and model config, with the sections their fields interpolate:
+    audio tasks' ``tpu`` (common.tpu), wav2vec_ctc's ``ddp_backend``, the ctc criterion's ``sentence_avg``."""
+    return {
+        "common": {"tpu": False},
+        "distributed_training": {"ddp_backend": "legacy_ddp"},
+        "task": task,
+        "model": model,
+        "criterion": {"_name": criterion},
+        "optimization": {"sentence_avg": True},
+        "checkpoint": {"no_save_optimizer_state": True},
+    }
+
+
+def to_fairseq_state_dict(model: Wav2Vec2PreTrainedModel, *, normalize: bool | None = None, data: str = ".") -> dict:
+    """Express a transformers wav2vec2 model as a fairseq checkpoint; `torch.save` it to write a .pt.
+
+    Accepts `Wav2Vec2Model`, `Wav2Vec2ForPreTraining` (an ``audio_pretraining`` run) and `Wav2Vec2ForCTC` (an
+    ``audio_finetuning`` run with ``labels: ltr``: `w2v_encoder.*` keys, the pre-training run's config in
+    ``w2v_args``). The state holds what fairseq 0.12's `checkpoint_utils.load_model_ensemble_and_task` reads: a
+    hydra ``cfg`` (common, task, model, criterion, optimization, checkpoint), ``model`` with legacy weight-norm
+    names (weight_g / weight_v) for the positional conv as fairseq writes them, ``optimizer_history``,
+    ``extra_state`` and ``last_optimizer_state``. ``normalize`` (the task's waveform normalisation) defaults to
+    fairseq's convention: on for layer-norm CNNs. ``data`` is the task's data directory, where fairseq looks for
+    a fine-tuned model's dict.ltr.txt.
     """
     config = model.config
     if config.model_type != "wav2vec2":
@@ -433,7 +494,36 @@ def to_fairseq_state_dict(model: Wav2Vec2PreTrainedModel) -> dict:
     fs_state, unmatched = _rename(state, table, _HF_TO_FAIRSEQ_PARAM)
     if unmatched:
         raise WavadaptError(f"{type(model).__name__} has weights fairseq cannot hold: {', '.join(unmatched[:8])}")
-    cfg = fairseq_config(config)
+    if normalize is None:
+        normalize = config.feat_extract_norm == "layer"
+    task = {"_name": "audio_pretraining", "data": data, "normalize": normalize, "sample_rate": _SAMPLE_RATE}
+    cfg = _run_cfg(task, fairseq_config(config), "wav2vec")
+    criterion = "Wav2vecCriterion"
     if finetuned:
-        cfg = {"_name": "wav2vec_ctc", "w2v_args": {"model": cfg}}
-    return {"cfg": {"model": cfg}, "model": {k: v.detach().clone() for k, v in fs_state.items()}}
+        # the fine-tuning run's settings of the encoder, which fairseq's Wav2VecEncoder applies over w2v_args
+        overrides = {src: cfg["model"][dst] for src, dst in _FINETUNE_OVERRIDES.items()}
+        ctc = {"_name": "wav2vec_ctc", "w2v_args": cfg, **overrides}
+        cfg, criterion = _run_cfg({**task, "_name": "audio_finetuning", "labels": "ltr"}, ctc, "ctc"), "CtcCriterion"
+    weights = {k: v.detach().clone() for k, v in fs_state.items()}
+    return {"args": None, "cfg": cfg, "model": weights, **_training_state(criterion)}
+
+
+def save_fairseq_checkpoint(model: Wav2Vec2PreTrainedModel, path: str | Path, *, vocab: Vocabulary | None = None,
+                            normalize: bool | None = None) -> Path:
+    """Write ``model`` as a fairseq checkpoint (`to_fairseq_state_dict`) to ``path``; return it.
+
+    A `Wav2Vec2ForCTC` takes its ``vocab`` (the head's tokens, blank at id 0 as in fairseq's Dictionary),
+    written as dict.ltr.txt beside the checkpoint, the task's data directory, so fairseq builds the head from it.
+    """
+    path = Path(path)
+    finetuned = hasattr(model, "lm_head")
+    if vocab is not None and not finetuned:
+        raise WavadaptError(f"{type(model).__name__} has no CTC head for a vocabulary")
+    if vocab is not None and (len(vocab), vocab.blank_id) != (model.lm_head.out_features, 0):
+        raise WavadaptError(f"the vocabulary has {len(vocab)} tokens, blank at id {vocab.blank_id}; fairseq needs "
+                            f"the head's {model.lm_head.out_features}, blank at id 0")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(to_fairseq_state_dict(model, normalize=normalize, data=str(path.parent.resolve())), path)
+    if vocab is not None:
+        vocab.save_fairseq_dict(path.parent / "dict.ltr.txt")
+    return path
