@@ -65,9 +65,10 @@ class EvalResult(Scores):
         return "\n".join(lines)
 
 
-def forward_padded(model: CTCModel, waveforms: torch.Tensor, attention_mask: torch.Tensor) -> CTCOutput:
-    """Run a zero-padded batch; audio shorter than one frame's receptive field (25 ms) decodes to nothing
-    instead of failing in the CNN."""
+def forward_padded(model: CTCModel, waveforms: torch.Tensor, attention_mask: torch.Tensor,
+                   tasks: list[str] | None = None) -> CTCOutput:
+    """Run a zero-padded batch with the active task, or ``tasks[i]`` for row i (``CTCModel.forward_mixed``); audio
+    shorter than one frame's receptive field (25 ms) decodes to nothing instead of failing in the CNN."""
     lengths = model.output_lengths(attention_mask, *waveforms.shape)
     one_frame = _receptive_field(model.backbone.config)
     if waveforms.shape[1] < one_frame:
@@ -75,6 +76,8 @@ def forward_padded(model: CTCModel, waveforms: torch.Tensor, attention_mask: tor
     # transformers indexes every row's last frame: a row shorter than one frame gets one (never decoded).
     attention_mask = nn.functional.pad(attention_mask, (0, waveforms.shape[1] - attention_mask.shape[1]))
     attention_mask[:, :one_frame] = 1
+    if tasks is not None:
+        return CTCOutput(model.forward_mixed(waveforms, tasks, attention_mask=attention_mask).logits, lengths)
     return CTCOutput(model(waveforms, attention_mask=attention_mask).logits, lengths)
 
 
@@ -152,9 +155,9 @@ def evaluate(
     References are ``normalize_text(text, language or utterance.language)``; hypotheses are in the task's
     character set already. Results are grouped by ``Utterance.language``. Utterances without a transcript are
     skipped and listed (``no_transcript``), and so are unreadable files (``skipped``). Utterances are batched
-    by length (longer ones than ``max_seconds_per_batch`` are batched apart; one per batch for a group-norm
-    CNN, which sees the padding); those over ``CHUNK_SECONDS`` are decoded in windows as by
-    :func:`transcribe`. With ``out_dir``, writes ``hyp.<task>.txt`` and ``ref.<task>.txt`` (``<id> <text>`` lines,
+    by length (longer ones than ``max_seconds_per_batch`` are batched apart), exactly for every CNN (a padded
+    row decodes as it does alone: ``CTCModel`` masks the padding); those over ``CHUNK_SECONDS`` are decoded in
+    windows as by :func:`transcribe`. With ``out_dir``, writes ``hyp.<task>.txt`` and ``ref.<task>.txt`` (``<id> <text>`` lines,
     in input order).
     """
     task = task or model.active
@@ -210,18 +213,13 @@ def _decode(model: CTCModel, utterances: list[Utterance], max_seconds_per_batch:
         except AudioError as e:
             log.warning("skipping %s: %s", u.id, e)
     utterances = [u for u in utterances if u.num_samples <= chunked]
-    if model.backbone.config.feat_extract_norm == "group":
-        # A group-norm CNN normalises over the padding too: one file per batch, so that a transcript (and the
-        # score) does not depend on which files it was batched with.
-        groups = [([u], (u.num_samples + 1) / SAMPLE_RATE) for u in utterances]
-    else:
-        cap = int(max_seconds_per_batch * SAMPLE_RATE)
-        longer = [u for u in utterances if u.num_samples > cap]
-        # Utterances over the cap are batched apart under their own longest length, so the cap holds for the rest.
-        groups = [
-            ([u for u in utterances if u.num_samples <= cap], max_seconds_per_batch),
-            (longer, (max((u.num_samples for u in longer), default=0) + 1) / SAMPLE_RATE),
-        ]
+    cap = int(max_seconds_per_batch * SAMPLE_RATE)
+    longer = [u for u in utterances if u.num_samples > cap]
+    # Utterances over the cap are batched apart under their own longest length, so the cap holds for the rest.
+    groups = [
+        ([u for u in utterances if u.num_samples <= cap], max_seconds_per_batch),
+        (longer, (max((u.num_samples for u in longer), default=0) + 1) / SAMPLE_RATE),
+    ]
     device = next(model.parameters()).device
     for group, seconds in groups:
         if not group:

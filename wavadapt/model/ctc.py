@@ -6,6 +6,7 @@ for a task adapter stacked on a language adapter. Activating a task switches bot
 :meth:`CTCModel.forward_mixed` runs one task per batch row instead (a mixed-language batch).
 """
 
+import contextlib
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -16,6 +17,7 @@ from transformers import PreTrainedModel
 from wavadapt.data.text import Vocabulary
 from wavadapt.errors import WavadaptError
 from wavadapt.model.adapters import set_active
+from wavadapt.model.masked_group_norm import masked_group_norm
 
 
 class CTCOutput(NamedTuple):  # a tuple, so DistributedDataParallel finds its tensors
@@ -31,6 +33,8 @@ class CTCModel(nn.Module):
     def __init__(self, backbone: PreTrainedModel, final_dropout: float = 0.0):
         super().__init__()
         self.backbone = backbone
+        if self.group_norm_cnn:
+            masked_group_norm(backbone)  # shares the GroupNorm's parameters: names and checkpoints unchanged
         self.heads = nn.ModuleDict()
         self.dropout = nn.Dropout(final_dropout)
         self.vocabularies: dict[str, Vocabulary] = {}
@@ -45,6 +49,11 @@ class CTCModel(nn.Module):
     @property
     def hidden_size(self) -> int:
         return self.backbone.config.hidden_size
+
+    @property
+    def group_norm_cnn(self) -> bool:
+        """Whether the CNN is Base's, with a GroupNorm over time in its first layer."""
+        return self.backbone.config.feat_extract_norm == "group"
 
     @property
     def normalize_waveforms(self) -> bool:
@@ -77,11 +86,15 @@ class CTCModel(nn.Module):
     def _encode(self, waveforms: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
         """(B, S) waveforms -> (B, T, D) hidden states on the current routing (dropout applied), (B,) frames."""
         lengths = self.output_lengths(attention_mask, *waveforms.shape)
-        # transformers' convention (Wav2Vec2FeatureExtractor.return_attention_mask): only layer-norm CNN
-        # models take the mask; group-norm ones (Base) were trained on zero-padded batches without one.
-        if self.backbone.config.feat_extract_norm != "layer":
-            attention_mask = None
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_backbone):
+        padding = contextlib.nullcontext()
+        if self.group_norm_cnn:
+            # A padded batch runs each row as if alone: its first-layer statistics over its own frames, and the mask
+            # for the transformer. Unpadded input takes no mask, as transformers' feature extractor gives Base models.
+            if attention_mask is not None and bool(attention_mask.all()):
+                attention_mask = None
+            if attention_mask is not None:
+                padding = masked_group_norm(self.backbone).valid_samples(attention_mask.sum(-1))
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_backbone), padding:
             hidden = self.backbone(waveforms, attention_mask=attention_mask).last_hidden_state
         return self.dropout(hidden), lengths
 
