@@ -165,13 +165,12 @@ AdapterOption = Annotated[
 TaskOption = Annotated[str | None, typer.Option(help="Task to run (default: the last task file's).")]
 
 
-def _asr_model(model: str, adapters: list[Path] | None, task: str | None, family: str | None, trust_pickle: bool):
+def _asr_model(model: str, adapters: list[Path] | None, task: str | None, family: str | None, trust_pickle: bool,
+               vocab: Path | None = None):
     """The backbone with its task files loaded and ``task`` (or the last loaded one) active."""
     from wavadapt.checkpoint import load_asr_model
 
-    asr = load_asr_model(model, adapters or [], trust_pickle=trust_pickle, family=family)
-    if task is not None:
-        asr.activate(task)
+    asr = load_asr_model(model, adapters or [], trust_pickle=trust_pickle, family=family, task=task, vocab=vocab)
     if asr.active is None:
         raise WavadaptError("no task to run: pass a task file with --adapter")
     return asr
@@ -204,39 +203,80 @@ def evaluate_corpus(
     typer.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False) if json_output else result.summary())
 
 
+VocabOption = Annotated[Path | None, typer.Option(help="The dict.ltr.txt of a fine-tuned fairseq checkpoint, where "
+                                                 "it is not beside the .pt.")]
+
+
 @app.command("transcribe")
 def transcribe_files(
-    files: Annotated[list[Path], typer.Argument(help="Audio files: any format soundfile reads, any rate, mono or "
-                                                "stereo; headerless PCM with --raw-format.")],
+    files: Annotated[list[Path], typer.Argument(help="Audio files (any format soundfile reads, any rate, mono or "
+                                                "stereo; headerless PCM with --raw-format) or .tsv/.jsonl manifests "
+                                                "(path, and a task or language column to pick each file's task).")],
     model: ModelOption,
     adapter: AdapterOption = None,
     task: TaskOption = None,
-    family: Family = None,
-    trust_pickle: TrustPickle = False,
-    raw_format: RawFormatOption = None,
+    output_format: Annotated[str, typer.Option("--format", help="tsv (file TAB transcript), jsonl (with word "
+                                               "times), srt or vtt (subtitles, one file per input in --out).")] = "tsv",
+    out: Annotated[Path | None, typer.Option(help="Write here instead of stdout: a file (tsv, jsonl) or a directory "
+                                             "(srt, vtt).")] = None,
+    max_seconds_per_batch: Annotated[float | None, typer.Option(help="Padded audio seconds per batch (default: "
+                                                                "12.5 on CPU, 200 on GPU).")] = None,
     chunk_seconds: Annotated[float, typer.Option(help="Longer audio is decoded in windows of this length, cut in "
                                                  "pauses.")] = 30.0,
+    family: Family = None,
+    trust_pickle: TrustPickle = False,
+    vocab: VocabOption = None,
+    raw_format: RawFormatOption = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Print `<file>TAB<transcript>` per file (greedy CTC); each unreadable file gets one error line on stderr,
-    the others are still transcribed, and the exit status is 1."""
-    from wavadapt.data.audio import RawFormat, is_headerless, read_audio
-    from wavadapt.errors import AudioError
-    from wavadapt.evaluate import transcribe
+    """Transcribe many files in length-sorted batches that mix tasks (greedy CTC); each unreadable file gets one
+    error line on stderr, the others are still transcribed, and the exit status is then 1."""
+    from wavadapt.data.audio import RawFormat, is_headerless
+    from wavadapt.data.corpora import read_manifest
+    from wavadapt.inference.formats import FORMATS, SUBTITLES, jsonl_line, subtitles, tsv_line
+    from wavadapt.inference.transcription import Request, transcribe_requests
 
-    raw = RawFormat.parse(raw_format) if raw_format else None  # a typo fails before the model loads
-    asr = _asr_model(model, adapter, task, family, trust_pickle)
-    failed = 0
+    if output_format not in FORMATS:
+        raise WavadaptError(f"--format {output_format!r}: choose from {', '.join(FORMATS)}")
+    if output_format in SUBTITLES and out is None:
+        raise WavadaptError(f"--format {output_format} writes one file per input: give the directory with --out")
+    raw = str(RawFormat.parse(raw_format)) if raw_format else None  # a typo fails before the model loads
+    asr = _asr_model(model, adapter, task, family, trust_pickle, vocab)
+    requests = []
     for f in files:
-        try:
-            text = transcribe(asr, read_audio(f, raw=raw if is_headerless(f) else None), chunk_seconds)
-        except AudioError as e:
-            typer.echo(f"error: {e}", err=True)
-            failed += 1
-            continue
-        typer.echo(f"{f}\t{text}")
-    if failed:
-        typer.echo(f"{failed} of {len(files)} files could not be read", err=True)
+        if f.suffix in (".tsv", ".jsonl") and f.is_file():
+            requests += [Request(u.path, _task_of(asr, u.task, u.language), u.raw_format or raw)
+                         for u in read_manifest(f)]
+        else:
+            requests.append(Request(f, asr.active, raw if is_headerless(f) else None))
+    results = transcribe_requests(asr, requests, max_seconds_per_batch, chunk_seconds,
+                                  progress=progress and len(requests) > 8)
+    good = [t for t in results if t.error is None]
+    for t in results:
+        if t.error is not None:
+            typer.echo(f"error: {t.error}", err=True)
+    if output_format in SUBTITLES:
+        out.mkdir(parents=True, exist_ok=True)
+        for t in good:
+            target = out / f"{Path(t.path).stem}.{output_format}"
+            target.write_text(subtitles(t, output_format), encoding="utf-8")
+            typer.echo(target)
+    else:
+        line = tsv_line if output_format == "tsv" else jsonl_line
+        text = "".join(line(t) + "\n" for t in good)
+        if out is None:
+            typer.echo(text, nl=False)
+        else:
+            out.write_text(text, encoding="utf-8")
+    if len(good) < len(results):
+        typer.echo(f"{len(results) - len(good)} of {len(results)} files could not be read", err=True)
         raise typer.Exit(1)
+
+
+def _task_of(asr, task: str | None, language: str) -> str:
+    """A manifest row's task: its task column, else the task named like its language (an MMS language), else the
+    active one."""
+    return task or (language if language in asr.heads else asr.active)
 
 
 @app.command()
@@ -340,26 +380,36 @@ def info(
 @app.command()
 def export(
     model: ModelOption,
-    out: Annotated[Path, typer.Option(help="Output directory.")],
+    out: Annotated[Path, typer.Option(help="Output: a directory (mms) or a .pt file (fairseq).")],
     files: Annotated[list[Path] | None, typer.Argument(help="Task files (adapter.<task>.json) to export, loaded in "
                                                         "order onto --model.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="mms: transformers' MMS layout (mms-form tasks; the first "
-                                     "is the main language).")] = "mms",
+                                     "is the main language). fairseq: a fairseq 0.12 checkpoint of the backbone, "
+                                     "or of one task without adapters (a fine-tuned Wav2VecCtc + dict.ltr.txt).")] = (
+        "mms"
+    ),
     task: Annotated[list[str] | None, typer.Option(help="Also export this task of the model itself (e.g. a "
                                                    "language of an MMS directory); repeat.")] = None,
     family: Family = None,
     trust_pickle: TrustPickle = False,
 ) -> None:
     """Write tasks in another toolkit's layout: `--format mms` gives a directory that transformers'
-    `Wav2Vec2ForCTC.from_pretrained(DIR, target_lang=...)` and `load_adapter(...)` load."""
+    `Wav2Vec2ForCTC.from_pretrained(DIR, target_lang=...)` and `load_adapter(...)` load; `--format fairseq` a
+    checkpoint fairseq's `load_model_ensemble_and_task` loads."""
     from wavadapt.checkpoint import load_asr_model, load_task
+    from wavadapt.interop.fairseq import export_fairseq
     from wavadapt.interop.mms import export_mms
 
-    if fmt != "mms":
-        raise WavadaptError(f"--format {fmt!r}: wavadapt exports mms (a Houlsby-form task stays a wavadapt task "
-                            "file: transformers has no module for it)")
+    if fmt not in ("mms", "fairseq"):
+        raise WavadaptError(f"--format {fmt!r}: choose mms or fairseq (a Houlsby-form adapter task stays a wavadapt "
+                            "task file: neither transformers nor fairseq has a module for it)")
     asr = load_asr_model(model, [], trust_pickle=trust_pickle, family=family)
     tasks = [*(task or []), *(load_task(asr, f) for f in files or [])]
+    if fmt == "fairseq":
+        if len(tasks) > 1:
+            raise WavadaptError(f"a fairseq checkpoint holds one task; got {', '.join(tasks)}")
+        typer.echo(f"{export_fairseq(asr, tasks[0] if tasks else None, out)}: {tasks[0] if tasks else 'backbone'}")
+        return
     if not tasks:
         raise WavadaptError("nothing to export: give task files or --task")
     typer.echo(f"{export_mms(asr, tasks, out)}: {', '.join(tasks)} in the MMS layout")

@@ -33,6 +33,8 @@ class Utterance:
     speaker: str | None = None
     num_samples: int | None = None
     raw_format: str | None = None
+    task: str | None = None
+    """The task to transcribe it with, where a manifest names one (a ``task`` column)."""
 
 
 def samples_at_16k(path: str | Path, raw_format: str | None = None) -> int:
@@ -231,7 +233,7 @@ def write_fairseq_manifest(utterances: list[Utterance], out_dir: str | Path, spl
 
 def read_manifest(path: str | Path, language: str | None = None) -> list[Utterance]:
     """Read a TSV (header with ``path`` and optionally ``text``, ``language``, ``speaker``, ``id``,
-    ``raw_format``) or JSONL manifest. Relative audio paths are relative to the manifest's directory; a row
+    ``raw_format``, ``task``) or JSONL manifest. Relative audio paths are relative to the manifest's directory; a row
     without a language gets ``language`` (default "und")."""
     path = Path(path)
     if path.suffix == ".jsonl":
@@ -263,6 +265,7 @@ def read_manifest(path: str | Path, language: str | None = None) -> list[Utteran
                 language=str(row.get("language") or language or UNKNOWN_LANGUAGE),
                 speaker=str(row.get("speaker") or "") or None,
                 raw_format=raw_format,
+                task=str(row.get("task") or "") or None,
             )
         )
     return utterances

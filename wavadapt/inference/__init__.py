@@ -1,0 +1,1 @@
+"""Using trained tasks: batched transcription (and the engine and server built on it)."""

@@ -1,0 +1,45 @@
+"""Transcripts as the files people use: TSV, JSON lines, SubRip (.srt) and WebVTT (.vtt) subtitles."""
+
+import json
+
+from wavadapt.inference.transcription import Transcript, Word
+
+FORMATS = ("tsv", "jsonl", "srt", "vtt")
+SUBTITLES = ("srt", "vtt")
+CUE_WORDS = 12
+"""Most words in one subtitle cue."""
+CUE_GAP = 0.8
+"""A pause this long (seconds) between words starts a new cue."""
+
+
+def tsv_line(t: Transcript) -> str:
+    return f"{t.path}\t{t.text}"
+
+
+def jsonl_line(t: Transcript) -> str:
+    return json.dumps(t.to_dict(), ensure_ascii=False)
+
+
+def cues(words: list[Word]) -> list[list[Word]]:
+    """Words grouped into subtitle cues: at most CUE_WORDS each, a new one after a pause of CUE_GAP."""
+    groups: list[list[Word]] = []
+    for w in words:
+        if not groups or len(groups[-1]) == CUE_WORDS or w.start - groups[-1][-1].end >= CUE_GAP:
+            groups.append([])
+        groups[-1].append(w)
+    return groups
+
+
+def subtitles(t: Transcript, kind: str) -> str:
+    """The transcript as an .srt or .vtt document, one cue per group of words."""
+    sep = "," if kind == "srt" else "."
+    blocks = [f"{_clock(c[0].start, sep)} --> {_clock(c[-1].end, sep)}\n" + " ".join(w.word for w in c)
+              for c in cues(t.words)]
+    if kind == "srt":
+        return "".join(f"{i}\n{block}\n\n" for i, block in enumerate(blocks, 1))
+    return "WEBVTT\n\n" + "".join(f"{block}\n\n" for block in blocks)
+
+
+def _clock(seconds: float, sep: str) -> str:
+    ms = round(seconds * 1000)
+    return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d}{sep}{ms % 1000:03d}"

@@ -1,0 +1,152 @@
+"""Batched offline transcription: many files, each with its own task, in mixed-task batches.
+
+Files are measured from their headers, sorted by length and packed into batches under a cap of padded audio
+seconds (little padding, so batching pays); each batch is one forward with every row on its own task
+(``CTCModel.forward_mixed``). Audio longer than ``chunk_seconds`` is cut into windows at pauses
+(``evaluate._chunks``) that batch like files and are joined back. Words carry times from the CTC frames
+(20 ms for the papers' encoder). Results come back in input order; a bad file is a result with an ``error``.
+"""
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from wavadapt.data.audio import SAMPLE_RATE, normalize_waveform, read_audio
+from wavadapt.data.corpora import samples_at_16k
+from wavadapt.errors import AudioError, WavadaptError
+from wavadapt.evaluate import CHUNK_SECONDS, _chunks, _inference, forward_padded
+from wavadapt.model.ctc import CTCModel
+
+
+def default_batch_seconds(device: torch.device) -> float:
+    """Padded audio seconds per batch: on CPU, big batches cost more per sample (the CNN's activations leave the
+    caches: measured 24 audio-s/s at 25 s against 32 at 12.5 s on the tiny shape); a GPU wants them large."""
+    return 200.0 if device.type == "cuda" else 12.5
+
+
+@dataclass(frozen=True)
+class Request:
+    """One file to transcribe, with its task (and the format of a headerless file)."""
+
+    path: Path
+    task: str
+    raw_format: str | None = None
+
+
+@dataclass
+class Word:
+    word: str
+    start: float
+    end: float
+    """Seconds from the start of the file."""
+
+
+@dataclass
+class Transcript:
+    path: str
+    task: str
+    text: str = ""
+    words: list[Word] = field(default_factory=list)
+    duration: float = 0.0
+    error: str | None = None
+    """Why the file could not be read (its text is then empty)."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class _Piece:
+    """A file, or one window of a long file, as a batch row."""
+
+    request: int
+    samples: int
+    offset: float = 0.0
+    audio: np.ndarray | None = None
+    """Read up front for windows; files are read when their batch runs."""
+
+
+def transcribe_requests(model: CTCModel, requests: Sequence[Request], max_seconds_per_batch: float | None = None,
+                        chunk_seconds: float | None = CHUNK_SECONDS, progress: bool = False) -> list[Transcript]:
+    """Greedy transcripts of ``requests``, in their order (see the module's docstring)."""
+    unknown = sorted({r.task for r in requests} - set(model.heads))
+    if unknown:
+        raise WavadaptError(f"unknown task(s) {', '.join(unknown)}; the model has {', '.join(sorted(model.heads))}")
+    device = next(model.parameters()).device
+    cap = max_seconds_per_batch or default_batch_seconds(device)
+    results = [Transcript(str(r.path), r.task) for r in requests]
+    pieces = []
+    for i, r in enumerate(requests):
+        try:
+            samples = samples_at_16k(r.path, r.raw_format)
+            if chunk_seconds is not None and samples > chunk_seconds * SAMPLE_RATE:
+                audio = read_audio(r.path, raw=r.raw_format)
+                samples, offset = len(audio), 0
+                for window in _chunks(audio, chunk_seconds):
+                    pieces.append(_Piece(i, len(window), offset / SAMPLE_RATE, window))
+                    offset += len(window)
+            else:
+                pieces.append(_Piece(i, samples))
+            results[i].duration = samples / SAMPLE_RATE
+        except AudioError as e:
+            results[i].error = str(e)
+    decoded: dict[int, list[tuple[float, list[Word]]]] = {}
+    batches = list(_batches(pieces, cap))
+    with _inference(model):
+        for batch in tqdm(batches, desc="transcribing", unit="batch", disable=not progress):
+            for piece, words in _run(model, requests, batch, results, device):
+                decoded.setdefault(piece.request, []).append((piece.offset, words))
+    for i, found in decoded.items():
+        if results[i].error is None:
+            results[i].words = [w for _, words in sorted(found, key=lambda f: f[0]) for w in words]
+            results[i].text = " ".join(w.word for w in results[i].words)
+    return results
+
+
+def _batches(pieces: list[_Piece], cap: float) -> Iterator[list[_Piece]]:
+    """Length-sorted batches whose padded size (longest row x rows) stays under ``cap`` seconds (a longer piece
+    alone)."""
+    batch: list[_Piece] = []
+    for piece in sorted(pieces, key=lambda p: p.samples):
+        if batch and piece.samples * (len(batch) + 1) > cap * SAMPLE_RATE:
+            yield batch
+            batch = []
+        batch.append(piece)
+    if batch:
+        yield batch
+
+
+def _run(model: CTCModel, requests: Sequence[Request], batch: list[_Piece], results: list[Transcript],
+         device: torch.device) -> Iterator[tuple[_Piece, list[Word]]]:
+    """Decode one batch; a file that fails to decode now gets its error and no row."""
+    rows, waves = [], []
+    for piece in batch:
+        request = requests[piece.request]
+        try:
+            audio = piece.audio if piece.audio is not None else read_audio(request.path, raw=request.raw_format)
+        except AudioError as e:
+            results[piece.request].error = str(e)
+            continue
+        rows.append(piece)
+        waves.append(normalize_waveform(audio) if model.normalize_waveforms else audio)
+    if not rows:
+        return
+    sizes = torch.tensor([len(w) for w in waves])
+    mask = (torch.arange(int(sizes.max()))[None, :] < sizes[:, None]).int().to(device)
+    x = torch.nn.utils.rnn.pad_sequence([torch.from_numpy(w) for w in waves], batch_first=True).to(device)
+    tasks = [requests[p.request].task for p in rows]
+    if len(set(tasks)) == 1:
+        model.activate(tasks[0])
+    output = forward_padded(model, x, mask, tasks if len(set(tasks)) > 1 else None)
+    best = output.logits.argmax(-1).cpu()
+    frame = math.prod(model.backbone.config.conv_stride) / SAMPLE_RATE
+    for i, piece in enumerate(rows):
+        vocab = model.vocabularies[tasks[i]]
+        path = best[i, : output.lengths[i]].tolist()
+        yield piece, [Word(w, round(piece.offset + s * frame, 3), round(piece.offset + e * frame, 3))
+                      for w, s, e in vocab.ctc_words(path)]
