@@ -9,8 +9,10 @@ import pytest
 import torch
 from model_probes import AUDIO, LARGE_STYLE
 from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2ForCTC
+from typer.testing import CliRunner
 
 from wavadapt.checkpoint import backbone_fingerprint, load_asr_model, save_task
+from wavadapt.cli import app
 from wavadapt.data.text import Vocabulary
 from wavadapt.errors import CheckpointError, WavadaptError
 from wavadapt.interop.fairseq import read_fairseq_dictionary
@@ -164,3 +166,22 @@ def test_new_adapter_task_beside_the_checkpoints_leaves_it_unchanged(finetuned, 
     assert sorted(loaded.heads) == [TASK, "en"] and loaded.active == "en"
     assert torch.equal(_logits(loaded, "en"), _logits(model, "en"))
     assert torch.equal(_logits(loaded, TASK), before)
+
+
+def test_export_to_fairseq_round_trips_the_checkpoints_task(finetuned, tmp_path):
+    path = finetuned[0]
+    out = tmp_path / "out" / "ctc.pt"
+    runner = CliRunner()
+    result = runner.invoke(app, ["export", "--model", str(path), "--trust-pickle", "--task", TASK, "--format",
+                                 "fairseq", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    original, exported = load_asr_model(path, [], trust_pickle=True), load_asr_model(out, [], trust_pickle=True)
+    assert exported.vocabularies[TASK].tokens == original.vocabularies[TASK].tokens == FAIRSEQ_TOKENS
+    assert (out.parent / "dict.ltr.txt").is_file()
+    assert torch.equal(_logits(exported), _logits(original))
+    model = load_asr_model(path, [], trust_pickle=True)
+    prepare(model, "en", Vocabulary.build(["hello"]), MethodConfig("adapters", adapter_size=8))
+    task_file = save_task(model, "en", tmp_path / "task")
+    result = runner.invoke(app, ["export", str(task_file), "--model", str(path), "--trust-pickle", "--format",
+                                 "fairseq", "--out", str(tmp_path / "x.pt")])
+    assert result.exit_code != 0 and "runs adapters" in str(result.exception)

@@ -337,8 +337,8 @@ def load_asr_model(model: str | Path, adapters: list[Path], *, trust_pickle: boo
         asr = CTCModel(backbone).eval()
     elif family is not None:
         raise WavadaptError("--family applies to presets only: a checkpoint names its own family")
-    elif is_mms_dir(path):
-        asr = load_mms_dir(path)
+    elif is_mms_dir(path):  # one language when only it is asked for: mms-1b-all holds 1162 (10 GB in fp32)
+        asr = load_mms_dir(path, task, languages=[task] if task is not None and not adapters else None)
     elif is_ctc_dir(path):
         asr = load_ctc_dir(path)
     elif is_fairseq_file(path):

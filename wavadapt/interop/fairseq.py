@@ -13,16 +13,19 @@ A pre-training checkpoint loads as a backbone without tasks. Either way the back
 `load_backbone` of the file, so wavadapt tasks trained on that load beside the checkpoint's own.
 """
 
+import copy
 from pathlib import Path
 
-from transformers import Wav2Vec2Model
+import torch
+from transformers import Wav2Vec2ForCTC, Wav2Vec2Model
 
 from wavadapt.data.text import SPECIAL_TOKENS, Vocabulary, VocabularyError
-from wavadapt.errors import CheckpointError
+from wavadapt.errors import CheckpointError, WavadaptError
 from wavadapt.interop.hf import TASK
+from wavadapt.model.adapters import base_state
 from wavadapt.model.backbone import model_from_state
 from wavadapt.model.ctc import CTCModel
-from wavadapt.model.fairseq import open_fairseq_checkpoint
+from wavadapt.model.fairseq import open_fairseq_checkpoint, save_fairseq_checkpoint
 
 FAIRSEQ_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
 """fairseq's Dictionary: bos, pad, eos, unk at ids 0-3, before the symbols of its file."""
@@ -71,3 +74,29 @@ def load_fairseq_file(path: Path, *, trust_pickle: bool = False, vocab: Path | N
     model.heads[TASK].load_state_dict({"weight": weight, "bias": bias})
     model.activate(TASK)
     return model
+
+
+def export_fairseq(model: CTCModel, task: str | None, path: str | Path) -> Path:
+    """Write the backbone (``task`` None: a pre-training-layout checkpoint without a head) or a task that runs
+    no adapters (the backbone + its head, with its dict.ltr.txt) as a fairseq checkpoint; return its path.
+
+    Tasks on adapters have no fairseq model to hold them and are refused."""
+    backbone = model.backbone
+    if not isinstance(backbone, Wav2Vec2Model):
+        raise WavadaptError(f"fairseq's wav2vec 2.0 cannot hold a {type(backbone).__name__}")
+    if task is None:
+        return save_fairseq_checkpoint(backbone, path)
+    if task not in model.heads:
+        raise WavadaptError(f"unknown task {task!r}; the model has {sorted(model.heads)}")
+    if model.stacks[task]:
+        raise WavadaptError(f"task {task!r} runs adapters {list(model.stacks[task])}, which fairseq's Wav2VecCtc "
+                            "cannot hold: export it with --format mms (mms form) or keep its task file")
+    vocab = model.vocabularies[task]
+    config = copy.deepcopy(backbone.config)
+    config.vocab_size = len(vocab)
+    with torch.device("meta"):
+        ctc = Wav2Vec2ForCTC(config)
+    state = {f"wav2vec2.{k}": t for k, t in base_state(backbone).items()}
+    state |= {f"lm_head.{k}": t for k, t in model.heads[task].state_dict().items()}
+    ctc.load_state_dict(state, assign=True)
+    return save_fairseq_checkpoint(ctc, path, vocab=vocab, normalize=model.normalize_waveforms)
