@@ -49,7 +49,7 @@ def finetune_run(root, lang, name, method, cers=(), wer=None):
 
 
 def account(method, top_n, trainable):
-    return Account(method, top_n, 256, 12, 32, "Wav2Vec2Model", 95_000_000, trainable, {}).to_dict()
+    return Account(method, top_n, 256, "houlsby", 12, 32, "Wav2Vec2Model", 95_000_000, trainable, {}).to_dict()
 
 
 @pytest.fixture
