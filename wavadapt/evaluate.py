@@ -157,8 +157,8 @@ def evaluate(
     skipped and listed (``no_transcript``), and so are unreadable files (``skipped``). Utterances are batched
     by length (longer ones than ``max_seconds_per_batch`` are batched apart), exactly for every CNN (a padded
     row decodes as it does alone: ``CTCModel`` masks the padding); those over ``CHUNK_SECONDS`` are decoded in
-    windows as by :func:`transcribe`. With ``out_dir``, writes ``hyp.<task>.txt`` and ``ref.<task>.txt`` (``<id> <text>`` lines,
-    in input order).
+    windows as by :func:`transcribe`. With ``out_dir``, writes ``hyp.<task>.txt`` and ``ref.<task>.txt``
+    (``<id> <text>`` lines, in input order).
     """
     task = task or model.active
     if task is None:
