@@ -113,3 +113,11 @@ def test_the_command_line_reads_a_manifest_with_a_task_per_file(files, tmp_path)
     result = runner.invoke(app, ["transcribe", str(files[0]), "--model", str(backbone_dir), "--adapter", str(tasks[0]),
                                  "--format", "srt", "--out", str(tmp_path / "subs")])
     assert result.exit_code == 0 and (tmp_path / "subs" / f"{files[0].stem}.srt").read_text().startswith("1\n")
+
+
+def test_half_precision_is_a_gpu_option(files):
+    model = _two_task_model("layer")
+    with pytest.raises(WavadaptError, match="bf16 is autocast on a GPU"):
+        transcribe_requests(model, [Request(files[0], "en")], precision="bf16")
+    with pytest.raises(WavadaptError, match="choose from fp32, bf16, fp16"):
+        transcribe_requests(model, [Request(files[0], "en")], precision="int8")

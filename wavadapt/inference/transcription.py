@@ -7,6 +7,7 @@ seconds (little padding, so batching pays); each batch is one forward with every
 (20 ms for the papers' encoder). Results come back in input order; a bad file is a result with an ``error``.
 """
 
+import contextlib
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -21,6 +22,8 @@ from wavadapt.data.corpora import samples_at_16k
 from wavadapt.errors import AudioError, WavadaptError
 from wavadapt.evaluate import CHUNK_SECONDS, _chunks, _inference, forward_padded
 from wavadapt.model.ctc import CTCModel
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def default_batch_seconds(device: torch.device) -> float:
@@ -72,13 +75,11 @@ class _Piece:
 
 
 def transcribe_requests(model: CTCModel, requests: Sequence[Request], max_seconds_per_batch: float | None = None,
-                        chunk_seconds: float | None = CHUNK_SECONDS, progress: bool = False) -> list[Transcript]:
-    """Greedy transcripts of ``requests``, in their order (see the module's docstring)."""
-    unknown = sorted({r.task for r in requests} - set(model.heads))
-    if unknown:
-        raise WavadaptError(f"unknown task(s) {', '.join(unknown)}; the model has {', '.join(sorted(model.heads))}")
-    device = next(model.parameters()).device
-    cap = max_seconds_per_batch or default_batch_seconds(device)
+                        chunk_seconds: float | None = CHUNK_SECONDS, progress: bool = False,
+                        precision: str = "fp32") -> list[Transcript]:
+    """Greedy transcripts of ``requests``, in their order (see the module's docstring); ``precision`` bf16 or fp16
+    runs the model under autocast (GPU only)."""
+    _check_tasks(model, {r.task for r in requests})
     results = [Transcript(str(r.path), r.task) for r in requests]
     pieces = []
     for i, r in enumerate(requests):
@@ -86,18 +87,71 @@ def transcribe_requests(model: CTCModel, requests: Sequence[Request], max_second
             samples = samples_at_16k(r.path, r.raw_format)
             if chunk_seconds is not None and samples > chunk_seconds * SAMPLE_RATE:
                 audio = read_audio(r.path, raw=r.raw_format)
-                samples, offset = len(audio), 0
-                for window in _chunks(audio, chunk_seconds):
-                    pieces.append(_Piece(i, len(window), offset / SAMPLE_RATE, window))
-                    offset += len(window)
+                samples = len(audio)
+                pieces += _windows(i, audio, chunk_seconds)
             else:
                 pieces.append(_Piece(i, samples))
             results[i].duration = samples / SAMPLE_RATE
         except AudioError as e:
             results[i].error = str(e)
+    return _decode_pieces(model, requests, pieces, results, max_seconds_per_batch, progress, precision)
+
+
+def transcribe_waveforms(model: CTCModel, items: Sequence[tuple[np.ndarray, str]], names: Sequence[str] | None = None,
+                         max_seconds_per_batch: float | None = None,
+                         chunk_seconds: float | None = CHUNK_SECONDS) -> list[Transcript]:
+    """Greedy transcripts of decoded audio (16 kHz mono float32, with its task), in order: ``transcribe_requests``
+    for audio already in memory (a server's uploads); ``names`` become the transcripts' paths."""
+    _check_tasks(model, {task for _, task in items})
+    names = names or [f"<audio {i}>" for i in range(len(items))]
+    requests = [Request(Path(name), task) for name, (_, task) in zip(names, items, strict=True)]
+    results = [Transcript(name, task, duration=len(audio) / SAMPLE_RATE)
+               for name, (audio, task) in zip(names, items, strict=True)]
+    pieces = [piece for i, (audio, _) in enumerate(items) for piece in _windows(i, audio, chunk_seconds)]
+    return _decode_pieces(model, requests, pieces, results, max_seconds_per_batch)
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision not in PRECISIONS:
+        raise WavadaptError(f"precision {precision!r}: choose from {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if device.type != "cuda":
+        raise WavadaptError(f"precision {precision} is autocast on a GPU; on {device.type} transcription runs in fp32")
+    return torch.autocast("cuda", dtype=PRECISIONS[precision])
+
+
+def compile_model(model: CTCModel) -> None:
+    """Compile the backbone's forward with torch.compile (dynamic shapes; the module and its names stay). Each new
+    batch shape compiles first: 130 s, then 65 s per new shape, for the tiny shape on this 2-core CPU, after which
+    it ran 2.3x faster than eager (transcripts compared in benchmarks/inference.py). Pays on long runs only."""
+    model.backbone.forward = torch.compile(model.backbone.forward, dynamic=True)
+
+
+def _check_tasks(model: CTCModel, tasks: set[str]) -> None:
+    unknown = sorted(tasks - set(model.heads))
+    if unknown:
+        raise WavadaptError(f"unknown task(s) {', '.join(unknown)}; the model has {', '.join(sorted(model.heads))}")
+
+
+def _windows(request: int, audio: np.ndarray, chunk_seconds: float | None) -> list[_Piece]:
+    """Audio in memory as its windows (one when it is short), each placed at its offset in the file."""
+    pieces, offset = [], 0
+    for window in _chunks(audio, chunk_seconds):
+        pieces.append(_Piece(request, len(window), offset / SAMPLE_RATE, window))
+        offset += len(window)
+    return pieces
+
+
+def _decode_pieces(model: CTCModel, requests: Sequence[Request], pieces: list[_Piece], results: list[Transcript],
+                   max_seconds_per_batch: float | None, progress: bool = False,
+                   precision: str = "fp32") -> list[Transcript]:
+    """Run the pieces in length-sorted batches and join each file's windows back into its transcript."""
+    device = next(model.parameters()).device
+    autocast = _autocast(device, precision)
+    batches = list(_batches(pieces, max_seconds_per_batch or default_batch_seconds(device)))
     decoded: dict[int, list[tuple[float, list[Word]]]] = {}
-    batches = list(_batches(pieces, cap))
-    with _inference(model):
+    with _inference(model), autocast:
         for batch in tqdm(batches, desc="transcribing", unit="batch", disable=not progress):
             for piece, words in _run(model, requests, batch, results, device):
                 decoded.setdefault(piece.request, []).append((piece.offset, words))
