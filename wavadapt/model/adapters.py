@@ -27,12 +27,31 @@ It is attached by a forward hook on the whole encoder layer and lives under
 Adapter sets are keyed by name (``en``, ``es``, ``es/asr``). The active *stack* is a tuple of names
 applied bottom-up (a task adapter on top of a language adapter, MAD-X style); it may be one stack for
 the whole batch or one per batch element (mixed-language batches).
+
+Routing. When every row runs the same stack, each set's own modules run on the whole batch, as in training.
+A mixed batch runs as one forward whatever the number of distinct stacks, the way multi-LoRA servers do
+(Punica's BGMV, S-LoRA): each hook stacks its layer's sets into tables (sets × D × r, ...), gathers every
+row's entry and runs one ``torch.baddbmm`` per projection. Stack position k is one gathered pass: row i
+applies the k-th set of its stack there, or the table's last, all-zero *identity* entry where its stack is
+shorter or its set does not cover the layer (Houlsby: a zero layer-norm gain and bias make the adapter's
+x + LN(·)·0 + 0 = x; mms: a zero ``linear_2`` adds 0). A position where every row has the same entry runs
+that set's module ungathered (or nothing). Sets of different bottleneck sizes are zero-padded to the
+layer's largest (exact: padded units get zero weights both ways), so a small set costs as much as the
+largest beside it; sets of different activations share a gathered pass, each activation applied to the
+whole pass and selected per row (exact; one more elementwise pass per extra activation). Per-task layer
+norms normalise without affine parameters and scale and shift each row by its gathered gain and bias.
+The tables are built from the live Parameters whenever autograd needs them (so gradients reach each
+set's own Parameters) and are otherwise cached until a Parameter is replaced or changed in place (its
+``_version``; changes made through ``.data`` bypass that counter and are not seen). The cache is a second
+copy of the sets' weights (memory for speed) held as a plain attribute: parameter names and state-dict keys
+are unchanged. The loop over distinct stacks that the
+gathered routing replaced stays available (:func:`grouped_routing`) as the baseline it is measured by.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -71,6 +90,10 @@ class AdapterConfig:
 class Bottleneck(nn.Module):
     """x + LN(up(act(down(x)))): (B, T, D) -> (B, T, D)."""
 
+    pre_norm = False
+    """The layer norm follows the projections (MmsAdapter's precedes them). The gathered routing reads both forms
+    by Bottleneck's names: ``down``, ``act``, ``up``, ``norm``."""
+
     def __init__(self, dim: int, size: int, activation: str = "relu", init_scale: float = 1e-3):
         super().__init__()
         if activation not in ACTIVATIONS:
@@ -93,6 +116,12 @@ class Bottleneck(nn.Module):
 class MmsAdapter(Wav2Vec2AttnAdapterLayer):
     """transformers' MMS adapter layer (same parameters, same names) with its residual: x + adapter(x)."""
 
+    pre_norm = True
+    # Bottleneck's names for transformers' modules (properties: no second registration, names unchanged).
+    down = property(lambda self: self.linear_1)
+    up = property(lambda self: self.linear_2)
+    act = property(lambda self: self.act_fn)
+
     def __init__(self, dim: int, size: int, init_scale: float = 1e-3):
         super().__init__(Wav2Vec2Config(hidden_size=dim, adapter_attn_dim=size))
         nn.init.normal_(self.linear_1.weight, std=0.02)  # transformers' initializer_range
@@ -109,28 +138,116 @@ class Routing:
 
     def __init__(self) -> None:
         self.stacks: Stack | list[Stack] | None = None
+        self.grouped = False
+        """Run mixed batches by the loop over distinct stacks instead of gathering (see `grouped_routing`)."""
 
-    def groups(self, batch_size: int) -> Iterator[tuple[Stack, torch.Tensor | None]]:
-        """Yield (stack, batch indices or None for the whole batch) for the current routing."""
-        if self.stacks is None or isinstance(self.stacks, tuple):
-            yield (self.stacks or ()), None
-            return
+    def uniform(self, batch_size: int) -> Stack | None:
+        """The stack every row runs, or None when rows differ."""
+        if not isinstance(self.stacks, list):
+            return self.stacks or ()
         if len(self.stacks) != batch_size:
             raise WavadaptError(f"routing names {len(self.stacks)} stacks for a batch of {batch_size}")
+        distinct = set(self.stacks)
+        return next(iter(distinct), ()) if len(distinct) <= 1 else None
+
+    def groups(self) -> Iterator[tuple[Stack, torch.Tensor]]:
+        """Yield (stack, batch indices) for each distinct stack of a per-row routing."""
         for stack in dict.fromkeys(self.stacks):
             yield stack, torch.tensor([i for i, s in enumerate(self.stacks) if s == stack])
 
+    def positions(self) -> list[list[str | None]]:
+        """Per stack position, bottom first, each row's set name there (None past the end of its stack)."""
+        depth = max(map(len, self.stacks))
+        return [[s[k] if k < len(s) else None for s in self.stacks] for k in range(depth)]
+
 
 def _apply_grouped(routing: Routing, x: torch.Tensor, fn) -> torch.Tensor:
-    """Apply fn(stack, rows) to each routing group of x's batch dimension."""
-    groups = list(routing.groups(x.shape[0]))
-    if len(groups) == 1 and groups[0][1] is None:
-        return fn(groups[0][0], x)
+    """Apply fn(stack, rows) to each routing group of x's batch dimension: one pass per distinct stack."""
     out = x
-    for stack, index in groups:
+    for stack, index in routing.groups():
         index = index.to(x.device)
         out = out.index_copy(0, index, fn(stack, x.index_select(0, index)))
     return out
+
+
+class StackedTables:
+    """Tensors of several sets stacked along a new first dimension, built by ``build``: from the live Parameters
+    when autograd needs them, else cached until one of ``params`` is replaced or changed in place."""
+
+    def __init__(self) -> None:
+        self.key: list[tuple[int, int]] = []
+        """(address, version) of each Parameter the tables were built from."""
+        self.sources: list[torch.Tensor] = []
+        """Detached views of those Parameters: they keep the storage alive, so that a replacement cannot reuse
+        the address."""
+        self.tables: list[torch.Tensor] = []
+
+    def get(self, params: list[nn.Parameter], build: Callable[[], list[torch.Tensor]]) -> list[torch.Tensor]:
+        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+            return build()
+        key = [(p.data_ptr(), p._version) for p in params]
+        if key != self.key:
+            # Normal tensors even under inference_mode: they may later meet autograd (frozen sets, x needing grad).
+            with torch.inference_mode(False), torch.no_grad():
+                self.tables = build()
+                self.sources = [p.detach() for p in params]
+            self.key = key
+        return self.tables
+
+
+def _stacked(tensors: list[torch.Tensor], shape: Sequence[int], identity: bool) -> torch.Tensor:
+    """(N[+1], *shape): the tensors zero-padded to ``shape``, then an all-zero entry if ``identity``."""
+    def padded(t: torch.Tensor) -> torch.Tensor:  # pad's widths run from the last dimension back
+        return nn.functional.pad(t, [w for have, want in zip(t.shape[::-1], shape[::-1], strict=True)
+                                     for w in (0, want - have)])
+
+    rows = [padded(t) for t in tensors]
+    return torch.stack(rows + [rows[0].new_zeros(shape)] * identity)
+
+
+def _bottleneck_tables(blocks: list[nn.Module]) -> list[torch.Tensor]:
+    """Down (S+1, D, r), down bias (S+1, r), up (S+1, r, D), up bias, norm gain, norm bias (S+1, D) of S
+    Bottleneck or MmsAdapter blocks, zero-padded to the largest r; the last entry is the identity (all zeros)."""
+    dim, size = blocks[0].up.out_features, max(b.down.out_features for b in blocks)
+    return [
+        _stacked([b.down.weight.T for b in blocks], (dim, size), identity=True),
+        _stacked([b.down.bias for b in blocks], (size,), identity=True),
+        _stacked([b.up.weight.T for b in blocks], (size, dim), identity=True),
+        _stacked([b.up.bias for b in blocks], (dim,), identity=True),
+        _stacked([b.norm.weight for b in blocks], (dim,), identity=True),
+        _stacked([b.norm.bias for b in blocks], (dim,), identity=True),
+    ]
+
+
+def _scale_shift(x: torch.Tensor, gain: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """(B, T, D) x scaled and shifted by per-row (B, D) gain and shift."""
+    return torch.addcmul(shift.unsqueeze(1), x, gain.unsqueeze(1))
+
+
+def _activate(h: torch.Tensor, activations: list[nn.Module | None]) -> torch.Tensor:
+    """Each row's activation (None: an identity row, whose output is zero whatever it gets); one pass per
+    distinct activation."""
+    kinds = {type(a): a for a in activations if a is not None}
+    if len(kinds) == 1:
+        return next(iter(kinds.values()))(h)
+    out = h
+    for kind, act in kinds.items():
+        rows = torch.tensor([type(a) is kind for a in activations], device=h.device)
+        out = torch.where(rows.view(-1, 1, 1), act(h), out)
+    return out
+
+
+def _gathered_bottleneck(x: torch.Tensor, tables: list[torch.Tensor], index: torch.Tensor,
+                         activations: list[nn.Module | None], pre_norm: bool, eps: float) -> torch.Tensor:
+    """x + row i's adapter entry ``index[i]`` of the tables, all rows in one batched matmul per projection."""
+    down, down_bias, up, up_bias, gain, shift = (t.index_select(0, index) for t in tables)
+
+    def norm(h: torch.Tensor) -> torch.Tensor:
+        return _scale_shift(nn.functional.layer_norm(h, h.shape[-1:], eps=eps), gain, shift)
+
+    h = torch.baddbmm(down_bias.unsqueeze(1), norm(x) if pre_norm else x, down)
+    h = torch.baddbmm(up_bias.unsqueeze(1), _activate(h, activations), up)
+    return x + (h if pre_norm else norm(h))
 
 
 class LayerAdapters(nn.Module):
@@ -141,6 +258,8 @@ class LayerAdapters(nn.Module):
         self.sets = nn.ModuleDict()
         self.routing = routing
         self.hooked_forms: set[str] = set()
+        self.tables: dict[str, StackedTables] = {}
+        """The gathered routing's stacked weights per hook kind (a plain attribute: no state-dict keys)."""
 
     def _run(self, which: str, stack: Stack, x: torch.Tensor) -> torch.Tensor:
         for name in stack:
@@ -148,18 +267,41 @@ class LayerAdapters(nn.Module):
                 x = self.sets[name][which](x)
         return x
 
+    def _adapt(self, which: str, x: torch.Tensor) -> torch.Tensor:
+        stack = self.routing.uniform(x.shape[0])
+        if stack is not None:
+            return self._run(which, stack, x)
+        if self.routing.grouped:
+            return _apply_grouped(self.routing, x, lambda s, rows: self._run(which, s, rows))
+        return self._gathered(which, x)
+
+    def _gathered(self, which: str, x: torch.Tensor) -> torch.Tensor:
+        names = [n for n, block in self.sets.items() if which in block]
+        blocks = [self.sets[n][which] for n in names]
+        position = {n: i for i, n in enumerate(names)}
+        identity = len(names)
+        for row_names in self.routing.positions():
+            index = [position.get(n, identity) for n in row_names]
+            if len(set(index)) == 1:  # one entry for every row: no gather
+                x = x if index[0] == identity else blocks[index[0]](x)
+                continue
+            params = [p for b in blocks for p in b.parameters()]
+            tables = self.tables.setdefault(which, StackedTables()).get(params, lambda: _bottleneck_tables(blocks))
+            activations = [blocks[i].act if i < identity else None for i in index]
+            x = _gathered_bottleneck(x, tables, torch.tensor(index, device=x.device), activations,
+                                     blocks[0].pre_norm, blocks[0].norm.eps)
+        return x
+
     def attention_hook(self, module, args, output):
         # Attention modules return (hidden, weights, ...): adapt the hidden states only.
-        hidden = _apply_grouped(self.routing, output[0], lambda s, x: self._run("attention", s, x))
-        return (hidden, *output[1:])
+        return (self._adapt("attention", output[0]), *output[1:])
 
     def feed_forward_hook(self, module, args, output):
-        return _apply_grouped(self.routing, output, lambda s, x: self._run("feed_forward", s, x))
+        return self._adapt("feed_forward", output)
 
     def layer_hook(self, module, args, output):
         # wav2vec2 and HuBERT layers return the hidden states, WavLM's (hidden, position bias).
-        hidden = output[0] if isinstance(output, tuple) else output
-        hidden = _apply_grouped(self.routing, hidden, lambda s, x: self._run("adapter_layer", s, x))
+        hidden = self._adapt("adapter_layer", output[0] if isinstance(output, tuple) else output)
         return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
     def hook(self, layer: nn.Module, form: str) -> None:
@@ -187,6 +329,7 @@ class TaskLayerNorm(nn.LayerNorm):
         ln.weight, ln.bias = base.weight, base.bias  # the same Parameter objects: names unchanged
         ln.tasks = nn.ModuleDict()
         ln.routing = routing
+        ln.table = StackedTables()  # per-row gains and biases of a mixed batch
         return ln
 
     def add_task(self, name: str, init_from: str | None) -> None:
@@ -197,12 +340,31 @@ class TaskLayerNorm(nn.LayerNorm):
             copy.bias.copy_(source.bias)
         self.tasks[name] = copy
 
+    def _owner(self, stack: Stack) -> int:
+        """0 for the base parameters, else 1 + the index in ``tasks`` of the stack's topmost set with a copy."""
+        names = list(self.tasks)
+        return next((1 + names.index(n) for n in reversed(stack) if n in self.tasks), 0)
+
     def _norm(self, stack: Stack, x: torch.Tensor) -> torch.Tensor:
         owner = next((self.tasks[n] for n in reversed(stack) if n in self.tasks), self)
         return nn.functional.layer_norm(x, self.normalized_shape, owner.weight, owner.bias, self.eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _apply_grouped(self.routing, x, self._norm)
+        stack = self.routing.uniform(x.shape[0])
+        if stack is not None:
+            return self._norm(stack, x)
+        if self.routing.grouped:
+            return _apply_grouped(self.routing, x, self._norm)
+        owners = [self._owner(s) for s in self.routing.stacks]
+        if len(set(owners)) == 1:
+            return self._norm(self.routing.stacks[0], x)
+        norms = [self, *self.tasks.values()]
+        params = [p for n in norms for p in (n.weight, n.bias)]
+        gains, shifts = self.table.get(params, lambda: [_stacked(params[i::2], self.normalized_shape, identity=False)
+                                                        for i in (0, 1)])
+        index = torch.tensor(owners, device=x.device)
+        normed = nn.functional.layer_norm(x, self.normalized_shape, eps=self.eps)
+        return _scale_shift(normed, gains.index_select(0, index), shifts.index_select(0, index))
 
 
 def encoder_of(model: nn.Module) -> nn.Module:
@@ -293,6 +455,24 @@ def add_adapter(model: nn.Module, name: str, config: AdapterConfig, init_layer_n
     _registry(model)[name] = config
 
 
+def remove_adapter(model: nn.Module, name: str) -> None:
+    """Take adapter set ``name`` out of every layer and layer norm (a server dropping a task); the other sets and
+    the base parameters are untouched. The gathered tables rebuild, as their Parameters changed."""
+    if name not in adapter_names(model):
+        raise WavadaptError(f"unknown adapter set {name!r}; the model has {adapter_names(model)}")
+    encoder = encoder_of(model)
+    for module in encoder.modules():
+        if isinstance(module, LayerAdapters) and name in module.sets:
+            del module.sets[name]
+        elif isinstance(module, TaskLayerNorm) and name in module.tasks:
+            del module.tasks[name]
+    routing = _routing(model)
+    stacks = [routing.stacks] if isinstance(routing.stacks, tuple) else routing.stacks or []
+    if any(name in stack for stack in stacks):
+        routing.stacks = None
+    del _registry(model)[name]
+
+
 def _registry(model: nn.Module) -> dict[str, AdapterConfig]:
     encoder = encoder_of(model)
     if not hasattr(encoder, "adapter_configs"):
@@ -340,6 +520,18 @@ def disable_adapters(model: nn.Module):
         yield
     finally:
         routing.stacks = saved
+
+
+@contextlib.contextmanager
+def grouped_routing(model: nn.Module):
+    """Inside the block, run mixed batches by the loop over distinct stacks (one pass of index_select /
+    index_copy per stack), the routing the gathered one replaced: the baseline it is benchmarked against."""
+    routing = _routing(model)
+    saved, routing.grouped = routing.grouped, True
+    try:
+        yield
+    finally:
+        routing.grouped = saved
 
 
 def is_adapter_key(key: str) -> bool:
