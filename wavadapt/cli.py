@@ -227,12 +227,16 @@ def transcribe_files(
     trust_pickle: TrustPickle = False,
     vocab: VocabOption = None,
     raw_format: RawFormatOption = None,
+    precision: Annotated[str, typer.Option(help="fp32, or bf16 / fp16 autocast on a GPU.")] = "fp32",
+    compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the backbone (minutes to compile "
+                                                "each new batch shape; for long runs).")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Transcribe many files in length-sorted batches that mix tasks (greedy CTC); each unreadable file gets one
     error line on stderr, the others are still transcribed, and the exit status is then 1."""
     from wavadapt.data.audio import RawFormat, is_headerless
     from wavadapt.data.corpora import read_manifest
+    from wavadapt.inference import transcription
     from wavadapt.inference.formats import FORMATS, SUBTITLES, jsonl_line, subtitles, tsv_line
     from wavadapt.inference.transcription import Request, transcribe_requests
 
@@ -249,8 +253,10 @@ def transcribe_files(
                          for u in read_manifest(f)]
         else:
             requests.append(Request(f, asr.active, raw if is_headerless(f) else None))
+    if compile_model:
+        transcription.compile_model(asr)
     results = transcribe_requests(asr, requests, max_seconds_per_batch, chunk_seconds,
-                                  progress=progress and len(requests) > 8)
+                                  progress=progress and len(requests) > 8, precision=precision)
     good = [t for t in results if t.error is None]
     for t in results:
         if t.error is not None:
@@ -345,9 +351,12 @@ def info(
         bool, typer.Option("--pretraining", help="Include wav2vec 2.0's quantizer and projections.")
     ] = False,
     trust_pickle: TrustPickle = False,
+    adapters: Annotated[Path | None, typer.Option(help="A directory of task files to list with the model's own "
+                                                  "tasks, each with its parameters and memory.")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
-    """Summarise a backbone's architecture and count its parameters by component."""
+    """Summarise a backbone's architecture and count its parameters by component; list the tasks it serves (its
+    own, a fine-tuned or MMS checkpoint's, and those of --adapters)."""
     import json
 
     import torch
@@ -374,7 +383,16 @@ def info(
         load = load_pretraining_model if pretraining else load_backbone
         built = load(model, trust_pickle=trust_pickle)
     summary = describe(built)
-    typer.echo(json.dumps(summary, indent=2) if json_output else format_description(summary))
+    if adapters is not None or model not in PRESETS:
+        from wavadapt.inference.registry import Registry, format_tasks
+
+        registry = Registry.load(model, Registry.task_files(adapters) if adapters else [], trust_pickle=trust_pickle)
+        summary["tasks"] = [t.to_dict() for t in registry.tasks()]
+        summary["backbone_bytes"] = registry.backbone_bytes()
+    text = format_description(summary)
+    if summary.get("tasks"):
+        text += "\n" + format_tasks(registry)
+    typer.echo(json.dumps(summary, indent=2) if json_output else text)
 
 
 @app.command()

@@ -1,0 +1,126 @@
+"""The adapter registry: every task a directory holds, on one frozen backbone, added and removed while it serves.
+
+A registry owns one CTCModel. ``load`` takes a backbone (a preset, a transformers / fairseq checkpoint, an MMS
+directory with its languages, a fine-tuned checkpoint with its own head) and the task files of a directory;
+``add`` loads one more task file at run time, refusing one trained on another backbone with both fingerprints
+named (`checkpoint.load_task`); ``remove`` takes a task and the adapter set only it used out again. Nothing
+reloads the backbone. ``tasks`` lists what is served with each task's parameters and memory.
+"""
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from wavadapt.checkpoint import load_asr_model, load_task
+from wavadapt.errors import CheckpointError, WavadaptError
+from wavadapt.model.adapters import adapter_config, adapter_names, adapter_parameters, remove_adapter
+from wavadapt.model.ctc import CTCModel
+
+
+@dataclass
+class TaskInfo:
+    """One served task: its adapter stack and form, vocabulary size, and its own parameters (adapter set + head)."""
+
+    task: str
+    stack: list[str]
+    form: str | None
+    tokens: int
+    parameters: int
+    bytes: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Registry:
+    """Tasks on one backbone (see the module's docstring)."""
+
+    def __init__(self, model: CTCModel):
+        self.model = model
+
+    @classmethod
+    def load(cls, backbone: str | Path, task_files: Sequence[Path] = (), *, trust_pickle: bool = False,
+             vocab: Path | None = None) -> "Registry":
+        """The backbone with its own tasks, then ``task_files`` in order (a language adapter before a task on it)."""
+        return cls(load_asr_model(backbone, list(task_files), trust_pickle=trust_pickle, vocab=vocab))
+
+    @staticmethod
+    def task_files(directory: Path) -> list[Path]:
+        """The wavadapt task files of ``directory`` in an order that loads each after the sets it is stacked on."""
+        if not directory.is_dir():
+            raise CheckpointError(f"{directory}: no such directory of task files")
+        pending = {f: _stacked_on(f) for f in sorted(directory.glob("adapter.*.json"))}
+        order, loaded = [], set()
+        while pending:
+            ready = [f for f, below in pending.items() if below <= loaded]
+            if not ready:  # the rest need sets no file here holds: load_task names what is missing
+                ready = list(pending)
+            for f in ready:
+                order.append(f)
+                loaded.add(_read(f).get("task"))
+                del pending[f]
+        return order
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self.model.heads)
+
+    def add(self, task_file: Path) -> str:
+        """Load one more task file; the backbone and the other tasks are untouched."""
+        return load_task(self.model, task_file)
+
+    def remove(self, task: str) -> None:
+        """Drop a task, and its own adapter set unless another task's stack uses it."""
+        if task not in self.model.heads:
+            raise WavadaptError(f"unknown task {task!r}; the registry has {', '.join(self.names)}")
+        stack = self.model.stacks.pop(task)
+        del self.model.heads[task], self.model.vocabularies[task]
+        used = {name for s in self.model.stacks.values() for name in s}
+        for name in stack:
+            if name not in used and name in adapter_names(self.model.backbone):
+                remove_adapter(self.model.backbone, name)
+        if self.model.active == task:
+            self.model.active = None
+
+    def tasks(self) -> list[TaskInfo]:
+        """Every task with what it adds to the backbone: its head and the adapter set named like it."""
+        infos = []
+        for task in self.names:
+            own = {}
+            if task in adapter_names(self.model.backbone):
+                own = adapter_parameters(self.model.backbone, task)
+            params = [*own.values(), *self.model.heads[task].parameters()]
+            form = adapter_config(self.model.backbone, task).form if own else None
+            infos.append(TaskInfo(task, list(self.model.stacks[task]), form, len(self.model.vocabularies[task]),
+                                  sum(p.numel() for p in params), sum(p.numel() * p.element_size() for p in params)))
+        return infos
+
+    def backbone_bytes(self) -> int:
+        """Memory of the shared frozen backbone's own weights."""
+        own = {id(p) for name in adapter_names(self.model.backbone)
+               for p in adapter_parameters(self.model.backbone, name).values()}
+        return sum(p.numel() * p.element_size() for p in self.model.backbone.parameters() if id(p) not in own)
+
+
+def format_tasks(registry: Registry) -> str:
+    """A table of the registry's tasks: stack, form, tokens, parameters and memory beside the backbone's."""
+    mb = 1e6
+    lines = [f"tasks on one backbone ({registry.backbone_bytes() / mb:.1f} MB):",
+             f"  {'task':<16}{'stack':<24}{'form':<9}{'tokens':>7}{'parameters':>12}{'MB':>9}"]
+    for t in registry.tasks():
+        lines.append(f"  {t.task:<16}{' + '.join(t.stack) or '-':<24}{t.form or '-':<9}{t.tokens:>7}"
+                     f"{t.parameters:>12,}{t.bytes / mb:>9.2f}")
+    return "\n".join(lines)
+
+
+def _read(path: Path) -> dict:
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: cannot read task file ({e})") from None
+    return info if isinstance(info, dict) else {}
+
+
+def _stacked_on(path: Path) -> set[str]:
+    return set((_read(path).get("backbone") or {}).get("stacked_on") or [])
