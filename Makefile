@@ -1,9 +1,10 @@
 # `make demo` and `make test` each set up everything they need on a fresh Debian machine:
-# the system packages (espeak-ng speaks the synthetic corpus, fortunes-* hold its sentences),
+# the system packages (espeak-ng speaks the synthetic corpus, fortunes-* hold its sentences, chromium runs the
+# server page's test),
 # a virtual environment in .venv, and the package with its pinned dependencies.
 PYTHON ?= python3
 VENV := .venv
-SYSTEM_PACKAGES := espeak-ng fortunes fortunes-es fortunes-de fortunes-it
+SYSTEM_PACKAGES := espeak-ng fortunes fortunes-es fortunes-de fortunes-it chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test setup system-packages shipped-model
@@ -33,7 +34,7 @@ shipped-model: setup
 	  build/shipped/stage2/run.json build/shipped/stage2/log.csv $(SHIPPED)/
 
 system-packages:
-	@if ! command -v espeak-ng >/dev/null || [ ! -d /usr/share/games/fortunes/es ] \
+	@if ! command -v espeak-ng >/dev/null || ! command -v chromium >/dev/null || [ ! -d /usr/share/games/fortunes/es ] \
 	    || [ ! -d /usr/share/games/fortunes/de ] || [ ! -d /usr/share/games/fortunes/it ]; then \
 	  echo "Installing system packages: $(SYSTEM_PACKAGES)"; \
 	  $(SUDO) apt-get update -qq && \

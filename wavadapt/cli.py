@@ -433,6 +433,36 @@ def export(
     typer.echo(f"{export_mms(asr, tasks, out)}: {', '.join(tasks)} in the MMS layout")
 
 
+@app.command()
+def serve(
+    model: ModelOption,
+    adapters: Annotated[Path | None, typer.Option(help="A directory of task files (adapter.<task>.json) to serve "
+                                                  "beside the model's own tasks.")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on (loopback by default: only this machine).")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="Port to listen on (0: a free one).")] = 8000,
+    max_wait_ms: Annotated[float, typer.Option(help="How long a request waits for others to share its batch.")] = (
+        10.0
+    ),
+    max_batch_seconds: Annotated[float | None, typer.Option(help="Padded audio seconds per batch (default: 12.5 "
+                                                            "on CPU, 200 on GPU).")] = None,
+    max_queue: Annotated[int, typer.Option(help="Requests that may wait; more get 429 with Retry-After.")] = 256,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest upload (413 beyond).")] = 25.0,
+    max_audio_seconds: Annotated[float, typer.Option(help="Longest audio (413 beyond).")] = 600.0,
+    api_key: Annotated[str | None, typer.Option(envvar="WAVADAPT_API_KEY", help="Refuse /v1 and /metrics requests "
+                                                "without Authorization: Bearer KEY (401).")] = None,
+    trust_pickle: TrustPickle = False,
+) -> None:
+    """Serve the model's tasks over an OpenAI-compatible HTTP API (POST /v1/audio/transcriptions, GET /v1/models),
+    with /health, Prometheus /metrics and a page at / to try it; requests share mixed-task batches."""
+    from wavadapt.inference.server import serve as run_server
+
+    run_server(model, adapters, host, port, trust_pickle=trust_pickle, echo=typer.echo, max_wait_ms=max_wait_ms,
+               max_batch_seconds=max_batch_seconds, max_queue=max_queue, max_upload_mb=max_upload_mb,
+               max_audio_seconds=max_audio_seconds, api_key=api_key)
+
+
 # --- training commands ---
 
 

@@ -1,0 +1,297 @@
+"""An OpenAI-compatible transcription server over a registry of adapter tasks on one backbone.
+
+``POST /v1/audio/transcriptions`` takes what OpenAI's takes (multipart ``file``, ``model`` = a task, ``language``,
+``response_format`` json | text | verbose_json | srt | vtt), so its clients work unchanged; ``GET /v1/models`` lists
+the tasks, ``/health`` and ``/metrics`` (Prometheus) report, ``/`` is a page to try it. The server is a thin layer:
+uploads pass the audio gate (`uploads.read_upload`), the `batcher.Batcher` runs them in mixed-task batches through
+`transcription.transcribe_waveforms`, `formats` writes subtitles. Errors come back in OpenAI's shape, with the
+status that says whose fault it is; nothing a client sends stops the server.
+"""
+
+import contextlib
+import hmac
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import uvicorn
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+
+from wavadapt.errors import AudioError, WavadaptError
+from wavadapt.evaluate import CHUNK_SECONDS
+from wavadapt.inference.batcher import Batcher, BatcherClosed, QueueFull
+from wavadapt.inference.formats import cues, subtitles
+from wavadapt.inference.metrics import ServerMetrics
+from wavadapt.inference.registry import Registry, format_tasks
+from wavadapt.inference.transcription import Transcript
+from wavadapt.inference.uploads import TooLarge, read_upload
+
+RESPONSE_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
+_MEDIA_TYPES = {"text": "text/plain", "srt": "application/x-subrip", "vtt": "text/vtt"}
+_PAGE = Path(__file__).parent / "static" / "index.html"
+_FORM_OVERHEAD = 64 * 1024
+"""Bytes a multipart body carries besides the file (boundaries, the other fields)."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    max_wait_ms: float = 10.0
+    """How long a request waits for others to share its batch."""
+    max_batch_seconds: float | None = None
+    """Padded audio seconds per batch (longest x rows; default: 12.5 on CPU, 200 on GPU)."""
+    max_queue: int = 256
+    """Requests waiting beyond this are refused with 429."""
+    max_upload_mb: float = 25.0
+    max_audio_seconds: float = 600.0
+    chunk_seconds: float = CHUNK_SECONDS
+    """Longer audio is decoded in windows cut at pauses."""
+    api_key: str | None = None
+    """When set, /v1 and /metrics need ``Authorization: Bearer <api_key>``."""
+
+    @property
+    def max_bytes(self) -> int:
+        return int(self.max_upload_mb * 1e6)
+
+
+class _Refused(Exception):
+    """A request answered with an error status, in OpenAI's error shape."""
+
+    def __init__(self, status: int, message: str, code: str, param: str | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.code, self.param, self.headers = status, message, code, param, headers
+
+
+def task_language(task: str) -> str:
+    """The language a task transcribes: its name up to the first ``/`` (``es`` for ``es/asr``; MMS tasks are named
+    by their language)."""
+    return task.split("/")[0]
+
+
+def create_app(registry: Registry, config: ServerConfig = ServerConfig()) -> FastAPI:
+    """The server's FastAPI app over ``registry``; its batcher runs while the app's lifespan does."""
+    if not registry.names:
+        raise WavadaptError("no tasks to serve: the model has no task with a head; give a directory of task files")
+    started = int(time.time())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        async with Batcher(registry.model, max_wait_s=config.max_wait_ms / 1000,
+                           max_batch_seconds=config.max_batch_seconds, max_queue=config.max_queue,
+                           chunk_seconds=config.chunk_seconds, on_batch=metrics.record_batch) as batcher:
+            app.state.batcher = batcher
+            yield
+
+    app = FastAPI(title="wavadapt", lifespan=lifespan, docs_url=None, redoc_url=None)
+    metrics = ServerMetrics(lambda: app.state.batcher.queued if hasattr(app.state, "batcher") else 0)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        """Refuse before reading the body (a missing key, a declared size over the limit); count transcriptions."""
+        start = time.perf_counter()
+        path = request.url.path
+        try:
+            if config.api_key is not None and (path.startswith("/v1/") or path == "/metrics"):
+                _check_key(request.headers.get("authorization", ""), config.api_key)
+            declared = request.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > config.max_bytes + _FORM_OVERHEAD:
+                raise _Refused(413, f"the request is {int(declared):,} bytes; the limit is {config.max_bytes:,} "
+                               "bytes of audio", "file_too_large", "file")
+            response = await call_next(request)
+        except _Refused as e:
+            response = _error(e)
+        if path == "/v1/audio/transcriptions":
+            metrics.record_request(getattr(request.state, "task", "-"), response.status_code,
+                                   time.perf_counter() - start)
+        return response
+
+    @app.exception_handler(_Refused)
+    async def refused(request: Request, e: _Refused) -> JSONResponse:
+        return _error(e)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, e: RequestValidationError) -> JSONResponse:
+        problems = [f"{'.'.join(str(p) for p in err['loc'][1:]) or 'body'}: {err['msg']}" for err in e.errors()]
+        return _error(_Refused(422, "; ".join(problems), "invalid_request"))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, e: HTTPException) -> JSONResponse:
+        return _error(_Refused(e.status_code, str(e.detail), "http_error", headers=e.headers))
+
+    @app.post("/v1/audio/transcriptions")
+    async def transcriptions(request: Request, file: Annotated[UploadFile, File()], model: Annotated[str, Form()],
+                             language: Annotated[str | None, Form()] = None,
+                             response_format: Annotated[str, Form()] = "json") -> Response:
+        task = _task_of(registry, model, language)
+        request.state.task = task
+        if response_format not in RESPONSE_FORMATS:
+            raise _Refused(400, f"response_format {response_format!r}: choose from {', '.join(RESPONSE_FORMATS)}",
+                           "invalid_response_format", "response_format")
+        batcher: Batcher = request.app.state.batcher
+        if batcher.queued >= config.max_queue:  # before spending a decode on it
+            raise _busy(batcher)
+        name = file.filename or "upload"
+        try:
+            audio = await run_in_threadpool(read_upload, file.file, name, config.max_bytes, config.max_audio_seconds)
+            transcript = await batcher.transcribe(audio, task, name)
+        except TooLarge as e:
+            raise _Refused(413, str(e), "file_too_large", "file") from None
+        except AudioError as e:
+            raise _Refused(400, str(e), "invalid_audio", "file") from None
+        except QueueFull:
+            raise _busy(batcher) from None
+        except BatcherClosed as e:
+            raise _Refused(503, str(e), "shutting_down") from None
+        except Exception as e:  # the model failed on this request alone (the batcher reran its batch row by row)
+            raise _Refused(500, f"{name}: transcription failed ({type(e).__name__}: {e})", "server_error") from None
+        return _transcription_response(transcript, response_format, task_language(task))
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        return {"object": "list", "data": [_model_card(t, started) for t in registry.tasks()]}
+
+    @app.get("/v1/models/{task:path}")
+    async def model_card(task: str) -> dict:
+        for t in registry.tasks():
+            if t.task == task:
+                return _model_card(t, started)
+        raise _unknown(registry, task)
+
+    @app.get("/health")
+    async def health(request: Request) -> dict:
+        batcher: Batcher = request.app.state.batcher
+        return {"status": "ok", "tasks": registry.names, "queued": batcher.queued, "busy": batcher.busy}
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(_PAGE.read_text(encoding="utf-8"))
+
+    return app
+
+
+def _check_key(header: str, key: str) -> None:
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
+        raise _Refused(401, "missing or incorrect API key: send Authorization: Bearer <key>", "invalid_api_key",
+                       headers={"WWW-Authenticate": "Bearer"})
+
+
+def _task_of(registry: Registry, model: str, language: str | None) -> str:
+    """``model`` names the task; a client that sends a model of its own (whisper-1) gets the task named like its
+    ``language``."""
+    names = registry.names
+    if model in names:
+        return model
+    if language in names:
+        return language
+    raise _unknown(registry, model)
+
+
+def _unknown(registry: Registry, task: str) -> _Refused:
+    return _Refused(404, f"unknown model {task!r}; this server has {', '.join(registry.names)}", "model_not_found",
+                    "model")
+
+
+def _busy(batcher: Batcher) -> _Refused:
+    # Time to work off what waits, at the throughput the tiny shape reaches on CPU; a client's retry spreads load.
+    retry = max(1, round(batcher.queued_seconds / 30))
+    return _Refused(429, f"{batcher.queued} requests are queued, the most this server holds; retry in {retry} s",
+                    "queue_full", headers={"Retry-After": str(retry)})
+
+
+def _error(e: _Refused) -> JSONResponse:
+    body = {"error": {"message": e.message, "type": "invalid_request_error" if e.status < 500 else "server_error",
+                      "param": e.param, "code": e.code}}
+    return JSONResponse(body, e.status, headers=e.headers)
+
+
+def _model_card(info, created: int) -> dict:
+    return {"id": info.task, "object": "model", "created": created, "owned_by": "wavadapt",
+            "language": task_language(info.task), **{k: v for k, v in info.to_dict().items() if k != "task"}}
+
+
+def verbose_json(t: Transcript, language: str) -> dict:
+    """OpenAI's verbose transcription: the text with segments (subtitle cues) and word timestamps."""
+    segments = [{"id": i, "seek": 0, "start": c[0].start, "end": c[-1].end, "text": " ".join(w.word for w in c),
+                 "tokens": [], "temperature": 0.0, "avg_logprob": 0.0, "compression_ratio": 1.0,
+                 "no_speech_prob": 0.0} for i, c in enumerate(cues(t.words))]
+    return {"task": "transcribe", "language": language, "duration": t.duration, "text": t.text,
+            "segments": segments, "words": [{"word": w.word, "start": w.start, "end": w.end} for w in t.words]}
+
+
+def _transcription_response(t: Transcript, response_format: str, language: str) -> Response:
+    if response_format == "json":
+        return JSONResponse({"text": t.text, "usage": {"type": "duration", "seconds": t.duration}})
+    if response_format == "verbose_json":
+        return JSONResponse(verbose_json(t, language))
+    body = t.text + "\n" if response_format == "text" else subtitles(t, response_format)
+    return PlainTextResponse(body, media_type=_MEDIA_TYPES[response_format])
+
+
+# --- running ---
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A bound socket, so a taken port is one clear error and port 0 picks a free one."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as e:
+        raise WavadaptError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
+    return sock
+
+
+def _server(app: FastAPI) -> uvicorn.Server:
+    return uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=10))
+
+
+def _url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+@contextlib.contextmanager
+def serving(app: FastAPI, host: str = "127.0.0.1", port: int = 0, timeout: float = 30.0) -> Iterator[str]:
+    """Run ``app`` on a background thread while the block runs (tests, benchmarks, embedding); yields its URL."""
+    sock = _listen(host, port)
+    server = _server(app)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="wavadapt-server", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise WavadaptError("the server did not start")
+            time.sleep(0.01)
+        yield _url(sock)
+    finally:
+        server.should_exit = True
+        thread.join(timeout)
+        sock.close()
+
+
+def serve(model_path: str | Path, adapters_dir: Path | None = None, host: str = "127.0.0.1", port: int = 8000, *,
+          trust_pickle: bool = False, echo: Callable[[str], None] = print, **options) -> None:
+    """Serve the backbone's tasks and those of ``adapters_dir`` until interrupted; ``options`` are ServerConfig's."""
+    registry = Registry.load(model_path, Registry.task_files(adapters_dir) if adapters_dir else [],
+                             trust_pickle=trust_pickle)
+    app = create_app(registry, ServerConfig(**options))
+    sock = _listen(host, port)
+    echo(f"serving {len(registry.names)} task(s) at {_url(sock)} (OpenAI API at {_url(sock)}/v1)")
+    echo(format_tasks(registry))
+    with contextlib.closing(sock):
+        _server(app).run(sockets=[sock])
