@@ -227,7 +227,7 @@ class Vocabulary:
             if vocab is None:
                 raise VocabularyError(f"{path}: this task file holds an adapter without a head, so no vocabulary")
             return vocab
-        return cls._from_vocab_json(path, data)
+        return cls.from_token_ids(path, data)
 
     @classmethod
     def from_task_info(cls, info: dict) -> "Vocabulary | None":
@@ -241,18 +241,19 @@ class Vocabulary:
     def load_json(cls, path: str | Path, blank: str = "<pad>", unk: str = "<unk>") -> "Vocabulary":
         """Read an HF vocab.json ``{token: id}``; ids must be 0..n-1. ``blank`` and ``unk`` are the tokenizer's pad
         and unknown tokens (tokenizer_config.json)."""
-        return cls._from_vocab_json(path, _read_json(path, "vocab.json"), blank, unk)
+        return cls.from_token_ids(path, _read_json(path, "vocab.json"), blank, unk)
 
     @classmethod
-    def _from_vocab_json(cls, path: str | Path, vocab, blank: str = "<pad>", unk: str = "<unk>") -> "Vocabulary":
+    def from_token_ids(cls, where: str | Path, vocab, blank: str = "<pad>", unk: str = "<unk>") -> "Vocabulary":
+        """A vocab.json's ``{token: id}`` (read from ``where``, which errors name) in id order."""
         if not isinstance(vocab, dict) or not all(isinstance(t, str) and isinstance(i, int) for t, i in vocab.items()):
-            raise VocabularyError(f"{path}: vocab.json must be an object {{token: integer id}}")
+            raise VocabularyError(f"{where}: vocab.json must be an object {{token: integer id}}")
         if sorted(vocab.values()) != list(range(len(vocab))):
-            raise VocabularyError(f"{path}: ids must be 0..{len(vocab) - 1}, each used once")
+            raise VocabularyError(f"{where}: ids must be 0..{len(vocab) - 1}, each used once")
         try:
             return cls(sorted(vocab, key=vocab.__getitem__), blank=blank, unk=unk)
         except VocabularyError as e:
-            raise VocabularyError(f"{path}: {e}") from None
+            raise VocabularyError(f"{where}: {e}") from None
 
     def save_fairseq_dict(self, path: str | Path) -> None:
         """Write fairseq's dict.ltr.txt: ``<token> <count>`` for ``|`` and the letters, in id order.

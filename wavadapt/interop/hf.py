@@ -101,15 +101,11 @@ def read_vocabularies(path: Path) -> Vocabulary | dict[str, Vocabulary]:
     return vocabularies
 
 
-def _vocabulary(where: str, ids: dict, blank: str, unk: str) -> Vocabulary:
-    if not ids or not all(isinstance(t, str) and isinstance(i, int) for t, i in ids.items()):
-        raise CheckpointError(f"{where}: expected {{token: integer id}} or {{language: {{token: integer id}}}}")
-    if sorted(ids.values()) != list(range(len(ids))):
-        raise CheckpointError(f"{where}: ids must be 0..{len(ids) - 1}, each used once")
+def _vocabulary(where: str, ids, blank: str, unk: str) -> Vocabulary:
     try:
-        return Vocabulary(sorted(ids, key=ids.__getitem__), blank=blank, unk=unk)
+        return Vocabulary.from_token_ids(where, ids, blank, unk)
     except VocabularyError as e:
-        raise CheckpointError(f"{where}: {e}") from None
+        raise CheckpointError(str(e)) from None
 
 
 def load_ctc_dir(path: Path) -> CTCModel:
