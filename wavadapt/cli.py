@@ -163,6 +163,8 @@ AdapterOption = Annotated[
     typer.Option(help="A task file (adapter.<task>.json); repeat to stack, the language adapter first."),
 ]
 TaskOption = Annotated[str | None, typer.Option(help="Task to run (default: the last task file's).")]
+VocabOption = Annotated[Path | None, typer.Option(help="The dict.ltr.txt of a fine-tuned fairseq checkpoint, where "
+                                                 "it is not beside the .pt.")]
 
 
 def _asr_model(model: str, adapters: list[Path] | None, task: str | None, family: str | None, trust_pickle: bool,
@@ -188,6 +190,7 @@ def evaluate_corpus(
     max_seconds_per_batch: Annotated[float, typer.Option(help="Seconds of padded audio per batch.")] = 60.0,
     family: Family = None,
     trust_pickle: TrustPickle = False,
+    vocab: VocabOption = None,
     raw_format: RawFormatOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
@@ -197,14 +200,10 @@ def evaluate_corpus(
     from wavadapt.data.corpora import open_corpus
     from wavadapt.evaluate import evaluate
 
-    asr = _asr_model(model, adapter, task, family, trust_pickle)
+    asr = _asr_model(model, adapter, task, family, trust_pickle, vocab)
     result = evaluate(asr, open_corpus(data, split, language, raw_format), max_seconds_per_batch=max_seconds_per_batch,
                       out_dir=out)
     typer.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False) if json_output else result.summary())
-
-
-VocabOption = Annotated[Path | None, typer.Option(help="The dict.ltr.txt of a fine-tuned fairseq checkpoint, where "
-                                                 "it is not beside the .pt.")]
 
 
 @app.command("transcribe")
