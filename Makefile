@@ -47,4 +47,6 @@ $(VENV)/.installed: pyproject.toml
 	# torch first and pinned: an unpinned resolve would pull the multi-GB CUDA build.
 	$(VENV)/bin/pip install -q torch==2.13.0
 	$(VENV)/bin/pip install -q -e '.[dev]'
+	# pyctcdecode pins numpy<2, which would downgrade the numpy everything else uses; it runs on numpy 2.
+	$(VENV)/bin/pip install -q --no-deps pyctcdecode==0.5.0
 	touch $@

@@ -1,0 +1,271 @@
+"""CTC decoding to words with frame spans: greedy, or flashlight-text's beam search with an optional KenLM and lexicon.
+
+Both decoders return, per utterance, ``[(word, first frame, last frame + 1), ...]`` as ``Vocabulary.ctc_words``
+does, so callers make timed words the same way for either (frames of ``prod(conv_stride) / 16000`` s).
+
+Beam search runs on the log-softmax of the logits. Without a lexicon it spells characters, ``|`` being the
+silence between words, and scores words with the LM when ``|`` or the end completes them (:mod:`word_lm`). With
+a lexicon it emits only the lexicon's words (and, when ``unk_score`` is finite, unknown words, spelt out), and the
+LM scores each word as the trie completes it.
+
+Case: a vocabulary of capitals (LibriSpeech's) decodes to lowercase, as ``Vocabulary`` does. Lexicon spellings are
+read in the vocabulary's case whatever the file's; words go to the LM in the LM's case: uppercase for a vocabulary
+of capitals (LibriSpeech's 4-gram.arpa, fairseq's lexicons) unless the ARPA's words are lowercase (an LM built from
+normalised text), and as they are otherwise.
+
+flashlight's ``decode`` holds the GIL (no ``gil_scoped_release`` in its bindings), so threads do not decode in
+parallel; :func:`decode_in_processes` spreads a large evaluation over processes, each building its own decoder.
+"""
+
+import math
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from flashlight.lib.text.decoder import (
+    CriterionType,
+    LexiconDecoder,
+    LexiconDecoderOptions,
+    LexiconFreeDecoder,
+    LexiconFreeDecoderOptions,
+    SmearingMode,
+    Trie,
+    ZeroLM,
+)
+from flashlight.lib.text.decoder.kenlm import KenLM
+from flashlight.lib.text.dictionary import Dictionary
+
+from wavadapt.data.text import SPECIAL_TOKENS, Vocabulary
+from wavadapt.decoding.files import LanguageModelError, arpa_unigrams, read_lexicon
+from wavadapt.decoding.word_lm import PrefixLM, WordScoringLM
+from wavadapt.errors import WavadaptError
+from wavadapt.model.ctc import CTCOutput
+
+DecodedWords = list[tuple[str, int, int]]
+"""``(word, first frame, last frame + 1)`` per word, in order."""
+
+UNK_WORD = "<unk>"  # KenLM's unknown word
+
+
+@dataclass
+class DecoderConfig:
+    """How to turn CTC logits into words. The defaults are torchaudio's ``ctc_decoder``'s except ``beam_threshold``
+    (25, fairseq's: hypotheses 25 log-units behind the best are pruned; 50 decoded no better on our checks and is
+    slower)."""
+
+    kind: str = "greedy"
+    """``greedy`` (best path) or ``beam``."""
+    beam_size: int = 50
+    """Hypotheses kept after each frame."""
+    beam_size_token: int | None = None
+    """Tokens tried per frame, the most likely first; None tries all."""
+    beam_threshold: float = 25.0
+    lm: Path | None = None
+    """KenLM word n-gram model, ARPA or binary (binary only with a lexicon: its words are not listed otherwise)."""
+    lm_weight: float = 2.0
+    """Weight of the LM's log10 probabilities against the acoustic log-probabilities."""
+    word_score: float = 0.0
+    """Added per word (an insertion bonus; negative to discourage splitting words)."""
+    lexicon: Path | None = None
+    """Restrict words to this lexicon (see :func:`files.read_lexicon`)."""
+    unk_score: float = -math.inf
+    """Score of a word outside the lexicon (lexicon decoding); -inf emits none."""
+    sil_score: float = 0.0
+    """Added each time ``|`` (silence) is emitted."""
+    log_add: bool = False
+    """Merge equal hypotheses by log-sum-exp rather than max."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("greedy", "beam"):
+            raise WavadaptError(f"decoder kind {self.kind!r}: choose greedy or beam")
+        if self.beam_size < 1 or (self.beam_size_token is not None and self.beam_size_token < 1):
+            raise WavadaptError("beam_size and beam_size_token must be at least 1")
+        if self.kind == "greedy" and (self.lm or self.lexicon):
+            raise WavadaptError("a language model or lexicon needs the beam decoder (kind='beam')")
+        self.lm = Path(self.lm) if self.lm is not None else None
+        self.lexicon = Path(self.lexicon) if self.lexicon is not None else None
+
+
+def log_probs(output: CTCOutput, vocab: Vocabulary) -> list[np.ndarray]:
+    """Per utterance, the (frames, vocabulary) float32 log-probabilities the beam search reads (a row of a mixed
+    batch is cut to its own vocabulary)."""
+    scores = output.logits[..., : len(vocab)].detach().float().log_softmax(-1).cpu().numpy()
+    return [np.ascontiguousarray(scores[i, : int(n)]) for i, n in enumerate(output.lengths)]
+
+
+class GreedyDecoder:
+    def __init__(self, vocab: Vocabulary):
+        self.vocab = vocab
+
+    def decode(self, output: CTCOutput) -> list[DecodedWords]:
+        best = output.logits[..., : len(self.vocab)].argmax(-1).cpu()
+        return [self.vocab.ctc_words(best[i, : int(n)].tolist()) for i, n in enumerate(output.lengths)]
+
+    def decode_emissions(self, emissions: np.ndarray) -> DecodedWords:
+        return self.vocab.ctc_words(emissions.argmax(-1).tolist())
+
+
+class BeamSearchDecoder:
+    """flashlight-text's CTC beam search over ``vocab``'s tokens (see the module's docstring)."""
+
+    def __init__(self, config: DecoderConfig, vocab: Vocabulary):
+        self.config, self.vocab = config, vocab
+        self._blank, self._sil = vocab.blank_id, vocab.word_delimiter_id
+        lm_words = arpa_unigrams(config.lm) if config.lm else None
+        lm_case = _lm_case(vocab, lm_words)
+        # The output spelling of each token: lowercase for capitals, nothing for the blank and special tokens.
+        specials = {*SPECIAL_TOKENS, vocab.blank, vocab.unk}
+        self._spelling = ["" if t in specials else t.lower() if vocab._capitals else t for t in vocab.tokens]
+        if config.lexicon is not None:
+            self._decoder = self._lexicon_decoder(lm_case)
+        else:
+            self._decoder = self._lexicon_free_decoder(lm_words, lm_case)
+
+    def _lexicon_decoder(self, lm_case: Callable[[str], str]) -> LexiconDecoder:
+        config, vocab = self.config, self.vocab
+        lexicon: dict[str, list[list[str]]] = {}
+        for word, spellings in read_lexicon(config.lexicon, vocab).items():
+            lexicon.setdefault(lm_case(word), []).extend(spellings)
+        self._words = Dictionary()
+        for word in (*lexicon, UNK_WORD):
+            self._words.add_entry(word)
+        self._lm = _load_kenlm(config.lm, self._words) if config.lm else ZeroLM()
+        # Each word's unigram score sits in the trie so that partial words are ranked by their best completion.
+        start = self._lm.start(False)
+        trie = Trie(len(vocab), self._sil)
+        for word, spellings in lexicon.items():
+            index = self._words.get_index(word)
+            _, score = self._lm.score(start, index)
+            for spelling in spellings:
+                trie.insert([vocab._ids[t] for t in spelling], index, score)
+        trie.smear(SmearingMode.MAX)
+        self._trie = trie  # the decoder keeps a raw pointer into it
+        self._unk_word = self._words.get_index(UNK_WORD)
+        options = LexiconDecoderOptions(
+            beam_size=config.beam_size, beam_size_token=config.beam_size_token or len(vocab),
+            beam_threshold=config.beam_threshold, lm_weight=config.lm_weight, word_score=config.word_score,
+            unk_score=config.unk_score, sil_score=config.sil_score, log_add=config.log_add,
+            criterion_type=CriterionType.CTC)
+        return LexiconDecoder(options, trie, self._lm, self._sil, self._blank, self._unk_word, [], False)
+
+    def _lexicon_free_decoder(self, lm_words: list[str] | None, lm_case: Callable[[str], str]) -> LexiconFreeDecoder:
+        config, vocab = self.config, self.vocab
+        self._unk_word = -1
+        if config.lm is None:
+            self._lm = PrefixLM()
+        elif lm_words is None:
+            raise LanguageModelError(f"{config.lm}: a KenLM binary does not list its words, which lexicon-free "
+                                     f"decoding needs: give its ARPA file, or a lexicon")
+        else:
+            words = Dictionary()
+            for word in dict.fromkeys([*lm_words, UNK_WORD]):
+                words.add_entry(word)
+            word_ids = {w: words.get_index(w) for w in lm_words}
+            letters = [lm_case(s) for s in self._spelling]
+            bonus = config.word_score / config.lm_weight if config.lm_weight else 0.0
+            self._lm = WordScoringLM(_load_kenlm(config.lm, words), word_ids, words.get_index(UNK_WORD), letters,
+                                     self._sil, bonus)
+        options = LexiconFreeDecoderOptions(
+            beam_size=config.beam_size, beam_size_token=config.beam_size_token or len(vocab),
+            beam_threshold=config.beam_threshold, lm_weight=config.lm_weight, sil_score=config.sil_score,
+            log_add=config.log_add, criterion_type=CriterionType.CTC)
+        return LexiconFreeDecoder(options, self._lm, self._sil, self._blank, [])
+
+    def decode(self, output: CTCOutput) -> list[DecodedWords]:
+        return [self.decode_emissions(e) for e in log_probs(output, self.vocab)]
+
+    def decode_emissions(self, emissions: np.ndarray) -> DecodedWords:
+        """The best hypothesis for one utterance's (frames, vocabulary) float32 C-contiguous log-probabilities."""
+        frames, size = emissions.shape
+        if size != len(self.vocab) or emissions.dtype != np.float32 or not emissions.flags.c_contiguous:
+            raise WavadaptError(f"emissions must be C-contiguous float32 (frames, {len(self.vocab)}), "
+                                f"got {emissions.dtype} {emissions.shape}")
+        if frames == 0:
+            return []
+        best = self._decoder.decode(emissions.ctypes.data, frames, size)[0]
+        # tokens and words hold one entry per frame between the initial and final silence flashlight adds.
+        return self._words_of(best.tokens[1 : frames + 1], best.words[1 : frames + 1])
+
+    def _words_of(self, tokens: Sequence[int], labels: Sequence[int]) -> DecodedWords:
+        """The words of a decoded path: letters from their first frame to their last, ended by ``|`` (lexicon-free)
+        or by the frame the lexicon decoder names the word at (letters it leaves unnamed are no word)."""
+        lexicon = self.config.lexicon is not None
+        words, letters, start, end, previous = [], [], 0, 0, self._blank
+        for frame, (token, label) in enumerate(zip(tokens, labels, strict=True)):
+            if token == self._sil:
+                if letters and not lexicon:
+                    words.append(("".join(letters), start, end))
+                letters = []
+            elif self._spelling[token]:  # a letter (the blank and special tokens spell nothing)
+                if token != previous:  # flashlight's path repeats a token over the frames it lasts
+                    if not letters:
+                        start = frame
+                    letters.append(self._spelling[token])
+                end = frame + 1
+            if label >= 0:
+                words.append((self._word_text(label, letters), start, end))
+                letters = []
+            previous = token
+        if letters and not lexicon:
+            words.append(("".join(letters), start, end))
+        return [w for w in words if w[0]]
+
+    def _word_text(self, label: int, letters: list[str]) -> str:
+        if label == self._unk_word:
+            return "".join(letters)
+        word = self._words.get_entry(label)
+        return word.lower() if self.vocab._capitals else word
+
+
+def make_decoder(config: DecoderConfig, vocab: Vocabulary) -> GreedyDecoder | BeamSearchDecoder:
+    return GreedyDecoder(vocab) if config.kind == "greedy" else BeamSearchDecoder(config, vocab)
+
+
+def texts(decoded: Sequence[DecodedWords]) -> list[str]:
+    """The transcript of each utterance: its words joined by spaces."""
+    return [" ".join(w for w, _, _ in words) for words in decoded]
+
+
+_worker_decoder: GreedyDecoder | BeamSearchDecoder | None = None
+
+
+def _start_worker(config: DecoderConfig, vocab: Vocabulary) -> None:
+    global _worker_decoder
+    torch.set_num_threads(1)
+    _worker_decoder = make_decoder(config, vocab)
+
+
+def _decode_in_worker(emissions: np.ndarray) -> DecodedWords:
+    return _worker_decoder.decode_emissions(emissions)
+
+
+def decode_in_processes(config: DecoderConfig, vocab: Vocabulary, emissions: Sequence[np.ndarray],
+                        workers: int) -> list[DecodedWords]:
+    """Decode many utterances' log-probabilities (:func:`log_probs`) in ``workers`` processes, in order; with one
+    worker, here. Each process loads the LM once: worth it for an evaluation, not for a batch."""
+    if workers <= 1 or len(emissions) <= 1:
+        decoder = make_decoder(config, vocab)
+        return [decoder.decode_emissions(e) for e in emissions]
+    make_decoder(config, vocab)  # bad files fail here, in one line, rather than in every worker
+    with ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(config, vocab)) as pool:
+        return list(pool.map(_decode_in_worker, emissions, chunksize=max(1, len(emissions) // (4 * workers))))
+
+
+def _lm_case(vocab: Vocabulary, lm_words: list[str] | None) -> Callable[[str], str]:
+    """How a word is cased for the LM (see the module's docstring)."""
+    if not vocab._capitals:
+        return str
+    cased = [w for w in lm_words or () if w.lower() != w.upper() and not w.startswith("<")]  # not <s>, <unk>
+    lowercase = sum(w == w.lower() for w in cased)
+    return str.lower if cased and lowercase * 2 > len(cased) else str.upper
+
+
+def _load_kenlm(path: Path, words: Dictionary) -> KenLM:
+    try:
+        return KenLM(str(path), words)
+    except RuntimeError as e:  # KenLM's message ends with its reason, after a C++ source location
+        reason = str(e).strip().splitlines()[-1]
+        raise LanguageModelError(f"{path}: KenLM cannot load it ({reason})") from None
