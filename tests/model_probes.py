@@ -21,3 +21,11 @@ def pretraining_outputs(model) -> tuple[torch.Tensor, torch.Tensor]:
     with torch.no_grad():
         out = model(AUDIO, mask_time_indices=MASK)
     return out.projected_states, out.projected_quantized_states
+
+
+def task_logits(model, task: str | None = None) -> torch.Tensor:
+    """A CTCModel's logits on AUDIO for ``task`` (default: the active one)."""
+    if task is not None:
+        model.activate(task)
+    with torch.no_grad():
+        return model(AUDIO).logits

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from model_probes import AUDIO, LARGE_STYLE
+from model_probes import AUDIO, LARGE_STYLE, task_logits
 from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2ForCTC
 from typer.testing import CliRunner
 
@@ -62,13 +62,6 @@ def _hf_transcripts(model: Wav2Vec2ForCTC, tmp_path) -> tuple[torch.Tensor, list
     return logits, tokenizer.batch_decode(logits.argmax(-1))
 
 
-def _logits(model, task=None):
-    if task is not None:
-        model.activate(task)
-    with torch.no_grad():
-        return model(AUDIO).logits
-
-
 @pytest.fixture(scope="module")
 def finetuned(tmp_path_factory):
     return _write_checkpoint(tmp_path_factory.mktemp("ctc"))
@@ -119,7 +112,7 @@ def test_argparse_era_checkpoint_reads_its_flat_args(finetuned, tmp_path):
     (tmp_path / "dict.ltr.txt").write_text(DICT_LTR)
     model = load_asr_model(tmp_path / "old.pt", [], trust_pickle=True)
     assert model.normalize_waveforms is True
-    torch.testing.assert_close(_logits(model), _hf_transcripts(reference, tmp_path)[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(task_logits(model), _hf_transcripts(reference, tmp_path)[0], atol=1e-5, rtol=0)
 
 
 def test_dictionary_with_ctc_blank_names_it_the_blank(tmp_path):
@@ -153,19 +146,19 @@ def test_projection_and_dictionary_must_agree(tmp_path):
 def test_new_adapter_task_beside_the_checkpoints_leaves_it_unchanged(finetuned, tmp_path):
     path = finetuned[0]
     model = load_asr_model(path, [], trust_pickle=True)
-    before = _logits(model)
+    before = task_logits(model)
     params = prepare(model, "en", Vocabulary.build(["hello world"]), MethodConfig("adapters", adapter_size=16))
     with torch.no_grad():
         for p in params.values():
             p.add_(torch.randn_like(p) * 0.1)
     model.eval()
-    assert torch.equal(_logits(model, TASK), before)
+    assert torch.equal(task_logits(model, TASK), before)
     # the task file fingerprints the checkpoint's backbone, the same as load_backbone's
     assert backbone_fingerprint(model.backbone) == backbone_fingerprint(load_backbone(path, trust_pickle=True))
     loaded = load_asr_model(path, [save_task(model, "en", tmp_path)], trust_pickle=True)
     assert sorted(loaded.heads) == [TASK, "en"] and loaded.active == "en"
-    assert torch.equal(_logits(loaded, "en"), _logits(model, "en"))
-    assert torch.equal(_logits(loaded, TASK), before)
+    assert torch.equal(task_logits(loaded, "en"), task_logits(model, "en"))
+    assert torch.equal(task_logits(loaded, TASK), before)
 
 
 def test_export_to_fairseq_round_trips_the_checkpoints_task(finetuned, tmp_path):
@@ -178,7 +171,7 @@ def test_export_to_fairseq_round_trips_the_checkpoints_task(finetuned, tmp_path)
     original, exported = load_asr_model(path, [], trust_pickle=True), load_asr_model(out, [], trust_pickle=True)
     assert exported.vocabularies[TASK].tokens == original.vocabularies[TASK].tokens == FAIRSEQ_TOKENS
     assert (out.parent / "dict.ltr.txt").is_file()
-    assert torch.equal(_logits(exported), _logits(original))
+    assert torch.equal(task_logits(exported), task_logits(original))
     model = load_asr_model(path, [], trust_pickle=True)
     prepare(model, "en", Vocabulary.build(["hello"]), MethodConfig("adapters", adapter_size=8))
     task_file = save_task(model, "en", tmp_path / "task")

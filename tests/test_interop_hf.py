@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from model_probes import AUDIO, task_logits
 from transformers import (
     HubertForCTC,
     Wav2Vec2CTCTokenizer,
@@ -25,7 +26,7 @@ from wavadapt.model.backbone import load_backbone, make_config
 
 CTC = {"wav2vec2": Wav2Vec2ForCTC, "hubert": HubertForCTC, "wavlm": WavLMForCTC}
 VOCAB = Vocabulary.build(["the quick brown fox jumps", "over the lazy dog"])
-AUDIO = torch.randn(2, 8000, generator=torch.Generator().manual_seed(0))
+
 LAYER_NORM_CNN = {"do_stable_layer_norm": True, "feat_extract_norm": "layer", "conv_bias": True}
 
 
@@ -58,13 +59,6 @@ def _perturb(params) -> None:
             p.add_(torch.randn_like(p) * 0.1)
 
 
-def _logits(model, task=None):
-    if task is not None:
-        model.activate(task)
-    with torch.no_grad():
-        return model(AUDIO).logits
-
-
 @pytest.fixture(scope="module")
 def ctc_dir(tmp_path_factory):
     return _save_ctc_dir(tmp_path_factory.mktemp("ctc"))
@@ -89,7 +83,7 @@ def test_hubert_and_wavlm_ctc_dirs_compute_transformers_logits(tmp_path, family)
     path = _save_ctc_dir(tmp_path, family)
     with torch.no_grad():
         reference = CTC[family].from_pretrained(path).eval()(AUDIO).logits
-    torch.testing.assert_close(_logits(load_asr_model(path, [])), reference, atol=1e-5, rtol=0)
+    torch.testing.assert_close(task_logits(load_asr_model(path, [])), reference, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("overrides, do_normalize", [({}, True), (LAYER_NORM_CNN, False)])
@@ -115,18 +109,18 @@ def test_nested_vocabulary_names_the_task_by_target_lang(tmp_path):
 
 def test_new_adapter_task_beside_the_checkpoints_leaves_it_unchanged(ctc_dir, tmp_path):
     model = load_asr_model(ctc_dir, [])
-    before = _logits(model)
+    before = task_logits(model)
     params = prepare(model, "en", Vocabulary.build(["hello world"]), MethodConfig("adapters", adapter_size=16))
     _perturb(params.values())
     model.eval()
-    assert torch.equal(_logits(model, TASK), before)
-    assert not torch.allclose(_logits(model, "en")[..., :5], before[..., :5])
+    assert torch.equal(task_logits(model, TASK), before)
+    assert not torch.allclose(task_logits(model, "en")[..., :5], before[..., :5])
     # the task file fingerprints the directory's backbone, the same as load_backbone's
     assert backbone_fingerprint(model.backbone) == backbone_fingerprint(load_backbone(ctc_dir))
     loaded = load_asr_model(ctc_dir, [save_task(model, "en", tmp_path)])
     assert sorted(loaded.heads) == ["ctc", "en"] and loaded.active == "en"
-    assert torch.equal(_logits(loaded, "en"), _logits(model, "en"))
-    assert torch.equal(_logits(loaded, TASK), before)
+    assert torch.equal(task_logits(loaded, "en"), task_logits(model, "en"))
+    assert torch.equal(task_logits(loaded, TASK), before)
 
 
 def test_head_and_vocabulary_must_agree(tmp_path):
