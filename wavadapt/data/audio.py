@@ -80,25 +80,17 @@ def audio_info(path: str | Path, raw: RawFormat | str | None = None) -> tuple[in
     For mp3 the frame count comes from the Xing/LAME header when present (as in Common Voice); a
     variable-bitrate file without one gets an estimate, so treat mp3 counts as approximate.
     """
-    raw = as_raw_format(raw)
-    _require_audio_file(path, raw)
-    try:
-        info = sf.info(str(path)) if raw is None else _raw_info(path, raw)
-    except Exception as e:  # the gate: libsndfile, OS and argument errors alike
-        raise AudioError(f"{path}: cannot read audio header ({_reason(e)})") from None
-    _check_header(path, info.frames, info.samplerate, info.channels)
-    return info.frames, info.samplerate, info.channels
+    with _open(path, raw) as f:
+        return f.frames, f.samplerate, f.channels
 
 
 def decode(path: str | Path, raw: RawFormat | str | None = None) -> tuple[np.ndarray, int]:
     """Decode ``path`` as stored: ``(samples (frames, channels) float32, sample_rate)``, unchecked."""
-    frames, rate, _ = audio_info(path, raw)  # refuses corrupt headers before anything is allocated
-    args = {} if raw is None else as_raw_format(raw).soundfile_args()
-    try:
-        x, rate = sf.read(str(path), dtype="float32", always_2d=True, **args)
-    except Exception as e:  # the gate (MemoryError included: a header can lie)
-        raise AudioError(f"{path}: cannot decode audio ({_reason(e)})") from None
-    return x, rate
+    with _open(path, raw) as f:  # refuses corrupt headers before anything is allocated
+        try:
+            return f.read(dtype="float32", always_2d=True), f.samplerate
+        except Exception as e:  # the gate (MemoryError included: a header can lie)
+            raise AudioError(f"{path}: cannot decode audio ({_reason(e)})") from None
 
 
 def read_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, raw: RawFormat | str | None = None) -> np.ndarray:
@@ -136,10 +128,20 @@ def normalize_waveform(x: np.ndarray) -> np.ndarray:
     return (x - x.mean()) / np.sqrt(x.var() + 1e-7)
 
 
-def _raw_info(path: str | Path, raw: RawFormat):
-    """soundfile's info of a headerless file read with ``raw`` (sf.info cannot take a format)."""
-    with sf.SoundFile(str(path), **raw.soundfile_args()) as f:
-        return f
+def _open(path: str | Path, raw: RawFormat | str | None) -> sf.SoundFile:
+    """The file opened by soundfile (with ``raw``'s layout for headerless PCM), its header checked."""
+    raw = as_raw_format(raw)
+    _require_audio_file(path, raw)
+    try:
+        f = sf.SoundFile(str(path), **(raw.soundfile_args() if raw is not None else {}))
+    except Exception as e:  # the gate: libsndfile, OS and argument errors alike
+        raise AudioError(f"{path}: cannot read audio header ({_reason(e)})") from None
+    try:
+        _check_header(path, f.frames, f.samplerate, f.channels)
+    except AudioError:
+        f.close()
+        raise
+    return f
 
 
 def _require_audio_file(path: str | Path, raw: RawFormat | None) -> None:
