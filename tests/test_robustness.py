@@ -21,7 +21,7 @@ from wavadapt.data.audio import SAMPLE_RATE, read_audio
 from wavadapt.data.check import check_corpus
 from wavadapt.data.corpora import open_corpus
 from wavadapt.data.text import Vocabulary
-from wavadapt.evaluate import _chunks, evaluate, transcribe
+from wavadapt.evaluate import cut_at_pauses, evaluate, transcribe
 from wavadapt.model.backbone import build_backbone
 from wavadapt.model.ctc import CTCModel
 
@@ -140,10 +140,10 @@ def test_long_audio_is_decoded_in_windows_cut_in_pauses(mixed):
     pause = np.zeros(SAMPLE_RATE // 2, np.float32)
     x = np.concatenate([mixed.speech, pause, mixed.speech])
     window = (len(mixed.speech) + len(pause)) / SAMPLE_RATE
-    pieces = _chunks(x, window, search_seconds=1.0)
+    pieces = cut_at_pauses(x, window, search_seconds=1.0)
     assert len(pieces) == 2 and len(mixed.speech) <= len(pieces[0]) <= len(mixed.speech) + len(pause)  # in the pause
     np.testing.assert_array_equal(np.concatenate(pieces), x)
-    assert all(len(p) <= window * SAMPLE_RATE for p in _chunks(np.tile(x, 5), window))
+    assert all(len(p) <= window * SAMPLE_RATE for p in cut_at_pauses(np.tile(x, 5), window))
     asr = load_asr_model("tiny", [mixed.task_file])
     texts = [transcribe(asr, p, chunk_seconds=None) for p in pieces]
     assert transcribe(asr, x, chunk_seconds=window) == " ".join(t for t in texts if t)

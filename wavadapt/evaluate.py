@@ -91,7 +91,7 @@ def _receptive_field(config) -> int:
 
 
 @contextlib.contextmanager
-def _inference(model: CTCModel):
+def evaluating(model: CTCModel):
     """Eval mode without autograd, then every module's own mode back (training may freeze parts in eval)."""
     modes = {m: m.training for m in model.modules()}
     model.eval()
@@ -111,8 +111,8 @@ def transcribe(model: CTCModel, waveform: np.ndarray, chunk_seconds: float | Non
     """
     device = next(model.parameters()).device
     texts = []
-    with _inference(model):
-        for piece in _chunks(waveform, chunk_seconds):
+    with evaluating(model):
+        for piece in cut_at_pauses(waveform, chunk_seconds):
             if model.normalize_waveforms:
                 piece = normalize_waveform(piece)
             x = torch.from_numpy(piece)[None].to(device)  # (1, S)
@@ -120,7 +120,7 @@ def transcribe(model: CTCModel, waveform: np.ndarray, chunk_seconds: float | Non
     return " ".join(t for t in texts if t)
 
 
-def _chunks(x: np.ndarray, chunk_seconds: float | None, search_seconds: float = 5.0) -> list[np.ndarray]:
+def cut_at_pauses(x: np.ndarray, chunk_seconds: float | None, search_seconds: float = 5.0) -> list[np.ndarray]:
     """``x`` cut into windows of at most ``chunk_seconds``, each cut at the lowest-energy 20 ms frame of the
     window's last ``search_seconds``."""
     if chunk_seconds is None or len(x) <= chunk_seconds * SAMPLE_RATE:
@@ -173,7 +173,7 @@ def evaluate(
 
     start = time.perf_counter()
     readable = filter_by_length(labeled).kept  # fills lengths from headers, drops unreadable headers
-    with _inference(model):
+    with evaluating(model):
         hypotheses = _decode(model, readable, max_seconds_per_batch) if readable else {}
     elapsed = time.perf_counter() - start
     scored = [u for u in labeled if u.id in hypotheses]

@@ -3,7 +3,7 @@
 Files are measured from their headers, sorted by length and packed into batches under a cap of padded audio
 seconds (little padding, so batching pays); each batch is one forward with every row on its own task
 (``CTCModel.forward_mixed``). Audio longer than ``chunk_seconds`` is cut into windows at pauses
-(``evaluate._chunks``) that batch like files and are joined back. Words carry times from the CTC frames
+(``evaluate.cut_at_pauses``) that batch like files and are joined back. Words carry times from the CTC frames
 (20 ms for the papers' encoder). Results come back in input order; a bad file is a result with an ``error``.
 """
 
@@ -20,7 +20,7 @@ from tqdm import tqdm
 from wavadapt.data.audio import SAMPLE_RATE, normalize_waveform, read_audio
 from wavadapt.data.corpora import samples_at_16k
 from wavadapt.errors import AudioError, WavadaptError
-from wavadapt.evaluate import CHUNK_SECONDS, _chunks, _inference, forward_padded
+from wavadapt.evaluate import CHUNK_SECONDS, cut_at_pauses, evaluating, forward_padded
 from wavadapt.model.ctc import CTCModel
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -137,7 +137,7 @@ def _check_tasks(model: CTCModel, tasks: set[str]) -> None:
 def _windows(request: int, audio: np.ndarray, chunk_seconds: float | None) -> list[_Piece]:
     """Audio in memory as its windows (one when it is short), each placed at its offset in the file."""
     pieces, offset = [], 0
-    for window in _chunks(audio, chunk_seconds):
+    for window in cut_at_pauses(audio, chunk_seconds):
         pieces.append(_Piece(request, len(window), offset / SAMPLE_RATE, window))
         offset += len(window)
     return pieces
@@ -151,7 +151,7 @@ def _decode_pieces(model: CTCModel, requests: Sequence[Request], pieces: list[_P
     autocast = _autocast(device, precision)
     batches = list(_batches(pieces, max_seconds_per_batch or default_batch_seconds(device)))
     decoded: dict[int, list[tuple[float, list[Word]]]] = {}
-    with _inference(model), autocast:
+    with evaluating(model), autocast:
         for batch in tqdm(batches, desc="transcribing", unit="batch", disable=not progress):
             for piece, words in _run(model, requests, batch, results, device):
                 decoded.setdefault(piece.request, []).append((piece.offset, words))
