@@ -5,7 +5,7 @@ import pickle
 
 import pytest
 import torch
-from model_probes import LARGE_STYLE
+from model_probes import LARGE_STYLE, perturb
 from safetensors.torch import load_file, save_file
 
 from wavadapt.checkpoint import (
@@ -33,20 +33,13 @@ def _backbone(seed: int = 0):
     return build_backbone("tiny").eval()
 
 
-def _perturb(params) -> None:
-    """Stand in for training: move every trainable tensor well away from its initial value."""
-    with torch.no_grad():
-        for p in params:
-            p.add_(torch.randn_like(p) * 0.1)
-
-
 def _trained(method="adapters", top_n=None, task="en", stack_on=None, seed=0) -> CTCModel:
     model = CTCModel(_backbone(seed)).eval()
     if stack_on:
         add_adapter(model.backbone, stack_on, AdapterConfig(size=SIZE))
-        _perturb(adapter_parameters(model.backbone, stack_on).values())
+        perturb(adapter_parameters(model.backbone, stack_on).values())
     params = prepare(model, task, VOCAB, MethodConfig(method, top_n, adapter_size=SIZE, stack_on=stack_on))
-    _perturb(params.values())
+    perturb(params.values())
     return model
 
 
@@ -256,7 +249,7 @@ def _pre_ln_backbone(seed: int = 0):
 
 def test_mms_form_task_round_trip(tmp_path, audio):
     model = CTCModel(_pre_ln_backbone()).eval()
-    _perturb(prepare(model, "en", VOCAB, MethodConfig("adapters", adapter_size=SIZE, adapter_form="mms")).values())
+    perturb(prepare(model, "en", VOCAB, MethodConfig("adapters", adapter_size=SIZE, adapter_form="mms")).values())
     path = save_task(model, "en", tmp_path)
     layer = {f"backbone.encoder.layers.{i}.adapters.sets.en.adapter_layer.{m}.{p}"
              for i in range(4) for m in ("norm", "linear_1", "linear_2") for p in ("weight", "bias")}

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from model_probes import AUDIO, task_logits
+from model_probes import AUDIO, perturb, task_logits
 from transformers import (
     HubertForCTC,
     Wav2Vec2CTCTokenizer,
@@ -51,12 +51,6 @@ def _save_ctc_dir(path, family="wav2vec2", vocab_json=None, do_normalize=True, s
     extractor = Wav2Vec2FeatureExtractor(do_normalize=do_normalize, return_attention_mask=False)
     Wav2Vec2Processor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(path)
     return path
-
-
-def _perturb(params) -> None:
-    with torch.no_grad():
-        for p in params:
-            p.add_(torch.randn_like(p) * 0.1)
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +105,7 @@ def test_new_adapter_task_beside_the_checkpoints_leaves_it_unchanged(ctc_dir, tm
     model = load_asr_model(ctc_dir, [])
     before = task_logits(model)
     params = prepare(model, "en", Vocabulary.build(["hello world"]), MethodConfig("adapters", adapter_size=16))
-    _perturb(params.values())
+    perturb(params.values())
     model.eval()
     assert torch.equal(task_logits(model, TASK), before)
     assert not torch.allclose(task_logits(model, "en")[..., :5], before[..., :5])

@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 import torch
+from model_probes import perturb
 from safetensors.torch import load_file, save_file
 from transformers import (
     Wav2Vec2Config,
@@ -94,12 +95,6 @@ def _logits(model, lang, x=AUDIO):
         return model(x).logits
 
 
-def _perturb(params) -> None:
-    with torch.no_grad():
-        for p in params:
-            p.add_(torch.randn_like(p) * 0.1)
-
-
 def test_every_language_is_a_task_computing_transformers_logits(mms_dir, reference):
     model = load_asr_model(mms_dir, [])
     assert sorted(model.heads) == sorted(VOCABS) and model.active == MAIN
@@ -154,7 +149,7 @@ def test_trained_mms_task_exports_to_transformers(mms_dir, tmp_path):
     spa = Vocabulary.build(["hola qué tal señor"])
     params = prepare(model, "spa", spa, MethodConfig("adapters", adapter_size=ATTN_DIM, adapter_form="mms"))
     assert all(".adapter_layer." in k or k.startswith("heads.spa.") for k in params)
-    _perturb(params.values())
+    perturb(params.values())
     model.eval()
     out = export_mms(model, ["spa", "deu"], tmp_path / "export")
     assert {p.name for p in out.glob("adapter.*")} == {"adapter.spa.safetensors", "adapter.deu.safetensors"}
@@ -182,7 +177,7 @@ def test_trained_mms_task_exports_to_transformers(mms_dir, tmp_path):
 def test_wavadapt_task_file_beside_the_languages(mms_dir, tmp_path):
     model = load_mms_dir(mms_dir)
     params = prepare(model, "spa", Vocabulary.build(["hola"]), MethodConfig("adapters", adapter_size=4))
-    _perturb(params.values())
+    perturb(params.values())
     local = tmp_path / "mms"
     shutil.copytree(mms_dir, local)
     path = save_task(model.eval(), "spa", local)  # a wavadapt task file inside the MMS directory is not a language

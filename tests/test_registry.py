@@ -3,6 +3,7 @@ the backbone or the other tasks; a task from another backbone refused with both 
 
 import pytest
 import torch
+from model_probes import perturb
 from typer.testing import CliRunner
 
 from wavadapt.checkpoint import save_adapter, save_task, task_tensors
@@ -18,12 +19,6 @@ from wavadapt.model.ctc import CTCModel
 AUDIO = torch.randn(2, 8000, generator=torch.Generator().manual_seed(0))
 
 
-def _perturb(params) -> None:
-    with torch.no_grad():
-        for p in params:
-            p.add_(torch.randn_like(p) * 0.2)
-
-
 @pytest.fixture(scope="module")
 def task_dir(tmp_path_factory):
     """Task files trained on the tiny preset's weights: en, de, a language adapter es and es/asr stacked on it."""
@@ -31,14 +26,14 @@ def task_dir(tmp_path_factory):
     torch.manual_seed(0)
     model = CTCModel(build_backbone("tiny")).eval()
     for task, text in (("en", "the fox"), ("de", "der fuchs")):
-        _perturb(prepare(model, task, Vocabulary.build([text]), MethodConfig("adapters", adapter_size=16)).values())
+        perturb(prepare(model, task, Vocabulary.build([text]), MethodConfig("adapters", adapter_size=16)).values(), 0.2)
         save_task(model, task, out)
     add_adapter(model.backbone, "es", AdapterConfig(size=16))
-    _perturb(adapter_parameters(model.backbone, "es").values())
+    perturb(adapter_parameters(model.backbone, "es").values(), 0.2)
     save_adapter(model.backbone, "es", out)
     params = prepare(model, "es/asr", Vocabulary.build(["el zorro"]), MethodConfig("adapters", adapter_size=8,
                                                                                    stack_on="es"))
-    _perturb(params.values())
+    perturb(params.values(), 0.2)
     save_task(model, "es/asr", out)
     return out
 

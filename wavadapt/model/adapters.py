@@ -511,27 +511,26 @@ def active_stack(model: nn.Module) -> Stack | list[Stack] | None:
     return _routing(model).stacks
 
 
-@contextlib.contextmanager
 def disable_adapters(model: nn.Module):
     """Run the bare backbone inside the block, then restore the previous routing."""
-    routing = _routing(model)
-    saved, routing.stacks = routing.stacks, None
-    try:
-        yield
-    finally:
-        routing.stacks = saved
+    return _routing_set(model, "stacks", None)
 
 
-@contextlib.contextmanager
 def grouped_routing(model: nn.Module):
     """Inside the block, run mixed batches by the loop over distinct stacks (one pass of index_select /
     index_copy per stack), the routing the gathered one replaced: the baseline it is benchmarked against."""
+    return _routing_set(model, "grouped", True)
+
+
+@contextlib.contextmanager
+def _routing_set(model: nn.Module, attr: str, value):
     routing = _routing(model)
-    saved, routing.grouped = routing.grouped, True
+    saved = getattr(routing, attr)
+    setattr(routing, attr, value)
     try:
         yield
     finally:
-        routing.grouped = saved
+        setattr(routing, attr, saved)
 
 
 def is_adapter_key(key: str) -> bool:
