@@ -17,7 +17,10 @@ flashlight's ``decode`` holds the GIL (no ``gil_scoped_release`` in its bindings
 parallel; :func:`decode_in_processes` spreads a large evaluation over processes, each building its own decoder.
 """
 
+import contextlib
 import math
+import os
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -48,6 +51,8 @@ DecodedWords = list[tuple[str, int, int]]
 """``(word, first frame, last frame + 1)`` per word, in order."""
 
 UNK_WORD = "<unk>"  # KenLM's unknown word
+LEXICON_FREE_UNK_SCORE = -10.0
+"""pyctcdecode's ``unk_score_offset``: an unknown word must cost more than a word break (see :mod:`word_lm`)."""
 
 
 @dataclass
@@ -71,8 +76,10 @@ class DecoderConfig:
     """Added per word (an insertion bonus; negative to discourage splitting words)."""
     lexicon: Path | None = None
     """Restrict words to this lexicon (see :func:`files.read_lexicon`)."""
-    unk_score: float = -math.inf
-    """Score of a word outside the lexicon (lexicon decoding); -inf emits none."""
+    unk_score: float | None = None
+    """Added per word outside the lexicon (lexicon decoding; -inf emits none) or the LM's vocabulary (lexicon-free,
+    where it is paid as soon as the letters leave every LM word's prefix). Default: -inf with a lexicon,
+    ``LEXICON_FREE_UNK_SCORE`` without."""
     sil_score: float = 0.0
     """Added each time ``|`` (silence) is emitted."""
     log_add: bool = False
@@ -86,6 +93,8 @@ class DecoderConfig:
         if self.kind == "greedy" and (self.lm or self.lexicon):
             raise WavadaptError("a language model or lexicon needs the beam decoder (kind='beam')")
         self.lm = Path(self.lm) if self.lm is not None else None
+        if self.unk_score is None:
+            self.unk_score = -math.inf if self.lexicon is not None else LEXICON_FREE_UNK_SCORE
         self.lexicon = Path(self.lexicon) if self.lexicon is not None else None
 
 
@@ -165,9 +174,11 @@ class BeamSearchDecoder:
                 words.add_entry(word)
             word_ids = {w: words.get_index(w) for w in lm_words}
             letters = [lm_case(s) for s in self._spelling]
-            bonus = config.word_score / config.lm_weight if config.lm_weight else 0.0
+            # flashlight weighs what the LM returns by lm_weight; these two are meant unweighted.
+            bonus, penalty = ((config.word_score / config.lm_weight, config.unk_score / config.lm_weight)
+                              if config.lm_weight else (0.0, 0.0))
             self._lm = WordScoringLM(_load_kenlm(config.lm, words), word_ids, words.get_index(UNK_WORD), letters,
-                                     self._sil, bonus)
+                                     self._sil, bonus, penalty)
         options = LexiconFreeDecoderOptions(
             beam_size=config.beam_size, beam_size_token=config.beam_size_token or len(vocab),
             beam_threshold=config.beam_threshold, lm_weight=config.lm_weight, sil_score=config.sil_score,
@@ -265,7 +276,22 @@ def _lm_case(vocab: Vocabulary, lm_words: list[str] | None) -> Callable[[str], s
 
 def _load_kenlm(path: Path, words: Dictionary) -> KenLM:
     try:
-        return KenLM(str(path), words)
+        with _stderr_silenced():  # KenLM draws progress bars and a tip on the process's stderr while it reads
+            return KenLM(str(path), words)
     except RuntimeError as e:  # KenLM's message ends with its reason, after a C++ source location
         reason = str(e).strip().splitlines()[-1]
         raise LanguageModelError(f"{path}: KenLM cannot load it ({reason})") from None
+
+
+@contextlib.contextmanager
+def _stderr_silenced():
+    """File descriptor 2 pointed at /dev/null (C++ code writes there directly, around Python's sys.stderr)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
