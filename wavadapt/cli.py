@@ -187,6 +187,25 @@ AdapterOption = Annotated[
 TaskOption = Annotated[str | None, typer.Option(help="Task to run (default: the last task file's).")]
 VocabOption = Annotated[Path | None, typer.Option(help="The dict.ltr.txt of a fine-tuned fairseq checkpoint, where "
                                                  "it is not beside the .pt.")]
+# The decoder: greedy, or flashlight's beam search with a KenLM word LM and a lexicon (DecoderConfig).
+DecoderKind = Annotated[str | None, typer.Option("--decoder", help="greedy, or beam (CTC beam search; the default "
+                                                 "when --lm or --lexicon is given).")]
+BeamSize = Annotated[int, typer.Option(help="Beam search: hypotheses kept per frame.")]
+LmOption = Annotated[Path | None, typer.Option("--lm", help="Beam search with this KenLM word n-gram LM (.arpa, "
+                                               "or a .bin with --lexicon; `wavadapt lm` builds one).")]
+LmWeight = Annotated[float, typer.Option(help="Beam search: weight of the LM's log10 probabilities.")]
+WordScore = Annotated[float, typer.Option(help="Beam search: added per word (insertion bonus).")]
+LexiconOption = Annotated[Path | None, typer.Option(help="Beam search emits only this lexicon's words (lines of "
+                                                    "`word` or `word  s p e l l i n g`).")]
+
+
+def _decoder_config(kind: str | None, beam_size: int, lm: Path | None, lm_weight: float, word_score: float,
+                    lexicon: Path | None):
+    from wavadapt.decoding import DecoderConfig
+
+    kind = kind or ("beam" if lm or lexicon else "greedy")
+    return DecoderConfig(kind, beam_size=beam_size, lm=lm, lm_weight=lm_weight, word_score=word_score,
+                         lexicon=lexicon)
 
 
 def _asr_model(model: str, adapters: list[Path] | None, task: str | None, family: str | None, trust_pickle: bool,
@@ -214,17 +233,27 @@ def evaluate_corpus(
     trust_pickle: TrustPickle = False,
     vocab: VocabOption = None,
     raw_format: RawFormatOption = None,
+    decoder: DecoderKind = None,
+    beam_size: BeamSize = 50,
+    lm: LmOption = None,
+    lm_weight: LmWeight = 2.0,
+    word_score: WordScore = 0.0,
+    lexicon: LexiconOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Decode a corpus split greedily and print WER / CER per language."""
+    """Decode a corpus split (greedy, or beam search with greedy's scores beside) and print WER / CER per
+    language."""
     import json
 
     from wavadapt.data.corpora import open_corpus
+    from wavadapt.decoding import make_decoder
     from wavadapt.evaluate import evaluate
 
+    config = _decoder_config(decoder, beam_size, lm, lm_weight, word_score, lexicon)
     asr = _asr_model(model, adapter, task, family, trust_pickle, vocab)
+    make_decoder(config, asr.vocabularies[asr.active])  # a bad LM or lexicon fails before the decoding
     result = evaluate(asr, open_corpus(data, split, language, raw_format), max_seconds_per_batch=max_seconds_per_batch,
-                      out_dir=out)
+                      out_dir=out, decoder=config)
     typer.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False) if json_output else result.summary())
 
 
@@ -252,11 +281,19 @@ def transcribe_files(
     compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the backbone (minutes to compile "
                                                 "each new batch shape; for long runs).")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    decoder: DecoderKind = None,
+    beam_size: BeamSize = 50,
+    lm: LmOption = None,
+    lm_weight: LmWeight = 2.0,
+    word_score: WordScore = 0.0,
+    lexicon: LexiconOption = None,
 ) -> None:
-    """Transcribe many files in length-sorted batches that mix tasks (greedy CTC); each unreadable file gets one
-    error line on stderr, the others are still transcribed, and the exit status is then 1."""
+    """Transcribe many files in length-sorted batches that mix tasks (greedy CTC, or beam search with an LM); each
+    unreadable file gets one error line on stderr, the others are still transcribed, and the exit status is
+    then 1."""
     from wavadapt.data.audio import RawFormat, is_headerless
     from wavadapt.data.corpora import read_manifest
+    from wavadapt.decoding import DecoderPool
     from wavadapt.inference import transcription
     from wavadapt.inference.formats import FORMATS, SUBTITLES, jsonl_line, subtitles, tsv_line
     from wavadapt.inference.transcription import Request, transcribe_requests
@@ -266,18 +303,22 @@ def transcribe_files(
     if output_format in SUBTITLES and out is None:
         raise WavadaptError(f"--format {output_format} writes one file per input: give the directory with --out")
     raw = str(RawFormat.parse(raw_format)) if raw_format else None  # a typo fails before the model loads
+    config = _decoder_config(decoder, beam_size, lm, lm_weight, word_score, lexicon)
     asr = _asr_model(model, adapter, task, family, trust_pickle, vocab)
     requests = []
     for f in files:
         if f.suffix in (".tsv", ".jsonl") and f.is_file():
-            requests += [Request(u.path, _task_of(asr, u.task, u.language), u.raw_format or raw)
+            requests += [Request(u.path, _task_of(asr, u.task, u.language), u.raw_format or raw, config)
                          for u in read_manifest(f)]
         else:
-            requests.append(Request(f, asr.active, raw if is_headerless(f) else None))
+            requests.append(Request(f, asr.active, raw if is_headerless(f) else None, config))
+    pool = DecoderPool()
+    for t in dict.fromkeys(r.task for r in requests if r.task in asr.vocabularies):  # a bad LM fails here, first
+        pool.get(config, asr.vocabularies[t])
     if compile_model:
         transcription.compile_model(asr)
     results = transcribe_requests(asr, requests, max_seconds_per_batch, chunk_seconds,
-                                  progress=progress and len(requests) > 8, precision=precision)
+                                  progress=progress and len(requests) > 8, precision=precision, pool=pool)
     good = [t for t in results if t.error is None]
     for t in results:
         if t.error is not None:
@@ -474,12 +515,19 @@ def serve(
     api_key: Annotated[str | None, typer.Option(envvar="WAVADAPT_API_KEY", help="Refuse /v1 and /metrics requests "
                                                 "without Authorization: Bearer KEY (401).")] = None,
     trust_pickle: TrustPickle = False,
+    decoder: Annotated[str, typer.Option("--decoder", help="Every task's default decoder: greedy, or beam (with "
+                                         "the task's lm.<task>.arpa|.bin and lexicon.<task>.txt from --adapters, "
+                                         "where there); a request may choose its own.")] = "greedy",
+    beam_size: BeamSize = 50,
+    lm_weight: LmWeight = 2.0,
+    word_score: WordScore = 0.0,
 ) -> None:
     """Serve the model's tasks over an OpenAI-compatible HTTP API (POST /v1/audio/transcriptions, GET /v1/models),
     with /health, Prometheus /metrics and a page at / to try it; requests share mixed-task batches."""
     from wavadapt.inference.server import serve as run_server
 
-    run_server(model, adapters, host, port, trust_pickle=trust_pickle, echo=typer.echo, max_wait_ms=max_wait_ms,
+    run_server(model, adapters, host, port, trust_pickle=trust_pickle, echo=typer.echo,
+               decoder=_decoder_config(decoder, beam_size, None, lm_weight, word_score, None), max_wait_ms=max_wait_ms,
                max_batch_seconds=max_batch_seconds, max_queue=max_queue, max_upload_mb=max_upload_mb,
                max_audio_seconds=max_audio_seconds, api_key=api_key)
 

@@ -1,8 +1,11 @@
-"""Greedy CTC decoding of a corpus or single files, and WER / CER (jiwer) per language."""
+"""CTC decoding of a corpus (greedy, or beam search with an LM beside greedy) or single files, and WER / CER
+(jiwer) per language."""
 
 import contextlib
 import logging
+import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -16,6 +19,7 @@ from wavadapt.data.audio import SAMPLE_RATE, normalize_waveform, read_audio
 from wavadapt.data.batching import AudioDataset, filter_by_length, make_dataloader, transcribed
 from wavadapt.data.corpora import Utterance
 from wavadapt.data.text import normalize_text
+from wavadapt.decoding import DecoderConfig, decode_in_processes, log_probs, texts
 from wavadapt.errors import AudioError, WavadaptError
 from wavadapt.model.ctc import CTCModel, CTCOutput
 
@@ -34,6 +38,9 @@ class Scores:
     utterances: int
     seconds: float
     """Audio duration."""
+    greedy_wer: float | None = None
+    greedy_cer: float | None = None
+    """Greedy decoding's rates on the same logits, when ``wer`` and ``cer`` are a beam search's."""
 
 
 @dataclass
@@ -41,6 +48,8 @@ class EvalResult(Scores):
     """Scores of one task on a set of utterances, overall and per language."""
 
     task: str = ""
+    decoder: str = "greedy"
+    """How the hypotheses were decoded (``DecoderConfig.describe``)."""
     languages: dict[str, Scores] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
     """Ids of files that could not be read; they are not scored."""
@@ -54,14 +63,17 @@ class EvalResult(Scores):
 
     def summary(self) -> str:
         """A table of WER / CER per language (and overall when there are several)."""
+        beam = self.greedy_wer is not None
         lines = [
-            f"task {self.task}: {self.utterances} utterances, {self.seconds:.1f} s of audio decoded in "
-            f"{self.elapsed:.1f} s; {len(self.skipped)} unreadable and {len(self.no_transcript)} without a transcript "
-            "skipped",
-            f"{'language':<10}{'utterances':>11}{'WER':>9}{'CER':>9}",
+            f"task {self.task}: {self.utterances} utterances, {self.seconds:.1f} s of audio decoded ({self.decoder}) "
+            f"in {self.elapsed:.1f} s; {len(self.skipped)} unreadable and {len(self.no_transcript)} without a "
+            "transcript skipped",
+            f"{'language':<10}{'utterances':>11}{'WER':>9}{'CER':>9}"
+            + (f"{'greedy WER':>12}{'CER':>9}" if beam else ""),
         ]
         rows = list(self.languages.items()) + ([("all", self)] if len(self.languages) > 1 else [])
-        lines += [f"{lang:<10}{s.utterances:>11}{s.wer:>9.2%}{s.cer:>9.2%}" for lang, s in rows]
+        lines += [f"{lang:<10}{s.utterances:>11}{s.wer:>9.2%}{s.cer:>9.2%}"
+                  + (f"{s.greedy_wer:>12.2%}{s.greedy_cer:>9.2%}" if beam else "") for lang, s in rows]
         return "\n".join(lines)
 
 
@@ -109,15 +121,19 @@ def transcribe(model: CTCModel, waveform: np.ndarray, chunk_seconds: float | Non
     Audio longer than ``chunk_seconds`` is decoded in consecutive windows cut at their quietest 20 ms near the
     end (a pause, not a word, where there is one), so memory stays bounded for any length; None decodes it whole.
     """
-    device = next(model.parameters()).device
-    texts = []
     with evaluating(model):
-        for piece in cut_at_pauses(waveform, chunk_seconds):
-            if model.normalize_waveforms:
-                piece = normalize_waveform(piece)
-            x = torch.from_numpy(piece)[None].to(device)  # (1, S)
-            texts.append(model.greedy_decode(forward_padded(model, x, torch.ones_like(x, dtype=torch.long)))[0])
-    return " ".join(t for t in texts if t)
+        return " ".join(t for output in _window_outputs(model, waveform, chunk_seconds)
+                        if (t := model.greedy_decode(output)[0]))
+
+
+def _window_outputs(model: CTCModel, waveform: np.ndarray, chunk_seconds: float | None) -> Iterator[CTCOutput]:
+    """The active task's output for each window of ``waveform`` (:func:`cut_at_pauses`), one forward each."""
+    device = next(model.parameters()).device
+    for piece in cut_at_pauses(waveform, chunk_seconds):
+        if model.normalize_waveforms:
+            piece = normalize_waveform(piece)
+        x = torch.from_numpy(piece)[None].to(device)  # (1, S)
+        yield forward_padded(model, x, torch.ones_like(x, dtype=torch.long))
 
 
 def cut_at_pauses(x: np.ndarray, chunk_seconds: float | None, search_seconds: float = 5.0) -> list[np.ndarray]:
@@ -137,9 +153,13 @@ def cut_at_pauses(x: np.ndarray, chunk_seconds: float | None, search_seconds: fl
     return [*pieces, x[start:]]
 
 
-def score(references: list[str], hypotheses: list[str], seconds: float = 0.0) -> Scores:
-    """Corpus WER and CER of normalised reference / hypothesis pairs."""
-    return Scores(jiwer.wer(references, hypotheses), jiwer.cer(references, hypotheses), len(references), seconds)
+def score(references: list[str], hypotheses: list[str], seconds: float = 0.0, greedy: list[str] | None = None
+          ) -> Scores:
+    """Corpus WER and CER of normalised reference / hypothesis pairs (and of greedy hypotheses beside a beam's)."""
+    result = Scores(jiwer.wer(references, hypotheses), jiwer.cer(references, hypotheses), len(references), seconds)
+    if greedy is not None:
+        result.greedy_wer, result.greedy_cer = jiwer.wer(references, greedy), jiwer.cer(references, greedy)
+    return result
 
 
 def evaluate(
@@ -149,16 +169,19 @@ def evaluate(
     max_seconds_per_batch: float = 60.0,
     language: str | None = None,
     out_dir: str | Path | None = None,
+    decoder: DecoderConfig | None = None,
 ) -> EvalResult:
-    """Decode ``utterances`` greedily with ``task`` (default: the active one) and score them.
+    """Decode ``utterances`` with ``task`` (default: the active one) and score them: greedily, or with the beam
+    search of ``decoder``, whose scores then come with greedy decoding's of the same logits beside them.
 
     References are ``normalize_text(text, language or utterance.language)``; hypotheses are in the task's
     character set already. Results are grouped by ``Utterance.language``. Utterances without a transcript are
     skipped and listed (``no_transcript``), and so are unreadable files (``skipped``). Utterances are batched
     by length (longer ones than ``max_seconds_per_batch`` are batched apart), exactly for every CNN (a padded
     row decodes as it does alone: ``CTCModel`` masks the padding); those over ``CHUNK_SECONDS`` are decoded in
-    windows as by :func:`transcribe`. With ``out_dir``, writes ``hyp.<task>.txt`` and ``ref.<task>.txt``
-    (``<id> <text>`` lines, in input order).
+    windows as by :func:`transcribe` (a beam search reads the windows' log-probabilities joined). With ``out_dir``,
+    writes ``hyp.<task>.txt`` and ``ref.<task>.txt`` (``<id> <text>`` lines, in input order), and
+    ``hyp.<task>.greedy.txt`` beside a beam search's.
     """
     task = task or model.active
     if task is None:
@@ -173,8 +196,16 @@ def evaluate(
 
     start = time.perf_counter()
     readable = filter_by_length(labeled).kept  # fills lengths from headers, drops unreadable headers
+    beam = decoder is not None and decoder.kind == "beam"
+    vocab = model.vocabularies[task]
     with evaluating(model):
-        hypotheses = _decode(model, readable, max_seconds_per_batch) if readable else {}
+        hypotheses, emissions = _decode(model, readable, max_seconds_per_batch, beam) if readable else ({}, {})
+    greedy = None
+    if beam:
+        ids = list(emissions)
+        workers = min(os.cpu_count() or 1, max(1, len(ids) // 16))  # a process loads the LM in a second or so
+        greedy, hypotheses = hypotheses, dict(zip(ids, texts(decode_in_processes(
+            decoder, vocab, [emissions[i] for i in ids], workers)), strict=True))
     elapsed = time.perf_counter() - start
     scored = [u for u in labeled if u.id in hypotheses]
     if not scored:
@@ -188,30 +219,41 @@ def evaluate(
 
     def scores(group: list[Utterance]) -> Scores:
         seconds = sum(lengths[u.id] for u in group) / SAMPLE_RATE
-        return score([references[u.id] for u in group], [hypotheses[u.id] for u in group], seconds)
+        return score([references[u.id] for u in group], [hypotheses[u.id] for u in group], seconds,
+                     greedy and [greedy[u.id] for u in group])
 
     overall = scores(scored)
-    result = EvalResult(**asdict(overall), task=task, elapsed=elapsed,
+    result = EvalResult(**asdict(overall), task=task, decoder=(decoder or DecoderConfig()).describe(),
+                        elapsed=elapsed,
                         languages={lang: scores(group) for lang, group in sorted(by_language.items())},
                         skipped=[u.id for u in labeled if u.id not in hypotheses], no_transcript=no_transcript)
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        for kind, texts in (("hyp", hypotheses), ("ref", references)):
-            lines = "".join(f"{u.id} {texts[u.id]}\n" for u in scored)
-            (out_dir / f"{kind}.{safe_name(task)}.txt").write_text(lines, encoding="utf-8")
+        files = {f"hyp.{safe_name(task)}.txt": hypotheses, f"ref.{safe_name(task)}.txt": references}
+        if greedy:
+            files[f"hyp.{safe_name(task)}.greedy.txt"] = greedy
+        for name, lines in files.items():
+            (out_dir / name).write_text("".join(f"{u.id} {lines[u.id]}\n" for u in scored), encoding="utf-8")
     return result
 
 
-def _decode(model: CTCModel, utterances: list[Utterance], max_seconds_per_batch: float) -> dict[str, str]:
-    """Greedy transcripts by utterance id; files that fail to decode are left out."""
+def _decode(model: CTCModel, utterances: list[Utterance], max_seconds_per_batch: float, keep_emissions: bool
+            ) -> tuple[dict[str, str], dict[str, np.ndarray]]:
+    """Greedy transcripts by utterance id, and with ``keep_emissions`` each one's log-probabilities (for a beam
+    search); files that fail to decode are left out."""
     chunked = int(CHUNK_SECONDS * SAMPLE_RATE)
-    hypotheses = {}
+    vocab = model.vocabularies[model.active]
+    hypotheses, emissions = {}, {}
     for u in [u for u in utterances if u.num_samples > chunked]:  # in windows, as transcribe does: bounded memory
         try:
-            hypotheses[u.id] = transcribe(model, read_audio(u.path, raw=u.raw_format))
+            outputs = list(_window_outputs(model, read_audio(u.path, raw=u.raw_format), CHUNK_SECONDS))
         except AudioError as e:
             log.warning("skipping %s: %s", u.id, e)
+            continue
+        hypotheses[u.id] = " ".join(t for output in outputs if (t := model.greedy_decode(output)[0]))
+        if keep_emissions:
+            emissions[u.id] = np.concatenate([log_probs(output, vocab)[0] for output in outputs])
     utterances = [u for u in utterances if u.num_samples <= chunked]
     cap = int(max_seconds_per_batch * SAMPLE_RATE)
     longer = [u for u in utterances if u.num_samples > cap]
@@ -230,4 +272,6 @@ def _decode(model: CTCModel, utterances: list[Utterance], max_seconds_per_batch:
                 continue
             output = forward_padded(model, batch["waveforms"].to(device), batch["attention_mask"].to(device))
             hypotheses |= zip(batch["ids"], model.greedy_decode(output), strict=True)
-    return hypotheses
+            if keep_emissions:
+                emissions |= zip(batch["ids"], log_probs(output, vocab), strict=True)
+    return hypotheses, emissions

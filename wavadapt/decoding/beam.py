@@ -21,6 +21,7 @@ import contextlib
 import math
 import os
 import sys
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -55,7 +56,7 @@ LEXICON_FREE_UNK_SCORE = -10.0
 """pyctcdecode's ``unk_score_offset``: an unknown word must cost more than a word break (see :mod:`word_lm`)."""
 
 
-@dataclass
+@dataclass(frozen=True)  # hashable: decoders are kept per config (DecoderPool)
 class DecoderConfig:
     """How to turn CTC logits into words. The defaults are torchaudio's ``ctc_decoder``'s except ``beam_threshold``
     (25, fairseq's: hypotheses 25 log-units behind the best are pruned; 50 decoded no better on our checks and is
@@ -92,10 +93,24 @@ class DecoderConfig:
             raise WavadaptError("beam_size and beam_size_token must be at least 1")
         if self.kind == "greedy" and (self.lm or self.lexicon):
             raise WavadaptError("a language model or lexicon needs the beam decoder (kind='beam')")
-        self.lm = Path(self.lm) if self.lm is not None else None
-        if self.unk_score is None:
-            self.unk_score = -math.inf if self.lexicon is not None else LEXICON_FREE_UNK_SCORE
-        self.lexicon = Path(self.lexicon) if self.lexicon is not None else None
+        for name in ("lm", "lexicon"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, Path(getattr(self, name)))
+
+    @property
+    def unknown_word_score(self) -> float:
+        """``unk_score``, or its default for the decoder's kind (left unresolved in the field, so ``replace`` that
+        adds a lexicon gets the lexicon's default)."""
+        if self.unk_score is not None:
+            return self.unk_score
+        return -math.inf if self.lexicon is not None else LEXICON_FREE_UNK_SCORE
+
+    def describe(self) -> str:
+        """One line for reports: ``greedy``, or the beam with its LM, weights and lexicon."""
+        if self.kind == "greedy":
+            return "greedy"
+        lm = f" + {self.lm.name} (weight {self.lm_weight:g}, word score {self.word_score:g})" if self.lm else ""
+        return f"beam {self.beam_size}{lm}" + (f", lexicon {self.lexicon.name}" if self.lexicon else "")
 
 
 def log_probs(output: CTCOutput, vocab: Vocabulary) -> list[np.ndarray]:
@@ -156,7 +171,7 @@ class BeamSearchDecoder:
         options = LexiconDecoderOptions(
             beam_size=config.beam_size, beam_size_token=config.beam_size_token or len(vocab),
             beam_threshold=config.beam_threshold, lm_weight=config.lm_weight, word_score=config.word_score,
-            unk_score=config.unk_score, sil_score=config.sil_score, log_add=config.log_add,
+            unk_score=config.unknown_word_score, sil_score=config.sil_score, log_add=config.log_add,
             criterion_type=CriterionType.CTC)
         return LexiconDecoder(options, trie, self._lm, self._sil, self._blank, self._unk_word, [], False)
 
@@ -175,7 +190,7 @@ class BeamSearchDecoder:
             word_ids = {w: words.get_index(w) for w in lm_words}
             letters = [lm_case(s) for s in self._spelling]
             # flashlight weighs what the LM returns by lm_weight; these two are meant unweighted.
-            bonus, penalty = ((config.word_score / config.lm_weight, config.unk_score / config.lm_weight)
+            bonus, penalty = ((config.word_score / config.lm_weight, config.unknown_word_score / config.lm_weight)
                               if config.lm_weight else (0.0, 0.0))
             self._lm = WordScoringLM(_load_kenlm(config.lm, words), word_ids, words.get_index(UNK_WORD), letters,
                                      self._sil, bonus, penalty)
@@ -233,6 +248,33 @@ class BeamSearchDecoder:
 
 def make_decoder(config: DecoderConfig, vocab: Vocabulary) -> GreedyDecoder | BeamSearchDecoder:
     return GreedyDecoder(vocab) if config.kind == "greedy" else BeamSearchDecoder(config, vocab)
+
+
+class DecoderPool:
+    """Decoders kept per (config, vocabulary), so a KenLM loads once however many batches use it; the least recently
+    used go beyond ``size``."""
+
+    def __init__(self, size: int = 16):
+        self.size = size
+        self._decoders: OrderedDict[tuple, tuple[Vocabulary, GreedyDecoder | BeamSearchDecoder]] = OrderedDict()
+
+    def get(self, config: DecoderConfig, vocab: Vocabulary) -> GreedyDecoder | BeamSearchDecoder:
+        key = (config, id(vocab))  # the entry holds the vocabulary, so its id is not reused while kept
+        if key not in self._decoders:
+            self._decoders[key] = (vocab, make_decoder(config, vocab))
+            while len(self._decoders) > self.size:
+                self._decoders.popitem(last=False)
+        self._decoders.move_to_end(key)
+        return self._decoders[key][1]
+
+    def decode_row(self, config: DecoderConfig | None, vocab: Vocabulary, logits: torch.Tensor) -> DecodedWords:
+        """The words of one utterance's (frames, >= vocabulary) logits: greedy on the argmax, beam search on the
+        log-softmax of the vocabulary's own columns."""
+        logits = logits[:, : len(vocab)]
+        if config is None or config.kind == "greedy":
+            return vocab.ctc_words(logits.argmax(-1).tolist())
+        emissions = np.ascontiguousarray(logits.detach().float().log_softmax(-1).cpu().numpy())
+        return self.get(config, vocab).decode_emissions(emissions)
 
 
 def texts(decoded: Sequence[DecodedWords]) -> list[str]:

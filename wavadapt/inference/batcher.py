@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from wavadapt.data.audio import SAMPLE_RATE
+from wavadapt.decoding import DecoderConfig, DecoderPool
 from wavadapt.errors import WavadaptError
 from wavadapt.evaluate import CHUNK_SECONDS
 from wavadapt.inference.transcription import Transcript, default_batch_seconds, transcribe_waveforms
@@ -47,6 +48,7 @@ class _Job:
     audio: np.ndarray
     task: str
     name: str
+    decoder: DecoderConfig | None
     future: asyncio.Future
     arrived: float
     rows: int
@@ -60,8 +62,10 @@ class Batcher:
 
     def __init__(self, model: CTCModel, *, max_wait_s: float = 0.01, max_batch_seconds: float | None = None,
                  max_queue: int = 256, chunk_seconds: float = CHUNK_SECONDS,
-                 on_batch: Callable[[BatchStats], None] | None = None):
+                 on_batch: Callable[[BatchStats], None] | None = None, pool: DecoderPool | None = None):
+        """``pool`` keeps the beam decoders requests ask for (a registry's, whose LMs are loaded)."""
         self.model = model
+        self.pool = pool or DecoderPool()
         self.max_wait_s = max_wait_s
         self.max_batch_seconds = max_batch_seconds or default_batch_seconds(next(model.parameters()).device)
         self.max_queue = max_queue
@@ -95,15 +99,17 @@ class Batcher:
         self._pending.clear()
         await asyncio.to_thread(self._executor.shutdown)  # a forward under way finishes
 
-    async def transcribe(self, audio: np.ndarray, task: str, name: str = "<audio>") -> Transcript:
-        """The transcript of 16 kHz mono float32 ``audio`` by ``task``, batched with whatever else is queued."""
+    async def transcribe(self, audio: np.ndarray, task: str, name: str = "<audio>",
+                         decoder: DecoderConfig | None = None) -> Transcript:
+        """The transcript of 16 kHz mono float32 ``audio`` by ``task`` (decoded by ``decoder``, greedy if None),
+        batched with whatever else is queued."""
         if self._loop_task is None or self._loop_task.done():
             raise BatcherClosed("the batcher is not running")
         if len(self._pending) >= self.max_queue:
             raise QueueFull(f"{len(self._pending)} requests are queued, the most this server holds")
         loop = asyncio.get_running_loop()
         window = int(self.chunk_seconds * SAMPLE_RATE)
-        job = _Job(audio, task, name, loop.create_future(), loop.time(), max(1, -(-len(audio) // window)),
+        job = _Job(audio, task, name, decoder, loop.create_future(), loop.time(), max(1, -(-len(audio) // window)),
                    min(len(audio), window))
         self._pending.append(job)
         self._arrived.set()
@@ -161,7 +167,8 @@ class Batcher:
         try:
             results = await loop.run_in_executor(
                 self._executor, transcribe_waveforms, self.model, [(j.audio, j.task) for j in batch],
-                [j.name for j in batch], self.max_batch_seconds, self.chunk_seconds)
+                [j.name for j in batch], self.max_batch_seconds, self.chunk_seconds, [j.decoder for j in batch],
+                self.pool)
         except Exception as e:  # a row the model cannot take: find it by running each alone
             if len(batch) > 1:
                 for job in batch:

@@ -5,14 +5,20 @@ directory with its languages, a fine-tuned checkpoint with its own head) and the
 ``add`` loads one more task file at run time, refusing one trained on another backbone with both fingerprints
 named (`checkpoint.load_task`); ``remove`` takes a task and the adapter set only it used out again. Nothing
 reloads the backbone. ``tasks`` lists what is served with each task's parameters and memory.
+
+Each task also has a default decoder: the registry's (greedy unless told otherwise), whose beam search uses the
+task's own LM and lexicon where the directory holds them (``lm.<task>.arpa`` or ``.bin``, ``lexicon.<task>.txt``,
+``/`` written ``--`` as in task files); ``decoder`` applies a request's choices on top. The registry's
+``DecoderPool`` keeps the decoders, so each LM loads once.
 """
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from wavadapt.checkpoint import load_asr_model, load_task
+from wavadapt.checkpoint import load_asr_model, load_task, safe_name
+from wavadapt.decoding import DecoderConfig, DecoderPool
 from wavadapt.errors import CheckpointError, WavadaptError
 from wavadapt.model.adapters import adapter_config, adapter_names, adapter_parameters, remove_adapter
 from wavadapt.model.ctc import CTCModel
@@ -28,6 +34,8 @@ class TaskInfo:
     tokens: int
     parameters: int
     bytes: int
+    decoder: str
+    """The task's default decoder (``DecoderConfig.describe``)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -36,14 +44,35 @@ class TaskInfo:
 class Registry:
     """Tasks on one backbone (see the module's docstring)."""
 
-    def __init__(self, model: CTCModel):
-        self.model = model
+    def __init__(self, model: CTCModel, decoder: DecoderConfig | None = None, decoding_dir: Path | None = None):
+        """``decoder``: every task's default (greedy); ``decoding_dir``: where tasks' LMs and lexicons are (see the
+        module's docstring), each checked here by loading it."""
+        self.model, self.default_decoder, self.pool = model, decoder or DecoderConfig(), DecoderPool()
+        self.language_models: dict[str, tuple[Path | None, Path | None]] = {}
+        """task -> (LM, lexicon) from ``decoding_dir``."""
+        for task in self.names if decoding_dir is not None else ():
+            lm = next((p for p in (decoding_dir / f"lm.{safe_name(task)}.{x}" for x in ("arpa", "bin")) if p.is_file()),
+                      None)
+            lexicon = decoding_dir / f"lexicon.{safe_name(task)}.txt"
+            if lm or lexicon.is_file():
+                self.language_models[task] = (lm, lexicon if lexicon.is_file() else None)
+                self.pool.get(self.decoder(task, "beam"), model.vocabularies[task])
 
     @classmethod
     def load(cls, backbone: str | Path, task_files: Sequence[Path] = (), *, trust_pickle: bool = False,
-             vocab: Path | None = None) -> "Registry":
+             vocab: Path | None = None, decoder: DecoderConfig | None = None,
+             decoding_dir: Path | None = None) -> "Registry":
         """The backbone with its own tasks, then ``task_files`` in order (a language adapter before a task on it)."""
-        return cls(load_asr_model(backbone, list(task_files), trust_pickle=trust_pickle, vocab=vocab))
+        return cls(load_asr_model(backbone, list(task_files), trust_pickle=trust_pickle, vocab=vocab), decoder,
+                   decoding_dir)
+
+    def decoder(self, task: str, kind: str | None = None, **choices) -> DecoderConfig:
+        """``task``'s decoder: the default, with ``kind`` and the beam search's ``choices`` (beam_size, lm_weight,
+        word_score) where given; a beam search uses the task's LM and lexicon."""
+        lm, lexicon = self.language_models.get(task, (None, None))
+        kind = kind or self.default_decoder.kind
+        beam = {"lm": lm, "lexicon": lexicon, **{k: v for k, v in choices.items() if v is not None}}
+        return replace(self.default_decoder, kind=kind, **(beam if kind == "beam" else {}))
 
     @staticmethod
     def task_files(directory: Path) -> list[Path]:
@@ -93,7 +122,8 @@ class Registry:
             params = [*own.values(), *self.model.heads[task].parameters()]
             form = adapter_config(self.model.backbone, task).form if own else None
             infos.append(TaskInfo(task, list(self.model.stacks[task]), form, len(self.model.vocabularies[task]),
-                                  sum(p.numel() for p in params), sum(p.numel() * p.element_size() for p in params)))
+                                  sum(p.numel() for p in params), sum(p.numel() * p.element_size() for p in params),
+                                  self.decoder(task).describe()))
         return infos
 
     def backbone_bytes(self) -> int:

@@ -1,7 +1,9 @@
 """An OpenAI-compatible transcription server over a registry of adapter tasks on one backbone.
 
 ``POST /v1/audio/transcriptions`` takes what OpenAI's takes (multipart ``file``, ``model`` = a task, ``language``,
-``response_format`` json | text | verbose_json | srt | vtt), so its clients work unchanged; ``GET /v1/models`` lists
+``response_format`` json | text | verbose_json | srt | vtt), so its clients work unchanged, and optionally the
+decoder (``decoder`` greedy | beam, ``beam_size``, ``lm_weight``, ``word_score``: OpenAI clients send them as extra
+body fields; a task's beam search uses its LM from the registry); ``GET /v1/models`` lists
 the tasks, ``/health`` and ``/metrics`` (Prometheus) report, ``/`` is a page to try it. The server is a thin layer:
 uploads pass the audio gate (`uploads.read_upload`), the `batcher.Batcher` runs them in mixed-task batches through
 `transcription.transcribe_waveforms`, `formats` writes subtitles. Errors come back in OpenAI's shape, with the
@@ -25,6 +27,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
+from wavadapt.decoding import DecoderConfig
 from wavadapt.errors import AudioError, WavadaptError
 from wavadapt.evaluate import CHUNK_SECONDS
 from wavadapt.inference.batcher import Batcher, BatcherClosed, QueueFull
@@ -35,6 +38,8 @@ from wavadapt.inference.transcription import Transcript
 from wavadapt.inference.uploads import TooLarge, read_upload
 
 RESPONSE_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
+MAX_BEAM_SIZE = 500
+"""A request's largest beam (its decoding time grows with the beam)."""
 _MEDIA_TYPES = {"text": "text/plain", "srt": "application/x-subrip", "vtt": "text/vtt"}
 _PAGE = Path(__file__).parent / "static" / "index.html"
 _FORM_OVERHEAD = 64 * 1024
@@ -86,7 +91,8 @@ def create_app(registry: Registry, config: ServerConfig = ServerConfig()) -> Fas
     async def lifespan(app: FastAPI):
         async with Batcher(registry.model, max_wait_s=config.max_wait_ms / 1000,
                            max_batch_seconds=config.max_batch_seconds, max_queue=config.max_queue,
-                           chunk_seconds=config.chunk_seconds, on_batch=metrics.record_batch) as batcher:
+                           chunk_seconds=config.chunk_seconds, on_batch=metrics.record_batch,
+                           pool=registry.pool) as batcher:
             app.state.batcher = batcher
             yield
 
@@ -129,19 +135,26 @@ def create_app(registry: Registry, config: ServerConfig = ServerConfig()) -> Fas
     @app.post("/v1/audio/transcriptions")
     async def transcriptions(request: Request, file: Annotated[UploadFile, File()], model: Annotated[str, Form()],
                              language: Annotated[str | None, Form()] = None,
-                             response_format: Annotated[str, Form()] = "json") -> Response:
+                             response_format: Annotated[str, Form()] = "json",
+                             decoder: Annotated[str | None, Form()] = None,
+                             beam_size: Annotated[int | None, Form(ge=1, le=MAX_BEAM_SIZE)] = None,
+                             lm_weight: Annotated[float | None, Form(ge=0, le=100)] = None,
+                             word_score: Annotated[float | None, Form(ge=-100, le=100)] = None) -> Response:
         task = _task_of(registry, model, language)
         request.state.task = task
         if response_format not in RESPONSE_FORMATS:
             raise _Refused(400, f"response_format {response_format!r}: choose from {', '.join(RESPONSE_FORMATS)}",
                            "invalid_response_format", "response_format")
+        if decoder not in (None, "greedy", "beam"):
+            raise _Refused(400, f"decoder {decoder!r}: choose greedy or beam", "invalid_decoder", "decoder")
+        decoding = registry.decoder(task, decoder, beam_size=beam_size, lm_weight=lm_weight, word_score=word_score)
         batcher: Batcher = request.app.state.batcher
         if batcher.queued >= config.max_queue:  # before spending a decode on it
             raise _busy(batcher)
         name = file.filename or "upload"
         try:
             audio = await run_in_threadpool(read_upload, file.file, name, config.max_bytes, config.max_audio_seconds)
-            transcript = await batcher.transcribe(audio, task, name)
+            transcript = await batcher.transcribe(audio, task, name, decoding)
         except TooLarge as e:
             raise _Refused(413, str(e), "file_too_large", "file") from None
         except AudioError as e:
@@ -285,10 +298,12 @@ def serving(app: FastAPI, host: str = "127.0.0.1", port: int = 0, timeout: float
 
 
 def serve(model_path: str | Path, adapters_dir: Path | None = None, host: str = "127.0.0.1", port: int = 8000, *,
-          trust_pickle: bool = False, echo: Callable[[str], None] = print, **options) -> None:
-    """Serve the backbone's tasks and those of ``adapters_dir`` until interrupted; ``options`` are ServerConfig's."""
+          trust_pickle: bool = False, echo: Callable[[str], None] = print, decoder: DecoderConfig | None = None,
+          **options) -> None:
+    """Serve the backbone's tasks and those of ``adapters_dir`` (with their LMs and lexicons) until interrupted;
+    ``decoder`` is every task's default, ``options`` are ServerConfig's."""
     registry = Registry.load(model_path, Registry.task_files(adapters_dir) if adapters_dir else [],
-                             trust_pickle=trust_pickle)
+                             trust_pickle=trust_pickle, decoder=decoder, decoding_dir=adapters_dir)
     app = create_app(registry, ServerConfig(**options))
     sock = _listen(host, port)
     echo(f"serving {len(registry.names)} task(s) at {_url(sock)} (OpenAI API at {_url(sock)}/v1)")

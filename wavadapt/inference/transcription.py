@@ -3,8 +3,10 @@
 Files are measured from their headers, sorted by length and packed into batches under a cap of padded audio
 seconds (little padding, so batching pays); each batch is one forward with every row on its own task
 (``CTCModel.forward_mixed``). Audio longer than ``chunk_seconds`` is cut into windows at pauses
-(``evaluate.cut_at_pauses``) that batch like files and are joined back. Words carry times from the CTC frames
-(20 ms for the papers' encoder). Results come back in input order; a bad file is a result with an ``error``.
+(``evaluate.cut_at_pauses``) that batch like files and are joined back. Each request names its decoder (greedy
+by default, or a beam search with its LM: :mod:`wavadapt.decoding`); words carry times from the frames of the
+decoded path (20 ms for the papers' encoder). Results come back in input order; a bad file is a result with an
+``error``.
 """
 
 import contextlib
@@ -19,6 +21,7 @@ from tqdm import tqdm
 
 from wavadapt.data.audio import SAMPLE_RATE, normalize_waveform, read_audio
 from wavadapt.data.corpora import samples_at_16k
+from wavadapt.decoding import DecoderConfig, DecoderPool
 from wavadapt.errors import AudioError, WavadaptError
 from wavadapt.evaluate import CHUNK_SECONDS, cut_at_pauses, evaluating, forward_padded
 from wavadapt.model.ctc import CTCModel
@@ -34,11 +37,12 @@ def default_batch_seconds(device: torch.device) -> float:
 
 @dataclass(frozen=True)
 class Request:
-    """One file to transcribe, with its task (and the format of a headerless file)."""
+    """One file to transcribe, with its task, its decoder (None: greedy) and the format of a headerless file."""
 
     path: Path
     task: str
     raw_format: str | None = None
+    decoder: DecoderConfig | None = None
 
 
 @dataclass
@@ -76,9 +80,9 @@ class _Piece:
 
 def transcribe_requests(model: CTCModel, requests: Sequence[Request], max_seconds_per_batch: float | None = None,
                         chunk_seconds: float | None = CHUNK_SECONDS, progress: bool = False,
-                        precision: str = "fp32") -> list[Transcript]:
-    """Greedy transcripts of ``requests``, in their order (see the module's docstring); ``precision`` bf16 or fp16
-    runs the model under autocast (GPU only)."""
+                        precision: str = "fp32", pool: DecoderPool | None = None) -> list[Transcript]:
+    """Transcripts of ``requests``, in their order (see the module's docstring); ``precision`` bf16 or fp16 runs the
+    model under autocast (GPU only); ``pool`` keeps beam decoders (and their LMs) for the next call."""
     _check_tasks(model, {r.task for r in requests})
     results = [Transcript(str(r.path), r.task) for r in requests]
     pieces = []
@@ -94,21 +98,27 @@ def transcribe_requests(model: CTCModel, requests: Sequence[Request], max_second
             results[i].duration = samples / SAMPLE_RATE
         except AudioError as e:
             results[i].error = str(e)
-    return _decode_pieces(model, requests, pieces, results, max_seconds_per_batch, progress, precision)
+    return _decode_pieces(model, requests, pieces, results, max_seconds_per_batch, pool or DecoderPool(), progress,
+                          precision)
 
 
 def transcribe_waveforms(model: CTCModel, items: Sequence[tuple[np.ndarray, str]], names: Sequence[str] | None = None,
                          max_seconds_per_batch: float | None = None,
-                         chunk_seconds: float | None = CHUNK_SECONDS) -> list[Transcript]:
-    """Greedy transcripts of decoded audio (16 kHz mono float32, with its task), in order: ``transcribe_requests``
-    for audio already in memory (a server's uploads); ``names`` become the transcripts' paths."""
+                         chunk_seconds: float | None = CHUNK_SECONDS,
+                         decoders: Sequence[DecoderConfig | None] | None = None,
+                         pool: DecoderPool | None = None) -> list[Transcript]:
+    """Transcripts of decoded audio (16 kHz mono float32, with its task and, in ``decoders``, its decoder), in order:
+    ``transcribe_requests`` for audio already in memory (a server's uploads); ``names`` become the transcripts'
+    paths."""
     _check_tasks(model, {task for _, task in items})
     names = names or [f"<audio {i}>" for i in range(len(items))]
-    requests = [Request(Path(name), task) for name, (_, task) in zip(names, items, strict=True)]
+    decoders = decoders or [None] * len(items)
+    requests = [Request(Path(name), task, decoder=decoder)
+                for name, (_, task), decoder in zip(names, items, decoders, strict=True)]
     results = [Transcript(name, task, duration=len(audio) / SAMPLE_RATE)
                for name, (audio, task) in zip(names, items, strict=True)]
     pieces = [piece for i, (audio, _) in enumerate(items) for piece in _windows(i, audio, chunk_seconds)]
-    return _decode_pieces(model, requests, pieces, results, max_seconds_per_batch)
+    return _decode_pieces(model, requests, pieces, results, max_seconds_per_batch, pool or DecoderPool())
 
 
 def _autocast(device: torch.device, precision: str):
@@ -144,7 +154,7 @@ def _windows(request: int, audio: np.ndarray, chunk_seconds: float | None) -> li
 
 
 def _decode_pieces(model: CTCModel, requests: Sequence[Request], pieces: list[_Piece], results: list[Transcript],
-                   max_seconds_per_batch: float | None, progress: bool = False,
+                   max_seconds_per_batch: float | None, pool: DecoderPool, progress: bool = False,
                    precision: str = "fp32") -> list[Transcript]:
     """Run the pieces in length-sorted batches and join each file's windows back into its transcript."""
     device = next(model.parameters()).device
@@ -153,7 +163,7 @@ def _decode_pieces(model: CTCModel, requests: Sequence[Request], pieces: list[_P
     decoded: dict[int, list[tuple[float, list[Word]]]] = {}
     with evaluating(model), autocast:
         for batch in tqdm(batches, desc="transcribing", unit="batch", disable=not progress):
-            for piece, words in _run(model, requests, batch, results, device):
+            for piece, words in _run(model, requests, batch, results, device, pool):
                 decoded.setdefault(piece.request, []).append((piece.offset, words))
     for i, found in decoded.items():
         if results[i].error is None:
@@ -176,7 +186,7 @@ def _batches(pieces: list[_Piece], cap: float) -> Iterator[list[_Piece]]:
 
 
 def _run(model: CTCModel, requests: Sequence[Request], batch: list[_Piece], results: list[Transcript],
-         device: torch.device) -> Iterator[tuple[_Piece, list[Word]]]:
+         device: torch.device, pool: DecoderPool) -> Iterator[tuple[_Piece, list[Word]]]:
     """Decode one batch; a file that fails to decode now gets its error and no row."""
     rows, waves = [], []
     for piece in batch:
@@ -197,10 +207,10 @@ def _run(model: CTCModel, requests: Sequence[Request], batch: list[_Piece], resu
     if len(set(tasks)) == 1:
         model.activate(tasks[0])
     output = forward_padded(model, x, mask, tasks if len(set(tasks)) > 1 else None)
-    best = output.logits.argmax(-1).cpu()
+    logits = output.logits.float().cpu()
     frame = math.prod(model.backbone.config.conv_stride) / SAMPLE_RATE
     for i, piece in enumerate(rows):
-        vocab = model.vocabularies[tasks[i]]
-        path = best[i, : output.lengths[i]].tolist()
+        words = pool.decode_row(requests[piece.request].decoder, model.vocabularies[tasks[i]],
+                                logits[i, : output.lengths[i]])
         yield piece, [Word(w, round(piece.offset + s * frame, 3), round(piece.offset + e * frame, 3))
-                      for w, s, e in vocab.ctc_words(path)]
+                      for w, s, e in words]
