@@ -68,6 +68,13 @@ def _assert_report_layout(out: Path, exp: Experiment) -> None:
     if exp.evaluate_continual:
         for table in ("forgetting", "efficiency"):
             assert (out / "evaluate-continual" / f"{table}.json").is_file()
+    if exp.decoding and exp.finetune:  # every test scored with the beam search and its train-text LM, greedy beside
+        result = json.loads(evals[0].read_text())
+        assert result["decoder"].startswith(f"beam {exp.decoding.beam_size} + ") and result["greedy_wer"] is not None
+        assert (out / "lm" / f"{evals[0].parent.parent.name}.arpa").is_file()
+    if exp.decoding and exp.evaluate_continual:
+        rows = json.loads((out / "evaluate-continual" / "forgetting.json").read_text())["rows"]
+        assert any(key.startswith("greedy_wer_") for key in rows[0])
     assert (out / "report" / "report.md").is_file()
 
 

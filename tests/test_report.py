@@ -112,7 +112,26 @@ def test_full_report(run_dir, tmp_path):
     assert "| en | top-n-full N=2 | top-n-full-2 | not reached (last update 10) |" in md
     assert "| warm-es | es@50 | 150 | 50.00% | 30.00% | 2.700 | 40.00% | 15.00% | 3.000 |" in md
     assert "| cw-es | es | 50 | 0.500 | 25.0 | - | 96,000,000 | 3,000,000 | 93,000,000 |" in md
-    assert ["es", "full", "unevaluated", "-", "-", "-"] in [line.split() for line in report.summary.splitlines()]
+    assert ["es", "full", "unevaluated", "-", "-", "-", "-", "-"] in [line.split()
+                                                                     for line in report.summary.splitlines()]
+    assert "Decoded: greedy." in md and "WER beam" not in md
+
+
+def test_beam_search_results_show_greedy_beside(tmp_path):
+    for name, wer, greedy_wer in (("full", 0.3, 0.5), ("adapters", 0.45, 0.6)):
+        run = tmp_path / "exp" / "finetune" / "en" / name
+        finetune_run(tmp_path / "exp", "en", name, MethodConfig(name))
+        scores = Scores(wer, wer / 3, 10, 30.0, greedy_wer, greedy_wer / 2)
+        result = EvalResult(wer, wer / 3, 10, 30.0, greedy_wer, greedy_wer / 2, task="en", decoder="beam 50 + en.arpa",
+                            languages={"en": scores})
+        (run / "eval.json").write_text(json.dumps(result.to_dict()))
+    report = write_report(tmp_path / "exp")
+    md = (tmp_path / "exp" / "report" / "report.md").read_text()
+    assert "Decoded: beam 50 + en.arpa (greedy: the same logits' best path)." in md
+    assert "| method | en WER greedy | en WER beam | en CER greedy | en CER beam |" in md
+    assert "| full | 50.00% | 30.00% | 25.00% | 10.00% |" in md
+    assert ["en", "adapters", "adapters", "45.00%", "15.00%", "60.00%", "30.00%", "-"] in [
+        line.split() for line in report.summary.splitlines()]
 
 
 def test_missing_parts_become_notes(tmp_path):

@@ -758,19 +758,35 @@ def evaluate_continual_runs(
         None
     ),
     seed: Annotated[int, typer.Option(help="Fine-tuning and masking seed: equal models score equally.")] = 0,
+    decoder: DecoderKind = None,
+    beam_size: BeamSize = 50,
+    lm: Annotated[list[str] | None, typer.Option("--lm", help="LANG=PATH: the beam search's KenLM word LM for a "
+                                                 "language (repeat per language).")] = None,
+    lm_weight: LmWeight = 2.0,
+    word_score: WordScore = 0.0,
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Forgetting and efficiency of continual pre-training: fine-tune every checkpoint on every language it has
     learnt (WER / CER, self-supervised loss) and time each method's run (cwav2vec 2.0 paper, Figs. 4-6)."""
     import json
 
+    from wavadapt.decoding.files import arpa_unigrams
     from wavadapt.evaluate_continual import ProbeConfig, evaluate_continual
     from wavadapt.finetune import AugmentConfig
 
+    lms = {}
+    for item in lm or ():
+        language, _, path = item.partition("=")
+        if not (language and path):
+            raise WavadaptError(f"--lm {item!r}: give LANG=PATH, e.g. en=lm.en.arpa")
+        lms[language] = Path(path)
+        arpa_unigrams(lms[language])  # a bad file fails now, not after the first fine-tuning
+    beam = _decoder_config(decoder or ("beam" if lms else None), beam_size, None, lm_weight, word_score, None)
     config = ProbeConfig(data, max_updates=max_updates, lr=lr, adapter_size=adapter_size,
                          max_seconds_per_batch=max_seconds_per_batch, train_split=train_split, test_split=test_split,
                          ssl_split=ssl_split, ssl_crop_seconds=ssl_crop_seconds, seed=seed,
-                         augment=AugmentConfig(mask_time_prob=mask_time_prob, mask_feature_prob=mask_feature_prob))
+                         augment=AugmentConfig(mask_time_prob=mask_time_prob, mask_feature_prob=mask_feature_prob),
+                         decoder=beam if beam.kind == "beam" else None, lms=lms)
     report = evaluate_continual(runs, config, out, target_loss, language or None,
                                 echo=lambda line: typer.echo(line, err=True))  # stdout stays parseable JSON
     typer.echo(json.dumps(report.to_dict(), indent=2) if json_output else report.summary())

@@ -21,13 +21,14 @@ import math
 import shutil
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from wavadapt.accounting import count_parameters
 from wavadapt.checkpoint import safe_name
 from wavadapt.data.batching import filter_by_length
 from wavadapt.data.corpora import open_corpus
+from wavadapt.decoding import DecoderConfig
 from wavadapt.errors import WavadaptError
 from wavadapt.evaluate import EvalResult, evaluate
 from wavadapt.finetune import AugmentConfig, finetune
@@ -159,6 +160,18 @@ class ProbeConfig:
     ssl_crop_seconds: float | None = None
     seed: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    decoder: DecoderConfig | None = None
+    """A beam search to score the test split with (greedy's scores beside it); None: greedy alone."""
+    lms: dict[str, Path] = field(default_factory=dict)
+    """The beam search's LM per language."""
+
+    def decoder_for(self, language: str) -> DecoderConfig | None:
+        return self.decoder and replace(self.decoder, lm=self.lms.get(language, self.decoder.lm))
+
+    def to_dict(self) -> dict:
+        """The settings as JSON values: paths as strings, the decoder described."""
+        return {**asdict(self), "corpus": str(self.corpus), "lms": {k: str(v) for k, v in self.lms.items()},
+                "decoder": (self.decoder or DecoderConfig()).describe()}
 
 
 def _require_learnt(model: PretrainingModel, language: str, checkpoint: Path) -> None:
@@ -191,7 +204,7 @@ def finetune_language(checkpoint: str | Path, language: str, config: ProbeConfig
     history = finetune(model, task, open_corpus(config.corpus, config.train_split, language), method, train, out_dir,
                        augment=config.augment)
     result = evaluate(model, open_corpus(config.corpus, config.test_split, language), task=task,
-                      max_seconds_per_batch=config.max_seconds_per_batch)
+                      max_seconds_per_batch=config.max_seconds_per_batch, decoder=config.decoder_for(language))
     return result, history
 
 
@@ -209,8 +222,9 @@ def ssl_loss(model: PretrainingModel, language: str, config: ProbeConfig) -> flo
 
 def probe(checkpoint: str | Path, config: ProbeConfig, out_dir: str | Path,
           languages: Sequence[str] | None = None) -> dict[str, float]:
-    """``<metric>_<language>`` (see :data:`METRICS`) for every language the checkpoint has learnt (or those of
-    ``languages`` it has). Each fine-tuning run is redone from scratch in ``out_dir/<language>``."""
+    """``<metric>_<language>`` (see :data:`METRICS`; with a beam search, ``greedy_wer_`` and ``greedy_cer_`` too) for
+    every language the checkpoint has learnt (or those of ``languages`` it has). Each fine-tuning run is redone from
+    scratch in ``out_dir/<language>``."""
     model = load_pretraining(checkpoint)
     scores = {}
     for language in [t for t in model.tasks if languages is None or t in languages]:
@@ -219,6 +233,8 @@ def probe(checkpoint: str | Path, config: ProbeConfig, out_dir: str | Path,
         result, history = finetune_language(checkpoint, language, config, run_dir)
         scores |= {f"wer_{language}": result.wer, f"cer_{language}": result.cer, f"ctc_loss_{language}":
                    history[-1]["loss"], f"ssl_loss_{language}": ssl_loss(model, language, config)}
+        if result.greedy_wer is not None:
+            scores |= {f"greedy_wer_{language}": result.greedy_wer, f"greedy_cer_{language}": result.greedy_cer}
     return scores
 
 
@@ -308,8 +324,8 @@ class ContinualReport:
         w = max([len("method"), *(len(r["method"]) for r in self.forgetting + self.efficiency)]) + 2
         head = f"{'method':<{w}}{'checkpoint':<12}{'step':>6}" + "".join(
             f"{f'{lang} WER':>9}{f'{lang} CER':>9}{f'{lang} CTC':>9}{f'{lang} SSL':>9}" for lang in self.languages)
-        lines = ["forgetting: test WER / CER after fine-tuning, last fine-tuning loss (CTC), self-supervised "
-                 f"loss (SSL) on {self.probe['ssl_split']}", head]
+        lines = [f"forgetting: test WER / CER after fine-tuning ({self.probe['decoder']}), last fine-tuning loss "
+                 f"(CTC), self-supervised loss (SSL) on {self.probe['ssl_split']}", head]
         for r in self.forgetting:
             cells = "".join(_cell(r.get(f"{m}_{lang}"), m) for lang in self.languages for m in METRICS)
             lines.append(f"{r['method']:<{w}}{r['position']:<12}{r['step']:>6}{cells}")
@@ -362,7 +378,7 @@ def evaluate_continual(run_dirs: Sequence[str | Path], config: ProbeConfig, out_
     leaves = [r for r in runs if r.name in sequences]
     timing, notes = efficiency(leaves, target_loss)
     report = ContinualReport([t for t in known if languages is None or t in languages], rows, timing, notes,
-                             {**asdict(config), "corpus": str(config.corpus)})
+                             config.to_dict())
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, table, extra in (("forgetting", rows, {"languages": report.languages, "probe": report.probe}),

@@ -4,6 +4,7 @@ A recipe is the YAML form of :class:`Experiment`; every section is optional and 
 The run writes the experiment directory `wavadapt report` reads::
 
     corpus/                          synthesised corpus (``corpus.synth``)
+    lm/<lang>.arpa                   word n-gram LMs from the train split's transcripts (``decoding``)
     pretrain/<lang>/                 first task's pre-training run
     params.json                      `wavadapt params BACKBONE --all --json`
     finetune/<lang>/<method>[-N<n>]/ fine-tuning runs, each with eval.json (test split)
@@ -141,6 +142,18 @@ class EvaluateContinual:
 
 
 @dataclass
+class Decoding:
+    """A beam search with a word n-gram LM per language, estimated by `wavadapt lm` from the train split's
+    transcripts only (never the test's: lmplz's fallback discounts where the text is too small), scoring every
+    test evaluation of the grid beside greedy decoding."""
+
+    lm_order: int = 3
+    beam_size: int = 50
+    lm_weight: float = 2.0
+    word_score: float = 0.0
+
+
+@dataclass
 class Experiment:
     """A recipe: the data, the backbone and the steps to run, in this order."""
 
@@ -157,6 +170,7 @@ class Experiment:
     finetune: Finetune | None = None
     continual: Continual | None = None
     evaluate_continual: EvaluateContinual | None = None
+    decoding: Decoding | None = None
     report: bool = False
 
 
@@ -245,7 +259,8 @@ def load_experiment(path: str | Path) -> Experiment:
             _check_overrides(m.train, TrainConfig, f"finetune.methods[{i}].train", str(path))
     if exp.evaluate_continual is not None:
         probe = exp.evaluate_continual.probe
-        _check_overrides(probe, ProbeConfig, "evaluate_continual.probe", str(path), fixed=("corpus",))
+        _check_overrides(probe, ProbeConfig, "evaluate_continual.probe", str(path),
+                         fixed=("corpus", "decoder", "lms"))
         _check_overrides(probe.get("augment", {}), AugmentConfig, "evaluate_continual.probe.augment", str(path))
     if exp.corpus.synth is None and exp.corpus.root is None and (exp.pretrain or exp.finetune or exp.continual):
         raise WavadaptError(f"{path}: corpus needs synth or root")
@@ -335,6 +350,10 @@ def plan(exp: Experiment) -> list[str]:
         checkpoints = updates // k.checkpoint_every if k.keep_snapshots and k.checkpoint_every else 1
         lines.append(f"evaluate-continual: fine-tune and test {checkpoints} checkpoints per method on each language "
                      f"learnt, overrides {exp.evaluate_continual.probe}")
+    if exp.decoding is not None:
+        d = exp.decoding
+        lines.append(f"decoding: a {d.lm_order}-gram per language from the train transcripts; every test scored "
+                     f"greedy and with beam {d.beam_size} + LM (weight {d.lm_weight}, word score {d.word_score})")
     if exp.report:
         lines.append("report: report/report.md")
     return lines
@@ -407,8 +426,38 @@ def _params(exp: Experiment, out: Path, echo: Echo) -> None:
     echo(f"params: {len(accounts)} methods -> {out / 'params.json'}")
 
 
+def _language_models(exp: Experiment, data: Path, out: Path, echo: Echo) -> dict[str, Path]:
+    """``decoding``'s LM of every language the grid scores, built from its train split's transcripts."""
+    from wavadapt.data.corpora import open_corpus
+    from wavadapt.data.text import normalize_text
+    from wavadapt.decoding.ngram import build_arpa
+
+    languages = [*(exp.finetune.languages if exp.finetune else []),
+                 *([exp.pretrain.language if exp.pretrain else exp.first_task, exp.continual.language]
+                   if exp.evaluate_continual else [])]
+    lms = {}
+    for language in dict.fromkeys(languages):
+        lms[language] = path = out / "lm" / f"{language}.arpa"
+        if path.is_file() or not _main_process():
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = [normalize_text(u.text, language) for u in open_corpus(data, exp.corpus.splits.train, language)
+                if u.text]
+        build_arpa(text, exp.decoding.lm_order, path, discount_fallback=True)
+        echo(f"lm {language}: a {exp.decoding.lm_order}-gram of {len(text)} {exp.corpus.splits.train} transcripts "
+             f"-> {path}")
+    return lms
+
+
+def _decoder(exp: Experiment, lm: Path | None = None):
+    from wavadapt.decoding import DecoderConfig
+
+    d = exp.decoding
+    return d and DecoderConfig("beam", beam_size=d.beam_size, lm=lm, lm_weight=d.lm_weight, word_score=d.word_score)
+
+
 def _finetune_one(exp: Experiment, data: Path, start: str | Path, language: str, method: FinetuneMethod,
-                  top_n: int | None, run_dir: Path) -> None:
+                  top_n: int | None, run_dir: Path, lms: dict[str, Path]) -> None:
     """One `wavadapt finetune` run of the model ``start`` on the train split, validated on dev, then scored on
     test (eval.json)."""
     from wavadapt.checkpoint import load_asr_model
@@ -427,11 +476,11 @@ def _finetune_one(exp: Experiment, data: Path, start: str | Path, language: str,
     if not _main_process():
         return
     result = evaluate(model, open_corpus(data, splits.test, language), task=language,
-                      max_seconds_per_batch=config.max_seconds_per_batch)
+                      max_seconds_per_batch=config.max_seconds_per_batch, decoder=_decoder(exp, lms.get(language)))
     (run_dir / "eval.json").write_text(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
 
 
-def _finetune(exp: Experiment, data: Path, start: str | Path, out: Path, echo: Echo) -> None:
+def _finetune(exp: Experiment, data: Path, start: str | Path, out: Path, lms: dict[str, Path], echo: Echo) -> None:
     for language in exp.finetune.languages:
         for method in exp.finetune.methods:
             for n in method.top_ns():
@@ -440,7 +489,7 @@ def _finetune(exp: Experiment, data: Path, start: str | Path, out: Path, echo: E
                     echo(f"finetune {run_dir.relative_to(out)}: done, kept")
                     continue
                 echo(f"finetune {run_dir.relative_to(out)}")
-                _finetune_one(exp, data, start, language, method, n, run_dir)
+                _finetune_one(exp, data, start, language, method, n, run_dir, lms)
 
 
 def _continual(exp: Experiment, data: Path, start: str | Path, first: str, out: Path, echo: Echo) -> list[Path]:
@@ -473,12 +522,13 @@ def _continual(exp: Experiment, data: Path, start: str | Path, first: str, out: 
     return run_dirs
 
 
-def _evaluate_continual(exp: Experiment, data: Path, runs: list[Path], out: Path, echo: Echo) -> None:
+def _evaluate_continual(exp: Experiment, data: Path, runs: list[Path], out: Path, lms: dict[str, Path],
+                        echo: Echo) -> None:
     from wavadapt.evaluate_continual import evaluate_continual
 
     e, splits = exp.evaluate_continual, exp.corpus.splits
     probe = {"train_split": splits.train, "test_split": splits.test, "ssl_split": splits.dev, "seed": exp.seed,
-             **e.probe, "augment": AugmentConfig(**e.probe.get("augment", {}))}
+             **e.probe, "augment": AugmentConfig(**e.probe.get("augment", {})), "decoder": _decoder(exp), "lms": lms}
     report = evaluate_continual(runs, ProbeConfig(data, **probe), out / "evaluate-continual", e.target_loss,
                                 e.languages, echo=echo)
     echo(report.summary())
@@ -505,16 +555,17 @@ def run_experiment(exp: Experiment, out: str | Path, dry_run: bool = False, echo
     out.mkdir(parents=True, exist_ok=True)
     needs_data = exp.pretrain or exp.finetune or exp.continual
     data = _corpus(exp, out, echo) if needs_data else None
+    lms = _language_models(exp, data, out, echo) if exp.decoding and needs_data else {}
     first_model = _pretrain(exp, data, out, echo) if exp.pretrain else _pretraining_run(exp.backbone)
     if exp.params and _main_process():
         _params(exp, out, echo)
     if exp.finetune:
-        _finetune(exp, data, first_model or exp.backbone, out, echo)
+        _finetune(exp, data, first_model or exp.backbone, out, lms, echo)
     if exp.continual:
         first = exp.pretrain.language if exp.pretrain else exp.first_task
         runs = _continual(exp, data, first_model or exp.backbone, first, out, echo)
         if exp.evaluate_continual:
-            _evaluate_continual(exp, data, [*([first_model] if first_model else []), *runs], out, echo)
+            _evaluate_continual(exp, data, [*([first_model] if first_model else []), *runs], out, lms, echo)
     if exp.report and _main_process():
         from wavadapt.report import write_report
 

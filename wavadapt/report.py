@@ -171,7 +171,7 @@ class Report:
     @property
     def summary(self) -> str:
         """Fine-tuning results as a text table, then the skipped sections."""
-        header = ["language", "method", "run", "WER", "CER", "updates to target"]
+        header = ["language", "method", "run", "WER", "CER", "greedy WER", "greedy CER", "updates to target"]
         rows = [header, *self.summary_rows]
         widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
@@ -203,19 +203,27 @@ def _finetuning(report: Report, runs: list[FinetuneRun], target_cer: float) -> N
     else:
         labels = list(dict.fromkeys(r.label for r in evaluated))
         scores = {(r.label, r.language): r.result for r in evaluated}
-        rows = [[label, *(_percent(scores.get((label, lang), {}).get(m)) for lang in languages for m in ("wer", "cer"))]
+        # Beside a beam search's scores, greedy's of the same logits: the LM's gain per method.
+        beam = [r.result for r in evaluated if r.result.get("greedy_wer") is not None]
+        metrics = ([("greedy_wer", "WER greedy"), ("wer", "WER beam"), ("greedy_cer", "CER greedy"),
+                    ("cer", "CER beam")] if beam else [("wer", "WER"), ("cer", "CER")])
+        rows = [[label, *(_percent(scores.get((label, lang), {}).get(m)) for lang in languages for m, _ in metrics)]
                 for label in labels]
         # NaN draws no bar: a method not run on a language must not look like 0% WER. CER is drawn too: a small
         # model's WER sits near 100% long after its CER shows what it learnt.
-        bars = {f"{lang} {m.upper()}": [100 * scores[(label, lang)][m] if (label, lang) in scores else float("nan")
-                                        for label in labels] for lang in languages for m in ("wer", "cer")}
-        report.section(title, _table(["method", *(f"{lang} {m}" for lang in languages for m in ("WER", "CER"))], rows),
+        bars = {f"{lang} {name}": [100 * scores[(label, lang)].get(m, float("nan")) if (label, lang) in scores
+                                   else float("nan") for label in labels] for lang in languages for m, name in metrics}
+        decoders = sorted({r.result.get("decoder", "greedy") for r in evaluated})
+        report.section(title, f"Decoded: {'; '.join(decoders)}" + (" (greedy: the same logits' best path)."
+                                                                   if beam else "."),
+                       _table(["method", *(f"{lang} {name}" for lang in languages for _, name in metrics)], rows),
                        report.plot("finetune_error_rates", bar_figure("Test WER and CER per fine-tuning method",
                                                                       "method", "error rate (%)", labels, bars)))
     _top_n(report, evaluated)
     _convergence(report, runs, target_cer)
-    report.summary_rows += [[r.language, r.label, r.name, _percent(r.result and r.result["wer"]),
-                             _percent(r.result and r.result["cer"]),
+    report.summary_rows += [[r.language, r.label, r.name,
+                             *(_percent(r.result and r.result.get(m))
+                               for m in ("wer", "cer", "greedy_wer", "greedy_cer")),
                              str(updates_to_target(r.log, target_cer) or "-")] for r in runs]
 
 
