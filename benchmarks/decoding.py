@@ -1,5 +1,7 @@
 """CTC decoding time per audio second (issue 14): greedy, flashlight beam search (no LM, word 3-gram, 3-gram with a
 lexicon) and pyctcdecode's beam search on the same logits, in one run; then 1 process against 2 and 2 threads.
+With ``--demo DIR`` (a finished `wavadapt demo --out DIR`), the same decoders on the demo's real English test
+logits of each fine-tuning method, with the demo's own 3-gram (from the train transcripts): WER and time of each.
 
 Logits are synthetic with a real model's shape: 50 frames per second over a 32-token character vocabulary, the
 CTC path of English-like sentences (letters held 1-3 frames, blanks between) under Gaussian noise, so the beam has
@@ -7,7 +9,7 @@ real ambiguity to search. The 3-gram is an ARPA written here from the same sente
 likelihood 2- and 3-grams, a constant backoff: crude but valid for KenLM). pyctcdecode runs without an LM (its
 KenLM needs the kenlm Python module, not a dependency).
 
-    python benchmarks/decoding.py [--seconds 120] [--beam 50]
+    python benchmarks/decoding.py [--seconds 120] [--beam 50] [--demo demo_out]
 """
 
 import argparse
@@ -84,8 +86,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=120.0, help="audio seconds of logits to decode")
     parser.add_argument("--beam", type=int, default=50)
     parser.add_argument("--noise", type=float, default=1.5)
+    parser.add_argument("--demo", type=Path, help="also decode a finished demo's English test logits")
+    parser.add_argument("--lm-weight", type=float, default=1.0, help="with --demo")
+    parser.add_argument("--word-score", type=float, default=1.0, help="with --demo")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.demo:
+        return demo_logits(args.demo, args.beam, args.lm_weight, args.word_score)
     rng = np.random.default_rng(0)
     corpus = sentences(rng, 2000)
     vocab = Vocabulary.build(corpus + ["abcdefghijklmnopqrstuvwxyz'"])
@@ -140,6 +147,40 @@ def compare_parallel(config, vocab, emissions, seconds) -> None:
         timed("3-gram, 2 threads", seconds,
               lambda: list(pool.map(lambda i: [decoders[i].decode_emissions(e) for e in halves[i]], range(2))))
     timed("3-gram, 2 processes (with start)", seconds, lambda: decode_in_processes(config, vocab, emissions, 2))
+
+
+def demo_logits(demo: Path, beam: int, lm_weight: float, word_score: float) -> None:
+    """Each English fine-tuning run of a demo: its test logits computed once, then decoded by each decoder."""
+    from wavadapt.checkpoint import load_asr_model
+    from wavadapt.data.audio import read_audio
+    from wavadapt.data.corpora import open_corpus
+    from wavadapt.data.text import normalize_text
+    from wavadapt.decoding import log_probs
+    from wavadapt.evaluate import evaluating, window_outputs
+    from wavadapt.experiment import load_experiment, recipe_path
+
+    backbone = load_experiment(recipe_path("demo")).backbone
+    test = [u for u in open_corpus(demo / "corpus", "test", "en") if u.text]
+    truth = [normalize_text(u.text, "en") for u in test]
+    lm = demo / "lm" / "en.arpa"
+    for run in sorted((demo / "finetune" / "en").iterdir()):
+        model = load_asr_model(run / "backbone" if (run / "backbone").is_dir() else backbone,
+                               [run / "adapter.en.json"])
+        vocab = model.vocabularies["en"]
+        with evaluating(model):
+            emissions = [np.concatenate([log_probs(o, vocab)[0] for o in window_outputs(model, read_audio(u.path),
+                                                                                       None)]) for u in test]
+        seconds = sum(len(e) for e in emissions) / FRAMES_PER_SECOND
+        print(f"\n{run.name}: {len(test)} test utterances, {seconds:.0f} audio seconds")
+        configs = {
+            "greedy": DecoderConfig("greedy"),
+            "beam, no LM": DecoderConfig("beam", beam_size=beam),
+            "beam + 3-gram": DecoderConfig("beam", beam_size=beam, lm=lm, lm_weight=lm_weight, word_score=word_score),
+        }
+        for label, config in configs.items():
+            decoder = make_decoder(config, vocab)
+            timed(label, seconds, lambda d=decoder, x=emissions: texts([d.decode_emissions(e) for e in x]), truth)
+        compare_pyctcdecode(vocab, emissions, seconds, beam, truth)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from wavadapt.data.corpora import open_corpus
 from wavadapt.data.text import normalize_text
 from wavadapt.decoding import DecoderConfig, LanguageModelError, make_decoder, texts
 from wavadapt.decoding.ngram import build_arpa
-from wavadapt.evaluate import _window_outputs, evaluate, evaluating
+from wavadapt.evaluate import evaluate, evaluating, window_outputs
 from wavadapt.inference.registry import Registry
 from wavadapt.inference.server import create_app, serving
 from wavadapt.inference.transcription import Request, transcribe_requests
@@ -51,7 +51,7 @@ def _alone(model, task: str, path: Path, config: DecoderConfig) -> str:
     """One file decoded by itself: its own forward, its own decoder."""
     model.activate(task)
     with evaluating(model):
-        (output,) = _window_outputs(model, read_audio(path), None)
+        (output,) = window_outputs(model, read_audio(path), None)
     return texts(make_decoder(config, model.vocabularies[task]).decode(output))[0]
 
 

@@ -113,6 +113,15 @@ def test_the_page_transcribes_an_upload_and_a_recording(browser, synth_corpus):
                               "document.querySelector('#status').textContent")
         assert status.startswith("Done"), status
         assert tab.js("document.querySelector('#transcript').textContent") == expected.text
+        # The same upload with the decoder chosen on the page: the beam search's transcript.
+        beam, = transcribe_requests(registry.model, [Request(upload, "es", decoder=registry.decoder("es", "beam"))])
+        tab.js("document.querySelector('#decoder').value = 'beam'")
+        tab.js("document.querySelector('#status').textContent = ''")
+        tab.js("document.querySelector('#transcribe').click()")
+        status = tab.wait_for("/^(Done|Error)/.test(document.querySelector('#status').textContent) && "
+                              "document.querySelector('#status').textContent")
+        assert status.startswith("Done") and tab.js("document.querySelector('#transcript').textContent") == beam.text
+        tab.js("document.querySelector('#decoder').value = ''")
 
         tab.js("document.querySelector('#task').value = 'en'")
         tab.js("document.querySelector('#record').click()")

@@ -122,11 +122,11 @@ def transcribe(model: CTCModel, waveform: np.ndarray, chunk_seconds: float | Non
     end (a pause, not a word, where there is one), so memory stays bounded for any length; None decodes it whole.
     """
     with evaluating(model):
-        return " ".join(t for output in _window_outputs(model, waveform, chunk_seconds)
+        return " ".join(t for output in window_outputs(model, waveform, chunk_seconds)
                         if (t := model.greedy_decode(output)[0]))
 
 
-def _window_outputs(model: CTCModel, waveform: np.ndarray, chunk_seconds: float | None) -> Iterator[CTCOutput]:
+def window_outputs(model: CTCModel, waveform: np.ndarray, chunk_seconds: float | None) -> Iterator[CTCOutput]:
     """The active task's output for each window of ``waveform`` (:func:`cut_at_pauses`), one forward each."""
     device = next(model.parameters()).device
     for piece in cut_at_pauses(waveform, chunk_seconds):
@@ -247,7 +247,7 @@ def _decode(model: CTCModel, utterances: list[Utterance], max_seconds_per_batch:
     hypotheses, emissions = {}, {}
     for u in [u for u in utterances if u.num_samples > chunked]:  # in windows, as transcribe does: bounded memory
         try:
-            outputs = list(_window_outputs(model, read_audio(u.path, raw=u.raw_format), CHUNK_SECONDS))
+            outputs = list(window_outputs(model, read_audio(u.path, raw=u.raw_format), CHUNK_SECONDS))
         except AudioError as e:
             log.warning("skipping %s: %s", u.id, e)
             continue
