@@ -17,6 +17,7 @@ from wavadapt.evaluate_continual import (
     ProbeConfig,
     Run,
     checkpoint_sequences,
+    continual_summaries,
     evaluate_continual,
     finetune_language,
     read_run,
@@ -90,6 +91,20 @@ def test_forgetting_matrix_and_efficiency(runs, synth_corpus, tmp_path):
     assert (tmp_path / "efficiency.csv").is_file()
     assert "en WER" in report.summary() and "cw-es" in report.summary()
 
+    # CL-MASR's summaries at each method's last checkpoint; FWT's reference fine-tunes pt-en on Spanish directly.
+    summaries = {r["method"]: r for r in report.summaries}
+    reference, _ = finetune_language(runs / "pt-en", "es", probe_config(synth_corpus), tmp_path / "ref",
+                                     reference=True)
+    for method in ("cw-es", "warm-es"):
+        last, s = rows[method, "es@4"], summaries[method]
+        assert s["languages"] == ["en", "es"]
+        assert s["average_wer"] == pytest.approx((last["wer_en"] + last["wer_es"]) / 2)
+        assert s["bwt"] == pytest.approx(start["wer_en"] - last["wer_en"])
+        assert s["reference_wer"] == reference.wer and s["fwt"] == pytest.approx(reference.wer - last["wer_es"])
+    assert summaries["cw-es"]["bwt"] == 0.0  # no forgetting, exactly
+    assert json.loads((tmp_path / "continual_learning.json").read_text())["rows"] == report.summaries
+    assert "BWT" in report.summary()
+
     # The command line, English only on one method: the same seeded scores, JSON on stdout.
     result = CliRunner().invoke(app, ["evaluate-continual", str(runs / "pt-en"), str(runs / "cw-es"), "--data",
                                       str(synth_corpus), "--out", str(tmp_path / "cli"), "--language", "en",
@@ -117,6 +132,18 @@ def test_refusals(runs, synth_corpus, tmp_path):
         checkpoint_sequences([first, first])
     with pytest.raises(WavadaptError, match="not a finished pre-training run"):
         read_run(tmp_path)
+
+
+def test_continual_summaries_by_hand():
+    rows = [{"method": "m", "task": "en", "wer_en": 0.5},
+            {"method": "m", "task": "es", "wer_en": 0.55, "wer_es": 0.6},
+            {"method": "m", "task": "es", "wer_en": 0.6, "wer_es": 0.4},
+            {"method": "n", "task": "en", "wer_en": 0.5}]
+    m, n = continual_summaries(rows, {"es": 0.5})
+    assert m == {"method": "m", "languages": ["en", "es"], "average_wer": pytest.approx(0.5),
+                 "bwt": pytest.approx(-0.1), "fwt": pytest.approx(0.1), "reference_wer": 0.5}
+    assert n == {"method": "n", "languages": ["en"], "average_wer": 0.5, "bwt": None, "fwt": None,
+                 "reference_wer": None}
 
 
 def test_training_time_from_logged_windows():

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from wavadapt.accounting import Account
 from wavadapt.cli import app
 from wavadapt.evaluate import EvalResult, Scores
-from wavadapt.evaluate_continual import _write_csv
+from wavadapt.evaluate_continual import _write_csv, continual_summaries
 from wavadapt.methods import MethodConfig
 from wavadapt.report import line_figure, updates_to_target, write_report
 from wavadapt.train import TrainConfig
@@ -80,6 +80,8 @@ def run_dir(tmp_path):
                         "wer_en": 0.3 + drift, "cer_en": 0.1 + drift, "ctc_loss_en": 1.0, "ssl_loss_en": 2.5 + drift,
                         "wer_es": 0.4, "cer_es": 0.15, "ctc_loss_es": 1.2, "ssl_loss_es": 3.0}]
     _write_csv(evaluation / "forgetting.csv", forgetting)  # the CSV reader path; efficiency takes the JSON one
+    (evaluation / "continual_learning.json").write_text(json.dumps({"rows": continual_summaries(forgetting,
+                                                                                                {"es": 0.45})}))
     efficiency = [{"method": m, "task": "es", "updates": 50, "median_update_seconds": s, "train_seconds": 50 * s,
                    "target_loss": None, "seconds_to_target": None, "total_parameters": 96_000_000,
                    "trainable_parameters": t, "frozen_parameters": 96_000_000 - t, "relative_update_time": s / 0.8}
@@ -112,6 +114,9 @@ def test_full_report(run_dir, tmp_path):
     assert "| en | top-n-full N=2 | top-n-full-2 | not reached (last update 10) |" in md
     assert "| warm-es | es@50 | 150 | 50.00% | 30.00% | 2.700 | 40.00% | 15.00% | 3.000 |" in md
     assert "| cw-es | es | 50 | 0.500 | 25.0 | - | 96,000,000 | 3,000,000 | 93,000,000 |" in md
+    assert "| cw-es | en, es | 35.00% | +0.00 | +5.00 | 45.00% |" in md
+    assert "| warm-es | en, es | 45.00% | -20.00 | +5.00 | 45.00% |" in md
+    assert "| pt-en | en | 30.00% | - | - | - |" in md
     assert ["es", "full", "unevaluated", "-", "-", "-", "-", "-"] in [line.split()
                                                                      for line in report.summary.splitlines()]
     assert "Decoded: greedy." in md and "WER beam" not in md
@@ -138,8 +143,8 @@ def test_missing_parts_become_notes(tmp_path):
     (tmp_path / "exp").mkdir()
     report = write_report(tmp_path / "exp")
     md = (tmp_path / "exp" / "report" / "report.md").read_text()
-    assert report.plots == [] and len(report.notes) == 7
-    assert md.count("_Skipped: ") == 7 and "no params.json" in md and "no fine-tuning runs" in report.summary
+    assert report.plots == [] and len(report.notes) == 8
+    assert md.count("_Skipped: ") == 8 and "no params.json" in md and "no fine-tuning runs" in report.summary
 
 
 def test_cli(run_dir, tmp_path):

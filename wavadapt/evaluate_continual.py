@@ -9,6 +9,12 @@ the test split; its self-supervised loss is measured too. Fine-tuning is seeded,
 identically: under cwav2vec 2.0 the first language's columns repeat bit for bit along the second task, under
 warm-start they drift.
 
+Beside the matrix, the continual-learning summaries of each method as CL-MASR (Della Libera et al., 2023) computes
+them from its last checkpoint: average WER over the languages learnt, backward transfer (BWT: each earlier
+language's WER when it was learnt minus its WER now; negative is forgetting) and forward transfer (FWT: the new
+language's WER when the first task's model is fine-tuned on it directly, without continual pre-training, minus
+its WER now; positive is a gain).
+
 The efficiency table (Fig. 6) reads each run's ``log.csv`` and ``run.json``: median seconds per update,
 training time to a target validation loss, total / trainable / frozen parameters.
 """
@@ -181,18 +187,20 @@ def _require_learnt(model: PretrainingModel, language: str, checkpoint: Path) ->
 
 
 def finetune_language(checkpoint: str | Path, language: str, config: ProbeConfig,
-                      out_dir: str | Path) -> tuple[EvalResult, list[dict]]:
+                      out_dir: str | Path, reference: bool = False) -> tuple[EvalResult, list[dict]]:
     """Fine-tune task ``<language>/asr`` (CTC head + task adapter; nothing of the checkpoint trains) on the
     checkpoint's backbone and score it on the test split; returns the scores and the training log.
 
     Where the language trained its own adapter set (cwav2vec 2.0), the task adapter is stacked on it and its
     layer norms start from the language's; otherwise (the first task, the baselines) it sits on the plain
-    backbone.
+    backbone. ``reference``: a language the checkpoint has not learnt, on its plain backbone (forward transfer's
+    reference).
     """
     checkpoint = Path(checkpoint)
     pt = load_pretraining(checkpoint)
-    _require_learnt(pt, language, checkpoint)
-    stack = pt.stacks[language]
+    if not reference:
+        _require_learnt(pt, language, checkpoint)
+    stack = [] if reference else pt.stacks[language]
     if len(stack) > 1:
         raise WavadaptError(f"{checkpoint}: task {language!r} runs a stack of adapter sets {stack}; "
                             "a task adapter stacks on one language adapter")
@@ -258,6 +266,42 @@ def forgetting(sequences: dict[str, list[Checkpoint]], config: ProbeConfig, out_
     return rows
 
 
+def transfer_references(sequences: dict[str, list[Checkpoint]], config: ProbeConfig, out_dir: str | Path,
+                        languages: Sequence[str] | None = None) -> dict[str, float]:
+    """Per language a continual run learns, its test WER fine-tuned from the first checkpoint of the run's sequence
+    (the model the run continued; the same for every method) without learning it first."""
+    references = {}
+    for sequence in sequences.values():
+        first = sequence[0]
+        for c in sequence[1:]:
+            if c.task != first.task and c.task not in references and (languages is None or c.task in languages):
+                result, _ = finetune_language(first.path, c.task, config, Path(out_dir) / "reference" /
+                                              safe_name(c.task), reference=True)
+                references[c.task] = result.wer
+    return references
+
+
+def continual_summaries(rows: list[dict], references: dict[str, float]) -> list[dict]:
+    """Per method, from its last checkpoint's row (see the module's docstring): ``average_wer``, ``bwt``, ``fwt``
+    (None where nothing was learnt before, or no reference), with the languages they average."""
+    summaries = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        sequence = [r for r in rows if r["method"] == method]
+        last = sequence[-1]
+        learnt = [k[4:] for k in last if k.startswith("wer_") and last[k] is not None]
+        earlier = [lang for lang in learnt if lang != last["task"]]
+        when_learnt = {lang: next((r[f"wer_{lang}"] for r in reversed(sequence) if r["task"] == lang), None)
+                       for lang in earlier}
+        drops = [when_learnt[lang] - last[f"wer_{lang}"] for lang in earlier if when_learnt[lang] is not None]
+        reference = references.get(last["task"])
+        summaries.append({"method": method, "languages": learnt,
+                          "average_wer": statistics.mean(last[f"wer_{lang}"] for lang in learnt) if learnt else None,
+                          "bwt": statistics.mean(drops) if drops else None,
+                          "fwt": None if reference is None else reference - last[f"wer_{last['task']}"],
+                          "reference_wer": reference})
+    return summaries
+
+
 # --- efficiency (Fig. 6) ---
 
 
@@ -312,6 +356,8 @@ class ContinualReport:
 
     languages: list[str]
     forgetting: list[dict]
+    summaries: list[dict]
+    """Per method: average WER, BWT, FWT (:func:`continual_summaries`)."""
     efficiency: list[dict]
     notes: list[str]
     probe: dict
@@ -320,7 +366,8 @@ class ContinualReport:
         return asdict(self)
 
     def summary(self) -> str:
-        """Both tables as text: per checkpoint and language WER, CER, fine-tuning and self-supervised loss."""
+        """The tables as text: per checkpoint and language WER, CER, fine-tuning and self-supervised loss; per method
+        average WER, BWT and FWT; efficiency."""
         w = max([len("method"), *(len(r["method"]) for r in self.forgetting + self.efficiency)]) + 2
         head = f"{'method':<{w}}{'checkpoint':<12}{'step':>6}" + "".join(
             f"{f'{lang} WER':>9}{f'{lang} CER':>9}{f'{lang} CTC':>9}{f'{lang} SSL':>9}" for lang in self.languages)
@@ -329,6 +376,12 @@ class ContinualReport:
         for r in self.forgetting:
             cells = "".join(_cell(r.get(f"{m}_{lang}"), m) for lang in self.languages for m in METRICS)
             lines.append(f"{r['method']:<{w}}{r['position']:<12}{r['step']:>6}{cells}")
+        lines += ["", "continual learning (CL-MASR): average WER over the languages learnt, backward transfer (BWT, "
+                  "< 0: forgetting) and forward transfer (FWT, > 0: a gain over fine-tuning the first model "
+                  "directly) at each method's last checkpoint",
+                  f"{'method':<{w}}{'avg WER':>9}{'BWT':>9}{'FWT':>9}"]
+        lines += [f"{r['method']:<{w}}{_cell(r['average_wer'], 'wer')}{_signed(r['bwt'])}{_signed(r['fwt'])}"
+                  for r in self.summaries]
         lines += ["", "efficiency (Fig. 6): seconds per update (median; x of the slowest), training seconds, "
                   "seconds to the target validation loss, parameters",
                   f"{'method':<{w}}{'task':<6}{'updates':>8}{'s/update':>10}{'x':>6}{'train s':>9}{'to target':>10}"
@@ -347,6 +400,11 @@ def _cell(value: float | None, metric: str) -> str:
     return f"{value:>9.2%}" if metric in ("wer", "cer") else f"{value:>9.4f}"
 
 
+def _signed(value: float | None) -> str:
+    """A WER difference in percentage points."""
+    return f"{'-':>9}" if value is None else f"{100 * value:>+9.2f}"
+
+
 def _num(value: float | None, width: int, digits: int) -> str:
     return f"{'-':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
 
@@ -362,9 +420,10 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 def evaluate_continual(run_dirs: Sequence[str | Path], config: ProbeConfig, out_dir: str | Path,
                        target_loss: float | None = None, languages: Sequence[str] | None = None,
                        echo: Callable[[str], None] | None = None) -> ContinualReport:
-    """Probe every checkpoint of every method's sequence (:func:`checkpoint_sequences`) and time the runs;
-    write ``forgetting.csv/json`` and ``efficiency.csv/json`` (and the fine-tuning runs under ``finetune/``)
-    into ``out_dir``. ``languages`` restricts the probed languages; each must be known to some run."""
+    """Probe every checkpoint of every method's sequence (:func:`checkpoint_sequences`), summarise each method
+    (:func:`continual_summaries`) and time the runs; write ``forgetting``, ``continual_learning`` and ``efficiency``
+    as .csv and .json (and the fine-tuning runs under ``finetune/`` and ``reference/``) into ``out_dir``.
+    ``languages`` restricts the probed languages; each must be known to some run."""
     runs = [read_run(d) for d in run_dirs]
     if not runs:
         raise WavadaptError("no run directories given")
@@ -375,13 +434,17 @@ def evaluate_continual(run_dirs: Sequence[str | Path], config: ProbeConfig, out_
                             "only languages a checkpoint has seen can be fine-tuned")
     sequences = checkpoint_sequences(runs)
     rows = forgetting(sequences, config, out_dir, languages, echo)
+    if echo is not None:
+        echo("fine-tuning the first model on each new language (forward transfer's reference)")
+    summaries = continual_summaries(rows, transfer_references(sequences, config, out_dir, languages))
     leaves = [r for r in runs if r.name in sequences]
     timing, notes = efficiency(leaves, target_loss)
-    report = ContinualReport([t for t in known if languages is None or t in languages], rows, timing, notes,
-                             config.to_dict())
+    report = ContinualReport([t for t in known if languages is None or t in languages], rows, summaries, timing,
+                             notes, config.to_dict())
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, table, extra in (("forgetting", rows, {"languages": report.languages, "probe": report.probe}),
+                               ("continual_learning", summaries, {}),
                                ("efficiency", timing, {"target_loss": target_loss, "notes": notes})):
         _write_csv(out_dir / f"{name}.csv", table)
         (out_dir / f"{name}.json").write_text(json.dumps({**extra, "rows": table}, indent=2) + "\n", encoding="utf-8")

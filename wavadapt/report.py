@@ -5,7 +5,8 @@ The experiment directory may hold any of::
     params.json                     `wavadapt params MODEL --all --json`
     finetune/<lang>/<name>/         `wavadapt finetune` runs: run.json, log.csv, eval.json (test split)
     continual/<method>/             `wavadapt continual` runs: run.json, log.csv
-    evaluate-continual/             `wavadapt evaluate-continual`: forgetting.csv/json, efficiency.csv/json
+    evaluate-continual/             `wavadapt evaluate-continual`: forgetting, continual_learning and efficiency
+                                    (.csv / .json)
 
 A missing part leaves its section with a one-line note.
 """
@@ -134,6 +135,11 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 def _percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.2%}"
+
+
+def _points(value: float | None) -> str:
+    """A difference of error rates, in percentage points."""
+    return "-" if value is None else f"{100 * value:+.2f}"
 
 
 def _number(value: float | None, digits: int = 3) -> str:
@@ -302,6 +308,22 @@ def _forgetting(report: Report, directory: Path) -> None:
     report.section(title, "Each checkpoint fine-tuned and tested on every language it has learnt.", *parts)
 
 
+def _continual_learning(report: Report, directory: Path) -> None:
+    title = "Continual learning summary"
+    data = _read_json(directory / "continual_learning.json")  # its lists have no CSV form
+    if not data or not data["rows"]:
+        return report.skip(title, "no evaluate-continual/continual_learning.json")
+    rows = data["rows"]
+    report.section(title, "At each method's last checkpoint, as CL-MASR reports them: the average test WER over the "
+                   "languages learnt; backward transfer (BWT: each earlier language's WER when learnt minus its WER "
+                   "now, in points; below 0 is forgetting); forward transfer (FWT: the new language's WER when the "
+                   "first model is fine-tuned on it directly, without continual pre-training, minus its WER now; "
+                   "above 0 is a gain).",
+                   _table(["method", "languages", "average WER", "BWT", "FWT", "FWT reference WER"],
+                          [[r["method"], ", ".join(r["languages"]), _percent(r["average_wer"]), _points(r["bwt"]),
+                            _points(r["fwt"]), _percent(r["reference_wer"])] for r in rows]))
+
+
 def _efficiency(report: Report, directory: Path) -> None:
     title = "Continual pre-training efficiency"
     rows = _table_rows(directory, "efficiency")
@@ -334,6 +356,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, target_
     _finetuning(report, read_finetune_runs(run_dir / "finetune"), target_cer)
     _continual_runs(report, run_dir / "continual")
     _forgetting(report, run_dir / "evaluate-continual")
+    _continual_learning(report, run_dir / "evaluate-continual")
     _efficiency(report, run_dir / "evaluate-continual")
     (report.out_dir / "report.md").write_text(report.markdown, encoding="utf-8")
     return report
