@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from wavadapt.cli import app
@@ -68,6 +69,10 @@ def _assert_report_layout(out: Path, exp: Experiment) -> None:
     if exp.evaluate_continual:
         for table in ("forgetting", "efficiency"):
             assert (out / "evaluate-continual" / f"{table}.json").is_file()
+    for m in exp.finetune.methods if exp.finetune else ():
+        if m.from_scratch:  # fresh weights of the same architecture, recorded for the report's label
+            runs = list((out / "finetune").glob(f"*/{m.method}*-scratch/run.json"))
+            assert runs and all(json.loads(r.read_text())["train"]["extra"] == {"from_scratch": True} for r in runs)
     if exp.decoding and exp.finetune:  # every test scored with the beam search and its train-text LM, greedy beside
         result = json.loads(evals[0].read_text())
         assert result["decoder"].startswith(f"beam {exp.decoding.beam_size} + ") and result["greedy_wer"] is not None
@@ -126,3 +131,16 @@ def test_fine_tuning_starts_from_the_pretrained_first_model(tmp_path):
     assert pretrained != backbone_fingerprint(build_backbone("tiny"))
     adapters = json.loads((out / "finetune" / "en" / "adapters" / "adapter.en.json").read_text())
     assert adapters["backbone"]["fingerprint"] == pretrained
+
+
+def test_from_scratch_is_the_same_architecture_with_fresh_seeded_weights():
+    from wavadapt.checkpoint import load_asr_model
+    from wavadapt.experiment import _fresh_like
+
+    pretrained = load_asr_model("tiny-en-synth", []).backbone.state_dict()
+    fresh = _fresh_like(load_asr_model("tiny-en-synth", []), seed=0).backbone.state_dict()
+    again = _fresh_like(load_asr_model("tiny-en-synth", []), seed=0).backbone.state_dict()
+    assert {k: v.shape for k, v in fresh.items()} == {k: v.shape for k, v in pretrained.items()}
+    assert all(torch.equal(fresh[k], again[k]) for k in fresh)
+    assert not torch.equal(fresh["encoder.layers.0.attention.q_proj.weight"],
+                           pretrained["encoder.layers.0.attention.q_proj.weight"])

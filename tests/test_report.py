@@ -36,11 +36,11 @@ def write_log(path, cers):
                              "skipped_updates": 0, "skipped_files": 0, "skipped_batches": 0, **valid})
 
 
-def finetune_run(root, lang, name, method, cers=(), wer=None):
+def finetune_run(root, lang, name, method, cers=(), wer=None, **extra):
     run = root / "finetune" / lang / name
     run.mkdir(parents=True)
     (run / "run.json").write_text(json.dumps({"task": lang, "method": asdict(method),
-                                              "train": asdict(TrainConfig())}, default=str))
+                                              "train": asdict(TrainConfig(extra=extra))}, default=str))
     write_log(run / "log.csv", cers)
     if wer is not None:
         scores = Scores(wer, wer / 3, 10, 30.0)
@@ -63,6 +63,7 @@ def run_dir(tmp_path):
     finetune_run(root, "en", "full", MethodConfig("full"), [0.9, None, 0.8, 0.55, 0.45], wer=0.18)
     for method, n, wer in (("top-n-adapters", 2, 0.5), ("top-n-adapters", 4, 0.3), ("top-n-full", 2, 0.4)):
         finetune_run(root, "en", f"{method}-{n}", MethodConfig(method, top_n=n), [0.7], wer=wer)
+    finetune_run(root, "en", "full-scratch", MethodConfig("full"), [0.95], wer=0.9, from_scratch=True)
     finetune_run(root, "es", "adapters", MethodConfig("adapters"), [None, None], wer=0.25)
     finetune_run(root, "es", "unevaluated", MethodConfig("full"), [0.95])
     cont = root / "continual" / "cw-es"
@@ -108,6 +109,7 @@ def test_full_report(run_dir, tmp_path):
     assert "| top-n-adapters | 2 | 95,000,000 | 1,000,000 | 94,000,000 | 1.05 |" in md
     assert "| adapters | 20.00% | 6.67% | 25.00% | 8.33% |" in md
     assert "| full | 18.00% | 6.00% | - | - |" in md  # no es eval of full: that run has no eval.json
+    assert "| full from scratch | 90.00% | 30.00% | - | - |" in md
     # The first logged update with valid CER <= 0.5; blank validation cells are skipped.
     assert "| en | adapters | adapters | 30 |" in md
     assert "| en | full | full | 50 |" in md

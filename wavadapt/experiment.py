@@ -95,6 +95,9 @@ class FinetuneMethod:
     top_n: int | list[int] | None = None
     adapter_size: int = 256
     freeze_updates: int = 0
+    from_scratch: bool = False
+    """Start from fresh weights of the backbone's architecture (no pre-training), into ``<method>-scratch``: the
+    row that shows what pre-training gives."""
     train: dict = field(default_factory=dict)
     """TrainConfig overrides for this method only (over the section's)."""
 
@@ -361,7 +364,8 @@ def plan(exp: Experiment) -> list[str]:
 
 def _label(m: FinetuneMethod) -> str:
     ns = [n for n in m.top_ns() if n is not None]
-    return m.method + (f" N={ns[0]}..{ns[-1]} ({len(ns)} values)" if len(ns) > 1 else f" N={ns[0]}" if ns else "")
+    return (m.method + (f" N={ns[0]}..{ns[-1]} ({len(ns)} values)" if len(ns) > 1 else f" N={ns[0]}" if ns else "")
+            + (" from scratch" if m.from_scratch else ""))
 
 
 # --- the steps ---
@@ -469,6 +473,9 @@ def _finetune_one(exp: Experiment, data: Path, start: str | Path, language: str,
     f, splits = exp.finetune, exp.corpus.splits
     config = TrainConfig(**{"seed": exp.seed, **f.train, **method.train})
     model = load_asr_model(start, [], trust_pickle=exp.trust_pickle, seed=exp.seed)
+    if method.from_scratch:
+        model = _fresh_like(model, exp.seed)
+        config.extra = {"from_scratch": True}  # run.json records it: the report's label
     finetune(model, language, open_corpus(data, splits.train, language),
              MethodConfig(method.method, top_n, method.adapter_size, method.freeze_updates), config, run_dir,
              valid=open_corpus(data, splits.dev, language), augment=AugmentConfig(**f.augment),
@@ -480,11 +487,23 @@ def _finetune_one(exp: Experiment, data: Path, start: str | Path, language: str,
     (run_dir / "eval.json").write_text(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
 
 
+def _fresh_like(model, seed: int):
+    """A CTC model on a backbone of ``model``'s architecture with fresh weights drawn with ``seed``."""
+    import torch
+
+    from wavadapt.model.ctc import CTCModel
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return CTCModel(type(model.backbone)(model.backbone.config))
+
+
 def _finetune(exp: Experiment, data: Path, start: str | Path, out: Path, lms: dict[str, Path], echo: Echo) -> None:
     for language in exp.finetune.languages:
         for method in exp.finetune.methods:
             for n in method.top_ns():
-                run_dir = out / "finetune" / language / (method.method + (f"-N{n}" if n is not None else ""))
+                name = method.method + (f"-N{n}" if n is not None else "") + ("-scratch" if method.from_scratch else "")
+                run_dir = out / "finetune" / language / name
                 if (run_dir / "eval.json").is_file():
                     echo(f"finetune {run_dir.relative_to(out)}: done, kept")
                     continue

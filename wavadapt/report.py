@@ -65,12 +65,15 @@ class FinetuneRun:
     log: list[dict]
     result: dict | None
     """eval.json (`EvalResult.to_dict`), None when the run was not evaluated."""
+    from_scratch: bool = False
+    """Fine-tuned from fresh weights, not the pre-trained backbone (run.json's train.extra)."""
 
     @property
     def label(self) -> str:
-        """The method with its N, e.g. ``top-n-adapters N=6``."""
+        """The method with its N, e.g. ``top-n-adapters N=6``, or ``full from scratch``."""
         n = self.method.get("top_n")
-        return self.method["method"] + (f" N={n}" if n is not None else "")
+        return self.method["method"] + (f" N={n}" if n is not None else "") + (" from scratch" if self.from_scratch
+                                                                                else "")
 
 
 def read_finetune_runs(directory: Path) -> list[FinetuneRun]:
@@ -79,8 +82,10 @@ def read_finetune_runs(directory: Path) -> list[FinetuneRun]:
     for info in sorted(directory.glob("*/*/run.json")):
         run = info.parent
         log = read_csv(run / "log.csv") if (run / "log.csv").is_file() else []
-        method = json.loads(info.read_text(encoding="utf-8"))["method"]
-        runs.append(FinetuneRun(run.parent.name, run.name, method, log, _read_json(run / "eval.json")))
+        meta = json.loads(info.read_text(encoding="utf-8"))
+        scratch = bool((meta.get("train", {}).get("extra") or {}).get("from_scratch"))
+        runs.append(FinetuneRun(run.parent.name, run.name, meta["method"], log, _read_json(run / "eval.json"),
+                                scratch))
     return runs
 
 
