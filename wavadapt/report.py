@@ -175,9 +175,13 @@ class Report:
         self.plots.append(path)
         return f"![{fig.axes[0].get_title()}]({path.name})"
 
+    findings: list[str] = field(default_factory=list)
+    """The opening summary's sentences (:func:`_findings`)."""
+
     @property
     def markdown(self) -> str:
-        return "\n\n".join(["# wavadapt experiment report", *self.sections]) + "\n"
+        summary = ["## Summary\n\n" + "\n".join(f"- {f}" for f in self.findings)] if self.findings else []
+        return "\n\n".join(["# wavadapt experiment report", *summary, *self.sections]) + "\n"
 
     @property
     def summary(self) -> str:
@@ -348,6 +352,54 @@ def _efficiency(report: Report, directory: Path) -> None:
                                                                   "parameters (millions)", methods, params)))
 
 
+def _findings(run_dir: Path, runs: list[FinetuneRun]) -> list[str]:
+    """What the numbers show, in plain words, each against the papers: pre-training (from-scratch row), adapters
+    against full fine-tuning, the LM, forgetting and update time of the continual methods."""
+    findings = []
+    first = [r for r in runs if r.result is not None and r.language == (runs[0].language if runs else "")]
+    by_label = {r.label: r.result for r in first}
+    full, scratch = by_label.get("full"), by_label.get("full from scratch")
+    if full and scratch:
+        helps = full["cer"] < scratch["cer"]
+        findings.append(f"Pre-training {'helps' if helps else 'does not help here'}: full fine-tuning of the "
+                        f"pre-trained model reaches {full['cer']:.1%} test CER ({first[0].language}) against "
+                        f"{scratch['cer']:.1%} from scratch with the same architecture and updates.")
+    accounts = {(a["method"], a["top_n"]): a["percent"] for a in (_read_json(run_dir / "params.json") or
+                                                                   {"accounts": []})["accounts"]}
+    for r in first:
+        if full and "adapters" in r.method["method"]:
+            ratio = r.result["cer"] / full["cer"]
+            share = accounts.get((r.method["method"], r.method.get("top_n")))
+            verdict = ("close to it, as the paper finds" if ratio <= 1.25 else
+                       "short of the paper's finding that adapters come close to full fine-tuning")
+            findings.append(f"`{r.label}`{f' trains {share:.1f}% of the parameters and' if share else ''} reaches "
+                            f"{r.result['cer']:.1%} CER, {ratio:.2f}x full fine-tuning's: {verdict}.")
+    beam = [r for r in first if r.result.get("greedy_wer") is not None]
+    if beam:
+        drops = ", ".join(f"`{r.label}` {r.result['greedy_wer']:.1%} -> {r.result['wer']:.1%}" for r in beam)
+        findings.append(f"The beam search with a word LM of the training transcripts changes test WER from greedy "
+                        f"decoding's as follows: {drops}.")
+    data = _read_json(run_dir / "evaluate-continual" / "continual_learning.json")
+    for r in (data or {"rows": []})["rows"]:
+        if r["bwt"] is not None:
+            forgets = r["bwt"] < 0
+            # The paper: cwav2vec 2.0 keeps every earlier language exactly; the baselines forget.
+            expected = {"cwav2vec": False, "warm-start": True, "multihead": True, "multihead-l2": True}.get(r["method"])
+            paper = "" if expected is None else "; as in the paper" if forgets == expected else (
+                "; the paper finds the baselines forget" if expected else "; the paper finds none")
+            state = "forgetting" if forgets else "no forgetting" if r["bwt"] == 0 else "a gain"
+            findings.append(f"`{r['method']}`: backward transfer {100 * r['bwt']:+.2f} WER points on the earlier "
+                            f"language(s) ({state}{paper})" + (f", forward transfer {100 * r['fwt']:+.2f} points on "
+                                                               "the new one." if r["fwt"] is not None else "."))
+    timing = {r["method"]: r.get("median_update_seconds") for r in _table_rows(run_dir / "evaluate-continual",
+                                                                                "efficiency") or []}
+    if timing.get("cwav2vec") and timing.get("warm-start"):
+        ratio = timing["cwav2vec"] / timing["warm-start"]
+        findings.append(f"A cwav2vec 2.0 update takes {ratio:.2f}x a warm-start update (the paper: about 0.68x, a "
+                        "third less pre-training time).")
+    return findings
+
+
 def write_report(run_dir: str | Path, out_dir: str | Path | None = None, target_cer: float = 0.5) -> Report:
     """Write ``report.md`` and its PNG plots into ``out_dir`` (default ``run_dir/report``) from whatever parts of
     the experiment directory ``run_dir`` exist; ``target_cer`` (a fraction) sets the convergence section's
@@ -357,8 +409,10 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, target_
         raise WavadaptError(f"{run_dir}: no such directory")
     report = Report(Path(out_dir) if out_dir is not None else run_dir / "report")
     report.out_dir.mkdir(parents=True, exist_ok=True)
+    runs = read_finetune_runs(run_dir / "finetune")
+    report.findings = _findings(run_dir, runs)
     _parameters(report, run_dir)
-    _finetuning(report, read_finetune_runs(run_dir / "finetune"), target_cer)
+    _finetuning(report, runs, target_cer)
     _continual_runs(report, run_dir / "continual")
     _forgetting(report, run_dir / "evaluate-continual")
     _continual_learning(report, run_dir / "evaluate-continual")
