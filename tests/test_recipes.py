@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from wavadapt.cli import app
 from wavadapt.errors import WavadaptError
 from wavadapt.experiment import RECIPES as RECIPE_DIR
-from wavadapt.experiment import Experiment, load_experiment, plan, recipe_path, run_experiment
+from wavadapt.experiment import Experiment, load_experiment, plan, recipe_path, run_experiment, toy
 
 RECIPES = sorted(RECIPE_DIR.glob("*.yaml"))
 
@@ -90,6 +90,26 @@ def test_recipe_dry_run_writes_the_report_layout(recipe, tmp_path):
     run_experiment(exp, tmp_path, dry_run=True, echo=lines.append)
     assert lines[0].startswith("would run corpus")
     _assert_report_layout(tmp_path, exp)
+
+
+def test_runs_in_worker_processes_equal_runs_one_after_another(tmp_path):
+    """The demo's grid at toy scale with 2 jobs (spawned single-thread workers) scores every run and probe exactly as
+    running them here in order does (this process runs one thread too)."""
+    exp = load_experiment(recipe_path("demo"))
+    lines = []
+    for jobs in (1, 2):
+        run_experiment(exp, tmp_path / f"jobs{jobs}", dry_run=True, echo=lines.append, jobs=jobs)
+    _assert_report_layout(tmp_path / "jobs2", toy(exp))
+    evals = sorted(p.relative_to(tmp_path / "jobs1") for p in (tmp_path / "jobs1").glob("finetune/*/*/eval.json"))
+    assert len(evals) == 5
+    for path in evals:
+        one, two = (json.loads((tmp_path / f"jobs{j}" / path).read_text()) for j in (1, 2))
+        assert {k: v for k, v in one.items() if k != "elapsed"} == {k: v for k, v in two.items() if k != "elapsed"}
+    for table in ("forgetting", "continual_learning"):
+        one, two = (json.loads((tmp_path / f"jobs{j}" / "evaluate-continual" / f"{table}.json").read_text())["rows"]
+                    for j in (1, 2))
+        assert one == two
+    assert any(line.endswith(": done") for line in lines)  # workers report each run as it ends
 
 
 def test_run_command_dry_run_and_resume(tmp_path):

@@ -123,8 +123,8 @@ def test_full_report(run_dir, tmp_path):
     summary = md.split("## Summary")[1].split("\n## ")[0]
     assert "`adapters` trains 10.0% of the parameters and reaches 6.7% CER, 1.11x full fine-tuning's: close to it, " \
         "as the paper finds." in summary
-    assert "`top-n-adapters N=2` trains 1.1% of the parameters and reaches 16.7% CER, 2.78x full fine-tuning's: short " \
-        "of the paper's finding" in summary
+    assert "`top-n-adapters N=2` trains 1.1% of the parameters and reaches 16.7% CER, 2.78x full fine-tuning's: " \
+        "short of the paper's finding" in summary
     assert "Pre-training helps: full fine-tuning of the pre-trained model reaches 6.0% test CER (en) against 30.0%" \
         in summary
     assert "`warm-es`: backward transfer -20.00 WER points on the earlier language(s) (forgetting), forward transfer " \

@@ -43,6 +43,7 @@ from wavadapt.model.ctc import CTCModel
 from wavadapt.model.pretraining import PretrainingModel, load_pretraining
 from wavadapt.pretrain import evaluate_pretraining, maskable
 from wavadapt.train import TrainConfig
+from wavadapt.workers import run_steps
 
 METRICS = ("wer", "cer", "ctc_loss", "ssl_loss")
 """Per language: test WER and CER after fine-tuning, the fine-tuning's last training loss (a finer check of
@@ -247,38 +248,34 @@ def probe(checkpoint: str | Path, config: ProbeConfig, out_dir: str | Path,
 
 
 def forgetting(sequences: dict[str, list[Checkpoint]], config: ProbeConfig, out_dir: str | Path,
-               languages: Sequence[str] | None = None, echo: Callable[[str], None] | None = None) -> list[dict]:
+               languages: Sequence[str] | None = None, echo: Callable[[str], None] | None = None,
+               jobs: int = 1) -> list[dict]:
     """One row per method and checkpoint: ``method``, ``task``, ``update``, ``position``, ``step`` and
     :func:`probe`'s scores. A checkpoint shared by several methods (the first task's end) is probed once;
-    ``echo`` hears of each probe."""
-    probed: dict[Path, dict[str, float]] = {}
-    rows = []
-    for method, sequence in sequences.items():
-        for c in sequence:
-            key = c.path.resolve()
-            if key not in probed:
-                if echo is not None:
-                    echo(f"probing {c.run} at {c.position}")
-                probed[key] = probe(c.path, config, Path(out_dir) / "finetune" / c.run / f"update_{c.update:07d}",
-                                    languages)
-            rows.append({"method": method, "task": c.task, "update": c.update, "position": c.position, "step": c.step,
-                         **probed[key]})
-    return rows
+    probes run ``jobs`` at a time (:mod:`wavadapt.workers`); ``echo`` hears of each."""
+    unique = {c.path.resolve(): c for sequence in sequences.values() for c in sequence}
+    if echo is not None:
+        for c in unique.values():
+            echo(f"probing {c.run} at {c.position}")
+    scores = run_steps([(probe, (c.path, config, Path(out_dir) / "finetune" / c.run / f"update_{c.update:07d}",
+                                 languages)) for c in unique.values()], jobs)
+    probed = dict(zip(unique, scores, strict=True))
+    return [{"method": method, "task": c.task, "update": c.update, "position": c.position, "step": c.step,
+             **probed[c.path.resolve()]} for method, sequence in sequences.items() for c in sequence]
 
 
 def transfer_references(sequences: dict[str, list[Checkpoint]], config: ProbeConfig, out_dir: str | Path,
-                        languages: Sequence[str] | None = None) -> dict[str, float]:
+                        languages: Sequence[str] | None = None, jobs: int = 1) -> dict[str, float]:
     """Per language a continual run learns, its test WER fine-tuned from the first checkpoint of the run's sequence
     (the model the run continued; the same for every method) without learning it first."""
-    references = {}
+    firsts = {}
     for sequence in sequences.values():
-        first = sequence[0]
         for c in sequence[1:]:
-            if c.task != first.task and c.task not in references and (languages is None or c.task in languages):
-                result, _ = finetune_language(first.path, c.task, config, Path(out_dir) / "reference" /
-                                              safe_name(c.task), reference=True)
-                references[c.task] = result.wer
-    return references
+            if c.task != sequence[0].task and (languages is None or c.task in languages):
+                firsts.setdefault(c.task, sequence[0].path)
+    results = run_steps([(finetune_language, (first, language, config, Path(out_dir) / "reference" /
+                                              safe_name(language), True)) for language, first in firsts.items()], jobs)
+    return {language: result.wer for language, (result, _) in zip(firsts, results, strict=True)}
 
 
 def continual_summaries(rows: list[dict], references: dict[str, float]) -> list[dict]:
@@ -419,7 +416,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 def evaluate_continual(run_dirs: Sequence[str | Path], config: ProbeConfig, out_dir: str | Path,
                        target_loss: float | None = None, languages: Sequence[str] | None = None,
-                       echo: Callable[[str], None] | None = None) -> ContinualReport:
+                       echo: Callable[[str], None] | None = None, jobs: int = 1) -> ContinualReport:
     """Probe every checkpoint of every method's sequence (:func:`checkpoint_sequences`), summarise each method
     (:func:`continual_summaries`) and time the runs; write ``forgetting``, ``continual_learning`` and ``efficiency``
     as .csv and .json (and the fine-tuning runs under ``finetune/`` and ``reference/``) into ``out_dir``.
@@ -433,10 +430,10 @@ def evaluate_continual(run_dirs: Sequence[str | Path], config: ProbeConfig, out_
         raise WavadaptError(f"no given run has learnt {', '.join(unknown)} (they know {', '.join(known)}); "
                             "only languages a checkpoint has seen can be fine-tuned")
     sequences = checkpoint_sequences(runs)
-    rows = forgetting(sequences, config, out_dir, languages, echo)
+    rows = forgetting(sequences, config, out_dir, languages, echo, jobs)
     if echo is not None:
         echo("fine-tuning the first model on each new language (forward transfer's reference)")
-    summaries = continual_summaries(rows, transfer_references(sequences, config, out_dir, languages))
+    summaries = continual_summaries(rows, transfer_references(sequences, config, out_dir, languages, jobs))
     leaves = [r for r in runs if r.name in sequences]
     timing, notes = efficiency(leaves, target_loss)
     report = ContinualReport([t for t in known if languages is None or t in languages], rows, summaries, timing,

@@ -35,6 +35,7 @@ from wavadapt.errors import WavadaptError
 from wavadapt.evaluate_continual import ProbeConfig
 from wavadapt.finetune import AugmentConfig
 from wavadapt.train import TrainConfig
+from wavadapt.workers import run_steps
 
 Echo = Callable[[str], None]
 
@@ -461,7 +462,7 @@ def _decoder(exp: Experiment, lm: Path | None = None):
 
 
 def _finetune_one(exp: Experiment, data: Path, start: str | Path, language: str, method: FinetuneMethod,
-                  top_n: int | None, run_dir: Path, lms: dict[str, Path]) -> None:
+                  top_n: int | None, run_dir: Path, lms: dict[str, Path], progress: bool) -> None:
     """One `wavadapt finetune` run of the model ``start`` on the train split, validated on dev, then scored on
     test (eval.json)."""
     from wavadapt.checkpoint import load_asr_model
@@ -471,7 +472,7 @@ def _finetune_one(exp: Experiment, data: Path, start: str | Path, language: str,
     from wavadapt.methods import MethodConfig
 
     f, splits = exp.finetune, exp.corpus.splits
-    config = TrainConfig(**{"seed": exp.seed, **f.train, **method.train})
+    config = TrainConfig(**{"seed": exp.seed, **f.train, **method.train, **({} if progress else {"progress": False})})
     model = load_asr_model(start, [], trust_pickle=exp.trust_pickle, seed=exp.seed)
     if method.from_scratch:
         model = _fresh_like(model, exp.seed)
@@ -498,7 +499,9 @@ def _fresh_like(model, seed: int):
         return CTCModel(type(model.backbone)(model.backbone.config))
 
 
-def _finetune(exp: Experiment, data: Path, start: str | Path, out: Path, lms: dict[str, Path], echo: Echo) -> None:
+def _finetune(exp: Experiment, data: Path, start: str | Path, out: Path, lms: dict[str, Path], jobs: int,
+              echo: Echo) -> None:
+    steps, names = [], []
     for language in exp.finetune.languages:
         for method in exp.finetune.methods:
             for n in method.top_ns():
@@ -508,11 +511,14 @@ def _finetune(exp: Experiment, data: Path, start: str | Path, out: Path, lms: di
                     echo(f"finetune {run_dir.relative_to(out)}: done, kept")
                     continue
                 echo(f"finetune {run_dir.relative_to(out)}")
-                _finetune_one(exp, data, start, language, method, n, run_dir, lms)
+                names.append(run_dir.relative_to(out))
+                steps.append((_finetune_one, (exp, data, start, language, method, n, run_dir, lms, jobs <= 1)))
+    run_steps(steps, jobs, done=(lambda i: echo(f"finetune {names[i]}: done")) if jobs > 1 else None)
 
 
-def _continual(exp: Experiment, data: Path, start: str | Path, first: str, out: Path, echo: Echo) -> list[Path]:
-    """One `wavadapt continual` run per method from ``start`` (the first task's model)."""
+def _continual_one(exp: Experiment, data: Path, start: str | Path, first: str, method: str, run_dir: Path,
+                   progress: bool) -> None:
+    """One `wavadapt continual` run of ``method`` from ``start`` (the first task's model)."""
     import torch
 
     from wavadapt.continual import ContinualConfig, prepare_continual
@@ -520,7 +526,23 @@ def _continual(exp: Experiment, data: Path, start: str | Path, first: str, out: 
     from wavadapt.pretrain import build_model, pretrain, recipe
 
     c = exp.continual
-    run_dirs = []
+    r = recipe(c.preset, **{"seed": exp.seed, "checkpoint_every": c.checkpoint_every, **c.train,
+                            **({} if progress else {"progress": False})})
+    model = build_model(start, first, c.preset, trust_pickle=exp.trust_pickle, seed=exp.seed)
+    torch.manual_seed(exp.seed)  # the new adapters and heads
+    trainable, regularizer = prepare_continual(model, c.language, ContinualConfig(method, c.l2_weight, c.adapter_size))
+    r.train.extra = {"continual_method": method, "l2_weight": c.l2_weight, "adapter_size": c.adapter_size}
+    pretrain(model, c.language, open_corpus(data, exp.corpus.splits.pretrain, c.language), r.train, run_dir,
+             trainable=trainable, crop_seconds=r.crop_seconds if c.crop_seconds is None else c.crop_seconds,
+             min_seconds=r.min_seconds, regularizer=regularizer, keep_snapshots=c.keep_snapshots,
+             feature_cache=run_dir / "feature_cache" if c.feature_cache else None, resume=_resume(run_dir))
+
+
+def _continual(exp: Experiment, data: Path, start: str | Path, first: str, out: Path, jobs: int,
+               echo: Echo) -> list[Path]:
+    """One `wavadapt continual` run per method from ``start`` (the first task's model)."""
+    c = exp.continual
+    run_dirs, steps, names = [], [], []
     for method in c.methods:
         run_dir = out / "continual" / method
         run_dirs.append(run_dir)
@@ -528,20 +550,13 @@ def _continual(exp: Experiment, data: Path, start: str | Path, first: str, out: 
             echo(f"continual {method}: done, kept")
             continue
         echo(f"continual {method} ({first} -> {c.language}) -> {run_dir}")
-        r = recipe(c.preset, **{"seed": exp.seed, "checkpoint_every": c.checkpoint_every, **c.train})
-        model = build_model(start, first, c.preset, trust_pickle=exp.trust_pickle, seed=exp.seed)
-        torch.manual_seed(exp.seed)  # the new adapters and heads
-        trainable, regularizer = prepare_continual(model, c.language,
-                                                   ContinualConfig(method, c.l2_weight, c.adapter_size))
-        r.train.extra = {"continual_method": method, "l2_weight": c.l2_weight, "adapter_size": c.adapter_size}
-        pretrain(model, c.language, open_corpus(data, exp.corpus.splits.pretrain, c.language), r.train, run_dir,
-                 trainable=trainable, crop_seconds=r.crop_seconds if c.crop_seconds is None else c.crop_seconds,
-                 min_seconds=r.min_seconds, regularizer=regularizer, keep_snapshots=c.keep_snapshots,
-                 feature_cache=run_dir / "feature_cache" if c.feature_cache else None, resume=_resume(run_dir))
+        names.append(method)
+        steps.append((_continual_one, (exp, data, start, first, method, run_dir, jobs <= 1)))
+    run_steps(steps, jobs, done=(lambda i: echo(f"continual {names[i]}: done")) if jobs > 1 else None)
     return run_dirs
 
 
-def _evaluate_continual(exp: Experiment, data: Path, runs: list[Path], out: Path, lms: dict[str, Path],
+def _evaluate_continual(exp: Experiment, data: Path, runs: list[Path], out: Path, lms: dict[str, Path], jobs: int,
                         echo: Echo) -> None:
     from wavadapt.evaluate_continual import evaluate_continual
 
@@ -549,7 +564,7 @@ def _evaluate_continual(exp: Experiment, data: Path, runs: list[Path], out: Path
     probe = {"train_split": splits.train, "test_split": splits.test, "ssl_split": splits.dev, "seed": exp.seed,
              **e.probe, "augment": AugmentConfig(**e.probe.get("augment", {})), "decoder": _decoder(exp), "lms": lms}
     report = evaluate_continual(runs, ProbeConfig(data, **probe), out / "evaluate-continual", e.target_loss,
-                                e.languages, echo=echo)
+                                e.languages, echo=echo, jobs=jobs)
     echo(report.summary())
 
 
@@ -562,9 +577,10 @@ def _pretraining_run(backbone: str) -> Path | None:
     return path if (path / "run.json").is_file() and (path / "pretraining.json").is_file() else None
 
 
-def run_experiment(exp: Experiment, out: str | Path, dry_run: bool = False, echo: Echo = print) -> Path:
-    """Run every step of ``exp`` into ``out`` (toy scale with ``dry_run``, after printing the full plan);
-    returns ``out``."""
+def run_experiment(exp: Experiment, out: str | Path, dry_run: bool = False, echo: Echo = print, jobs: int = 1) -> Path:
+    """Run every step of ``exp`` into ``out`` (toy scale with ``dry_run``, after printing the full plan), the
+    independent fine-tuning runs, continual runs and probes ``jobs`` at a time (:mod:`wavadapt.workers`); returns
+    ``out``."""
     out = Path(out)
     for line in plan(exp):
         echo(("would run " if dry_run else "") + line)
@@ -579,12 +595,12 @@ def run_experiment(exp: Experiment, out: str | Path, dry_run: bool = False, echo
     if exp.params and _main_process():
         _params(exp, out, echo)
     if exp.finetune:
-        _finetune(exp, data, first_model or exp.backbone, out, lms, echo)
+        _finetune(exp, data, first_model or exp.backbone, out, lms, jobs, echo)
     if exp.continual:
         first = exp.pretrain.language if exp.pretrain else exp.first_task
-        runs = _continual(exp, data, first_model or exp.backbone, first, out, echo)
+        runs = _continual(exp, data, first_model or exp.backbone, first, out, jobs, echo)
         if exp.evaluate_continual:
-            _evaluate_continual(exp, data, [*([first_model] if first_model else []), *runs], out, lms, echo)
+            _evaluate_continual(exp, data, [*([first_model] if first_model else []), *runs], out, lms, jobs, echo)
     if exp.report and _main_process():
         from wavadapt.report import write_report
 
