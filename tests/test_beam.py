@@ -181,6 +181,19 @@ def test_lexicon_free_lm_corrects_noisy_letters_without_running_words_together(t
     assert sum(len(t.split()) for t in beam) == pytest.approx(sum(len(t.split()) for t in truth), rel=0.1)
 
 
+def test_decoders_share_a_loaded_lm_and_read_a_rewritten_file_again(arpa):
+    """Decoders that differ in weights share one KenLM (a server's requests load nothing); a file rewritten in place
+    is not served from that cache."""
+    one, two = (make_decoder(DecoderConfig("beam", beam_size=8, lm=arpa, lm_weight=w), VOCAB) for w in (1.0, 1.5))
+    assert one._lm._kenlm is two._lm._kenlm
+    assert texts(one.decode(output_of(ambiguous_logits(VOCAB)))) == ["the cat"]
+    arpa.write_text(ARPA.replace("-0.8\tthe\t", "-4.0\tthe\t").replace("-4.0\tteh\t", "-0.5\tteh\t")
+                    .replace("<s> the", "<s> teh") + "\n")
+    again = make_decoder(DecoderConfig("beam", beam_size=8, lm=arpa, lm_weight=1.0), VOCAB)
+    assert again._lm._kenlm is not one._lm._kenlm
+    assert texts(again.decode(output_of(ambiguous_logits(VOCAB)))) == ["teh cat"]
+
+
 def test_lm_in_capitals_serves_a_capitals_vocabulary(tmp_path):
     upper = tmp_path / "upper.arpa"
     upper.write_text("\n".join(line if line.startswith(("\\", "ngram")) else line.upper().replace("<S>", "<s>")

@@ -18,6 +18,7 @@ parallel; :func:`decode_in_processes` spreads a large evaluation over processes,
 """
 
 import contextlib
+import functools
 import math
 import os
 import sys
@@ -138,7 +139,7 @@ class BeamSearchDecoder:
     def __init__(self, config: DecoderConfig, vocab: Vocabulary):
         self.config, self.vocab = config, vocab
         self._blank, self._sil = vocab.blank_id, vocab.word_delimiter_id
-        lm_words = arpa_unigrams(config.lm) if config.lm else None
+        lm_words = _unigrams(config.lm, _stamp(config.lm)) if config.lm else None
         lm_case = _lm_case(vocab, lm_words)
         # The output spelling of each token: lowercase for capitals, nothing for the blank and special tokens.
         specials = {*SPECIAL_TOKENS, vocab.blank, vocab.unk}
@@ -153,10 +154,10 @@ class BeamSearchDecoder:
         lexicon: dict[str, list[list[str]]] = {}
         for word, spellings in read_lexicon(config.lexicon, vocab).items():
             lexicon.setdefault(lm_case(word), []).extend(spellings)
-        self._words = Dictionary()
-        for word in (*lexicon, UNK_WORD):
-            self._words.add_entry(word)
-        self._lm = _load_kenlm(config.lm, self._words) if config.lm else ZeroLM()
+        if config.lm:
+            self._lm, self._words = _kenlm(config.lm, _stamp(config.lm), (*lexicon, UNK_WORD))
+        else:
+            self._lm, self._words = ZeroLM(), _dictionary((*lexicon, UNK_WORD))
         # Each word's unigram score sits in the trie so that partial words are ranked by their best completion.
         start = self._lm.start(False)
         trie = Trie(len(vocab), self._sil)
@@ -184,15 +185,13 @@ class BeamSearchDecoder:
             raise LanguageModelError(f"{config.lm}: a KenLM binary does not list its words, which lexicon-free "
                                      f"decoding needs: give its ARPA file, or a lexicon")
         else:
-            words = Dictionary()
-            for word in dict.fromkeys([*lm_words, UNK_WORD]):
-                words.add_entry(word)
+            kenlm, words = _kenlm(config.lm, _stamp(config.lm), tuple(dict.fromkeys([*lm_words, UNK_WORD])))
             word_ids = {w: words.get_index(w) for w in lm_words}
             letters = [lm_case(s) for s in self._spelling]
             # flashlight weighs what the LM returns by lm_weight; these two are meant unweighted.
             bonus, penalty = ((config.word_score / config.lm_weight, config.unknown_word_score / config.lm_weight)
                               if config.lm_weight else (0.0, 0.0))
-            self._lm = WordScoringLM(_load_kenlm(config.lm, words), word_ids, words.get_index(UNK_WORD), letters,
+            self._lm = WordScoringLM(kenlm, word_ids, words.get_index(UNK_WORD), letters,
                                      self._sil, bonus, penalty)
         options = LexiconFreeDecoderOptions(
             beam_size=config.beam_size, beam_size_token=config.beam_size_token or len(vocab),
@@ -314,6 +313,36 @@ def _lm_case(vocab: Vocabulary, lm_words: list[str] | None) -> Callable[[str], s
     cased = [w for w in lm_words or () if w.lower() != w.upper() and not w.startswith("<")]  # not <s>, <unk>
     lowercase = sum(w == w.lower() for w in cased)
     return str.lower if cased and lowercase * 2 > len(cased) else str.upper
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """What the caches below key a file by besides its path: a file rewritten in place is read again."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None  # the reader names the problem
+    return stat.st_mtime_ns, stat.st_size
+
+
+@functools.lru_cache(maxsize=4)
+def _unigrams(path: Path, stamp: tuple[int, int] | None) -> list[str] | None:
+    """:func:`arpa_unigrams`, read once per file (decoders of other weights share it)."""
+    return arpa_unigrams(path)
+
+
+def _dictionary(words: Sequence[str]) -> Dictionary:
+    dictionary = Dictionary()
+    for word in words:
+        dictionary.add_entry(word)
+    return dictionary
+
+
+@functools.lru_cache(maxsize=4)
+def _kenlm(path: Path, stamp: tuple[int, int] | None, words: tuple[str, ...]) -> tuple[KenLM, Dictionary]:
+    """A KenLM over ``words`` (its ids are their positions), loaded once per file and words: decoders that differ only
+    in weights or beam share it (scoring keeps no state in the model), so a server's requests load nothing."""
+    dictionary = _dictionary(words)
+    return _load_kenlm(path, dictionary), dictionary
 
 
 def _load_kenlm(path: Path, words: Dictionary) -> KenLM:
