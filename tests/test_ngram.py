@@ -167,3 +167,22 @@ def test_the_lm_command_normalises_the_text_it_counts(tmp_path):
     unigrams = {gram[0] for gram in probs if len(gram) == 1}
     assert unigrams == {"<s>", "</s>", "<unk>", "the", "quick", "brown", "fox", "lazy", "dog", "a", "and"}
     assert arpa_stats(out) == {1: len(unigrams), 2: len([g for g in probs if len(g) == 2])}
+
+
+def test_the_lm_command_reads_a_corpus_splits_transcripts(synth_corpus, tmp_path):
+    """--corpus DIR --split train counts the same sentences as a text file of that split's transcripts."""
+    from typer.testing import CliRunner
+
+    from wavadapt.cli import app
+    from wavadapt.data.corpora import open_corpus
+
+    text = tmp_path / "train.txt"
+    text.write_text("".join(u.text + "\n" for u in open_corpus(synth_corpus, "train", "en")))
+    runner = CliRunner()
+    for name, source in (("text", [str(text)]), ("corpus", ["--corpus", str(synth_corpus), "--split", "train"])):
+        result = runner.invoke(app, ["lm", *source, "--language", "en", "--order", "2", "--discount-fallback",
+                                     "--out", str(tmp_path / f"{name}.arpa")])
+        assert result.exit_code == 0, result.output
+    assert (tmp_path / "text.arpa").read_text() == (tmp_path / "corpus.arpa").read_text()
+    nothing = runner.invoke(app, ["lm", "--language", "en"])
+    assert nothing.exit_code != 0 and "no text" in str(nothing.exception)

@@ -155,22 +155,31 @@ def vocab(
 
 @app.command("lm")
 def language_model(
-    text: Annotated[list[Path], typer.Argument(help="Text files, one sentence per line (e.g. training transcripts).")],
     language: Annotated[str, typer.Option(help="Language whose normalisation applies (en, es, de, it, ...).")],
+    text: Annotated[list[Path] | None, typer.Argument(help="Text files, one sentence per line.")] = None,
+    corpus: Annotated[Path | None, typer.Option(help="Also the transcripts of a corpus (a directory or manifest, as "
+                                                "`evaluate` reads) ...")] = None,
+    split: Annotated[str, typer.Option(help="... of this split (never the test split you will score).")] = "train",
     order: Annotated[int, typer.Option(help="n-gram order.")] = 3,
     out: Annotated[Path, typer.Option(help="Where to write the ARPA model.")] = Path("lm.arpa"),
     discount_fallback: Annotated[bool, typer.Option("--discount-fallback", help="Fixed discounts (0.5, 1, 1.5) "
                                                     "where the text is too small for Kneser-Ney's estimate "
                                                     "(lmplz's --discount_fallback).")] = False,
 ) -> None:
-    """Build a word n-gram LM (interpolated modified Kneser-Ney, as KenLM's lmplz) from text files, as ARPA."""
+    """Build a word n-gram LM (interpolated modified Kneser-Ney, as KenLM's lmplz) from text files and / or a
+    corpus split's transcripts, as ARPA."""
     from wavadapt.data.text import normalize_text
-    from wavadapt.decoding.ngram import arpa_stats, build_arpa
+    from wavadapt.decoding.ngram import arpa_stats, build_arpa, corpus_sentences
 
+    text = text or []
+    if not text and corpus is None:
+        raise WavadaptError("no text: give text files, or --corpus (with --split) for a corpus's transcripts")
     if missing := [p for p in text if not p.is_file()]:
         raise WavadaptError(f"{missing[0]}: no such text file")
-    sentences = (normalize_text(line, language) for path in text
-                 for line in path.read_text(encoding="utf-8").splitlines())
+    sentences = [normalize_text(line, language) for path in text
+                 for line in path.read_text(encoding="utf-8").splitlines()]
+    if corpus is not None:
+        sentences += corpus_sentences(corpus, split, language)
     build_arpa(sentences, order, out, discount_fallback)
     typer.echo(f"{out}: " + ", ".join(f"{c} {n}-grams" for n, c in arpa_stats(out).items()))
 

@@ -433,9 +433,7 @@ def _params(exp: Experiment, out: Path, echo: Echo) -> None:
 
 def _language_models(exp: Experiment, data: Path, out: Path, echo: Echo) -> dict[str, Path]:
     """``decoding``'s LM of every language the grid scores, built from its train split's transcripts."""
-    from wavadapt.data.corpora import open_corpus
-    from wavadapt.data.text import normalize_text
-    from wavadapt.decoding.ngram import build_arpa
+    from wavadapt.decoding.ngram import build_arpa, corpus_sentences
 
     languages = [*(exp.finetune.languages if exp.finetune else []),
                  *([exp.pretrain.language if exp.pretrain else exp.first_task, exp.continual.language]
@@ -446,8 +444,7 @@ def _language_models(exp: Experiment, data: Path, out: Path, echo: Echo) -> dict
         if path.is_file() or not _main_process():
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
-        text = [normalize_text(u.text, language) for u in open_corpus(data, exp.corpus.splits.train, language)
-                if u.text]
+        text = corpus_sentences(data, exp.corpus.splits.train, language)
         build_arpa(text, exp.decoding.lm_order, path, discount_fallback=True)
         echo(f"lm {language}: a {exp.decoding.lm_order}-gram of {len(text)} {exp.corpus.splits.train} transcripts "
              f"-> {path}")

@@ -60,6 +60,14 @@ def build_arpa(sentences: Iterable[str | Sequence[str]], order: int, path: Path,
     return path
 
 
+def corpus_sentences(corpus: Path, split: str, language: str) -> list[str]:
+    """The normalised transcripts of a corpus split (``open_corpus``), the text an LM for that corpus learns from."""
+    from wavadapt.data.corpora import open_corpus
+    from wavadapt.data.text import normalize_text
+
+    return [normalize_text(u.text, language) for u in open_corpus(corpus, split, language) if u.text]
+
+
 def arpa_stats(path: Path) -> dict[int, int]:
     """The number of n-grams of each order, from an ARPA file's ``\\data\\`` header."""
     stats = {}
