@@ -253,13 +253,13 @@ def forgetting(sequences: dict[str, list[Checkpoint]], config: ProbeConfig, out_
     """One row per method and checkpoint: ``method``, ``task``, ``update``, ``position``, ``step`` and
     :func:`probe`'s scores. A checkpoint shared by several methods (the first task's end) is probed once;
     probes run ``jobs`` at a time (:mod:`wavadapt.workers`); ``echo`` hears of each."""
-    unique = {c.path.resolve(): c for sequence in sequences.values() for c in sequence}
+    unique = list({c.path.resolve(): c for sequence in sequences.values() for c in sequence}.values())
     if echo is not None:
-        for c in unique.values():
-            echo(f"probing {c.run} at {c.position}")
+        echo(f"probing {len(unique)} checkpoints, {jobs} at a time")
     scores = run_steps([(probe, (c.path, config, Path(out_dir) / "finetune" / c.run / f"update_{c.update:07d}",
-                                 languages)) for c in unique.values()], jobs)
-    probed = dict(zip(unique, scores, strict=True))
+                                 languages)) for c in unique], jobs,
+                       done=echo and (lambda i: echo(f"probed {unique[i].run} at {unique[i].position}")))
+    probed = dict(zip((c.path.resolve() for c in unique), scores, strict=True))
     return [{"method": method, "task": c.task, "update": c.update, "position": c.position, "step": c.step,
              **probed[c.path.resolve()]} for method, sequence in sequences.items() for c in sequence]
 
