@@ -20,6 +20,8 @@ from wavadapt.evaluate_continual import (
     continual_summaries,
     evaluate_continual,
     finetune_language,
+    language_fingerprint,
+    probe,
     read_run,
     seconds_at,
 )
@@ -72,6 +74,13 @@ def test_forgetting_matrix_and_efficiency(runs, synth_corpus, tmp_path):
         assert all(rows["cw-es", p][f"{m}_en"] == start[f"{m}_en"] for m in METRICS)
         assert rows["warm-es", p]["ssl_loss_en"] != start["ssl_loss_en"]
         assert rows["warm-es", p]["ctc_loss_en"] != start["ctc_loss_en"]
+    # ... because nothing English reads moved (so English was probed once for cw-es): probing it again at the last
+    # cwav2vec checkpoint gives the first task's scores exactly.
+    english = {lang: language_fingerprint(load_pretraining(runs / "cw-es"), lang) for lang in ("en", "es")}
+    assert english["en"] == language_fingerprint(load_pretraining(runs / "pt-en"), "en") != english["es"]
+    assert language_fingerprint(load_pretraining(runs / "warm-es"), "en") != english["en"]
+    again = probe(runs / "cw-es", "en", probe_config(synth_corpus), tmp_path / "again")
+    assert again == {k: v for k, v in start.items() if k.endswith("_en")}
     assert rows["warm-es", "en@2"] | {"method": "cw-es"} == start  # the shared first-task end, probed once
 
     timing = {r["method"]: r for r in report.efficiency}
@@ -98,10 +107,11 @@ def test_forgetting_matrix_and_efficiency(runs, synth_corpus, tmp_path):
     for method in ("cw-es", "warm-es"):
         last, s = rows[method, "es@4"], summaries[method]
         assert s["languages"] == ["en", "es"]
-        assert s["average_wer"] == pytest.approx((last["wer_en"] + last["wer_es"]) / 2)
-        assert s["bwt"] == pytest.approx(start["wer_en"] - last["wer_en"])
-        assert s["reference_wer"] == reference.wer and s["fwt"] == pytest.approx(reference.wer - last["wer_es"])
-    assert summaries["cw-es"]["bwt"] == 0.0  # no forgetting, exactly
+        for m, ref in (("wer", reference.wer), ("cer", reference.cer)):
+            assert s[f"average_{m}"] == pytest.approx((last[f"{m}_en"] + last[f"{m}_es"]) / 2)
+            assert s[f"bwt_{m}"] == pytest.approx(start[f"{m}_en"] - last[f"{m}_en"])
+            assert s[f"reference_{m}"] == ref and s[f"fwt_{m}"] == pytest.approx(ref - last[f"{m}_es"])
+    assert summaries["cw-es"]["bwt_wer"] == summaries["cw-es"]["bwt_cer"] == 0.0  # no forgetting, exactly
     assert json.loads((tmp_path / "continual_learning.json").read_text())["rows"] == report.summaries
     assert "BWT" in report.summary()
 
@@ -135,15 +145,18 @@ def test_refusals(runs, synth_corpus, tmp_path):
 
 
 def test_continual_summaries_by_hand():
-    rows = [{"method": "m", "task": "en", "wer_en": 0.5},
-            {"method": "m", "task": "es", "wer_en": 0.55, "wer_es": 0.6},
-            {"method": "m", "task": "es", "wer_en": 0.6, "wer_es": 0.4},
-            {"method": "n", "task": "en", "wer_en": 0.5}]
-    m, n = continual_summaries(rows, {"es": 0.5})
-    assert m == {"method": "m", "languages": ["en", "es"], "average_wer": pytest.approx(0.5),
-                 "bwt": pytest.approx(-0.1), "fwt": pytest.approx(0.1), "reference_wer": 0.5}
-    assert n == {"method": "n", "languages": ["en"], "average_wer": 0.5, "bwt": None, "fwt": None,
-                 "reference_wer": None}
+    rows = [{"method": "m", "task": "en", "wer_en": 0.5, "cer_en": 0.2},
+            {"method": "m", "task": "es", "wer_en": 0.55, "wer_es": 0.6, "cer_en": 0.25, "cer_es": 0.3},
+            {"method": "m", "task": "es", "wer_en": 0.6, "wer_es": 0.4, "cer_en": 0.3, "cer_es": 0.1},
+            {"method": "n", "task": "en", "wer_en": 0.5, "cer_en": 0.2}]
+    m, n = continual_summaries(rows, {"es": {"wer": 0.5, "cer": 0.2}})
+    assert m == {"method": "m", "languages": ["en", "es"],
+                 "average_wer": pytest.approx(0.5), "bwt_wer": pytest.approx(-0.1), "fwt_wer": pytest.approx(0.1),
+                 "reference_wer": 0.5,
+                 "average_cer": pytest.approx(0.2), "bwt_cer": pytest.approx(-0.1), "fwt_cer": pytest.approx(0.1),
+                 "reference_cer": 0.2}
+    assert n == {"method": "n", "languages": ["en"], "average_wer": 0.5, "bwt_wer": None, "fwt_wer": None,
+                 "reference_wer": None, "average_cer": 0.2, "bwt_cer": None, "fwt_cer": None, "reference_cer": None}
 
 
 def test_training_time_from_logged_windows():

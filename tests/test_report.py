@@ -81,8 +81,9 @@ def run_dir(tmp_path):
                         "wer_en": 0.3 + drift, "cer_en": 0.1 + drift, "ctc_loss_en": 1.0, "ssl_loss_en": 2.5 + drift,
                         "wer_es": 0.4, "cer_es": 0.15, "ctc_loss_es": 1.2, "ssl_loss_es": 3.0}]
     _write_csv(evaluation / "forgetting.csv", forgetting)  # the CSV reader path; efficiency takes the JSON one
+    references = {"es": {"wer": 0.45, "cer": 0.2}}
     (evaluation / "continual_learning.json").write_text(json.dumps({"rows": continual_summaries(forgetting,
-                                                                                                {"es": 0.45})}))
+                                                                                                references)}))
     efficiency = [{"method": m, "task": "es", "updates": 50, "median_update_seconds": s, "train_seconds": 50 * s,
                    "target_loss": None, "seconds_to_target": None, "total_parameters": 96_000_000,
                    "trainable_parameters": t, "frozen_parameters": 96_000_000 - t, "relative_update_time": s / 0.8}
@@ -116,9 +117,9 @@ def test_full_report(run_dir, tmp_path):
     assert "| en | top-n-full N=2 | top-n-full-2 | not reached (last update 10) |" in md
     assert "| warm-es | es@50 | 150 | 50.00% | 30.00% | 2.700 | 40.00% | 15.00% | 3.000 |" in md
     assert "| cw-es | es | 50 | 0.500 | 25.0 | - | 96,000,000 | 3,000,000 | 93,000,000 |" in md
-    assert "| cw-es | en, es | 35.00% | +0.00 | +5.00 | 45.00% |" in md
-    assert "| warm-es | en, es | 45.00% | -20.00 | +5.00 | 45.00% |" in md
-    assert "| pt-en | en | 30.00% | - | - | - |" in md
+    assert "| cw-es | en, es | 35.00% | +0.00 | +5.00 | 45.00% | 12.50% | +0.00 | +5.00 | 20.00% |" in md
+    assert "| warm-es | en, es | 45.00% | -20.00 | +5.00 | 45.00% | 22.50% | -20.00 | +5.00 | 20.00% |" in md
+    assert "| pt-en | en | 30.00% | - | - | - | 10.00% | - | - | - |" in md
     # The opening summary: plain sentences from the numbers above.
     summary = md.split("## Summary")[1].split("\n## ")[0]
     assert "`adapters` trains 10.0% of the parameters and reaches 6.7% CER, 1.11x full fine-tuning's: close to it, " \
@@ -127,8 +128,8 @@ def test_full_report(run_dir, tmp_path):
         "short of the paper's finding" in summary
     assert "Pre-training helps: full fine-tuning of the pre-trained model reaches 6.0% test CER (en) against 30.0%" \
         in summary
-    assert "`warm-es`: backward transfer -20.00 WER points on the earlier language(s) (forgetting), forward transfer " \
-        "+5.00 points on the new one." in summary
+    assert "`warm-es`: backward transfer -20.00 CER points (-20.00 WER) on the earlier language(s) (forgetting), " \
+        "forward transfer +5.00 CER points (+5.00 WER) on the new one." in summary
     assert md.index("## Summary") < md.index("## Parameters per method")
     assert ["es", "full", "unevaluated", "-", "-", "-", "-", "-"] in [line.split()
                                                                      for line in report.summary.splitlines()]

@@ -22,6 +22,7 @@ training time to a target validation loss, total / trainable / frozen parameters
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import shutil
@@ -177,8 +178,10 @@ class ProbeConfig:
 
     def to_dict(self) -> dict:
         """The settings as JSON values: paths as strings, the decoder described."""
+        decoder = ("; ".join(f"{lang}: {self.decoder_for(lang).describe()}" for lang in self.lms)
+                   if self.decoder and self.lms else (self.decoder or DecoderConfig()).describe())
         return {**asdict(self), "corpus": str(self.corpus), "lms": {k: str(v) for k, v in self.lms.items()},
-                "decoder": (self.decoder or DecoderConfig()).describe()}
+                "decoder": decoder}
 
 
 def _require_learnt(model: PretrainingModel, language: str, checkpoint: Path) -> None:
@@ -229,45 +232,73 @@ def ssl_loss(model: PretrainingModel, language: str, config: ProbeConfig) -> flo
                                 config.seed)["loss"]
 
 
-def probe(checkpoint: str | Path, config: ProbeConfig, out_dir: str | Path,
-          languages: Sequence[str] | None = None) -> dict[str, float]:
-    """``<metric>_<language>`` (see :data:`METRICS`; with a beam search, ``greedy_wer_`` and ``greedy_cer_`` too) for
-    every language the checkpoint has learnt (or those of ``languages`` it has). Each fine-tuning run is redone from
-    scratch in ``out_dir/<language>``."""
-    model = load_pretraining(checkpoint)
-    scores = {}
-    for language in [t for t in model.tasks if languages is None or t in languages]:
-        run_dir = Path(out_dir) / safe_name(language)
-        shutil.rmtree(run_dir, ignore_errors=True)  # the training log would otherwise append to an old run's
-        result, history = finetune_language(checkpoint, language, config, run_dir)
-        scores |= {f"wer_{language}": result.wer, f"cer_{language}": result.cer, f"ctc_loss_{language}":
-                   history[-1]["loss"], f"ssl_loss_{language}": ssl_loss(model, language, config)}
-        if result.greedy_wer is not None:
-            scores |= {f"greedy_wer_{language}": result.greedy_wer, f"greedy_cer_{language}": result.greedy_cer}
+def probe(checkpoint: str | Path, language: str, config: ProbeConfig, out_dir: str | Path) -> dict[str, float]:
+    """``<metric>_<language>`` (see :data:`METRICS`; with a beam search, ``greedy_wer_`` and ``greedy_cer_`` too) of a
+    language the checkpoint has learnt; the fine-tuning run is redone from scratch in ``out_dir``."""
+    shutil.rmtree(out_dir, ignore_errors=True)  # the training log would otherwise append to an old run's
+    result, history = finetune_language(checkpoint, language, config, out_dir)
+    scores = {f"wer_{language}": result.wer, f"cer_{language}": result.cer, f"ctc_loss_{language}": history[-1]["loss"],
+              f"ssl_loss_{language}": ssl_loss(load_pretraining(checkpoint), language, config)}
+    if result.greedy_wer is not None:
+        scores |= {f"greedy_wer_{language}": result.greedy_wer, f"greedy_cer_{language}": result.greedy_cer}
     return scores
+
+
+def language_fingerprint(model: PretrainingModel, language: str) -> str:
+    """SHA-256 of what probing ``language`` reads from a checkpoint: every tensor but other tasks' own (their
+    adapter sets, layer-norm copies and heads, which the language's routing never runs). Probes are seeded, so
+    checkpoints of equal fingerprints score equally: cwav2vec 2.0's earlier languages along a later one's run."""
+    own = {language, *model.stacks[language]}
+    digest = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        if _owner(key) in (None, *own):
+            digest.update(f"{key} {tensor.dtype} {tuple(tensor.shape)}".encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _owner(key: str) -> str | None:
+    """The task or adapter set a state key belongs to (``heads.<t>.``, ``.tasks.<t>.``, ``.sets.<s>.``), if any."""
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        if part in ("tasks", "sets") or (part == "heads" and i == 0):
+            return parts[i + 1]
+    return None
 
 
 def forgetting(sequences: dict[str, list[Checkpoint]], config: ProbeConfig, out_dir: str | Path,
                languages: Sequence[str] | None = None, echo: Callable[[str], None] | None = None,
                jobs: int = 1) -> list[dict]:
-    """One row per method and checkpoint: ``method``, ``task``, ``update``, ``position``, ``step`` and
-    :func:`probe`'s scores. A checkpoint shared by several methods (the first task's end) is probed once;
-    probes run ``jobs`` at a time (:mod:`wavadapt.workers`); ``echo`` hears of each."""
-    unique = list({c.path.resolve(): c for sequence in sequences.values() for c in sequence}.values())
+    """One row per method and checkpoint: ``method``, ``task``, ``update``, ``position``, ``step`` and each learnt
+    language's :func:`probe` scores. A language is probed once per :func:`language_fingerprint`: once at the first
+    task's end that every method shares, and once along a run that leaves it untouched (cwav2vec 2.0); probes run
+    ``jobs`` at a time (:mod:`wavadapt.workers`); ``echo`` hears of each."""
+    checkpoints = list({c.path.resolve(): c for sequence in sequences.values() for c in sequence}.values())
+    fingerprints: dict[Path, dict[str, str]] = {}
+    steps: dict[str, tuple[Checkpoint, str]] = {}  # fingerprint -> its first checkpoint and language
+    for c in checkpoints:
+        model = load_pretraining(c.path)
+        learnt = [t for t in model.tasks if languages is None or t in languages]
+        fingerprints[c.path.resolve()] = {lang: language_fingerprint(model, lang) for lang in learnt}
+        for lang, fingerprint in fingerprints[c.path.resolve()].items():
+            steps.setdefault(fingerprint, (c, lang))
     if echo is not None:
-        echo(f"probing {len(unique)} checkpoints, {jobs} at a time")
-    scores = run_steps([(probe, (c.path, config, Path(out_dir) / "finetune" / c.run / f"update_{c.update:07d}",
-                                 languages)) for c in unique], jobs,
-                       done=echo and (lambda i: echo(f"probed {unique[i].run} at {unique[i].position}")))
-    probed = dict(zip((c.path.resolve() for c in unique), scores, strict=True))
+        echo(f"probing {len(steps)} languages at {len(checkpoints)} checkpoints ({sum(map(len, fingerprints.values()))}"
+             f" pairs; equal fingerprints probed once), {jobs} at a time")
+    todo = list(steps.values())
+    scores = run_steps([(probe, (c.path, lang, config, Path(out_dir) / "finetune" / c.run / f"update_{c.update:07d}" /
+                                 safe_name(lang))) for c, lang in todo], jobs,
+                       done=echo and (lambda i: echo(f"probed {todo[i][1]} at {todo[i][0].run} {todo[i][0].position}")))
+    by_fingerprint = dict(zip(steps, scores, strict=True))
     return [{"method": method, "task": c.task, "update": c.update, "position": c.position, "step": c.step,
-             **probed[c.path.resolve()]} for method, sequence in sequences.items() for c in sequence]
+             **{k: v for f in fingerprints[c.path.resolve()].values() for k, v in by_fingerprint[f].items()}}
+            for method, sequence in sequences.items() for c in sequence]
 
 
 def transfer_references(sequences: dict[str, list[Checkpoint]], config: ProbeConfig, out_dir: str | Path,
-                        languages: Sequence[str] | None = None, jobs: int = 1) -> dict[str, float]:
-    """Per language a continual run learns, its test WER fine-tuned from the first checkpoint of the run's sequence
-    (the model the run continued; the same for every method) without learning it first."""
+                        languages: Sequence[str] | None = None, jobs: int = 1) -> dict[str, dict[str, float]]:
+    """Per language a continual run learns, its test ``{"wer": ..., "cer": ...}`` fine-tuned from the first checkpoint
+    of the run's sequence (the model the run continued; the same for every method) without learning it first."""
     firsts = {}
     for sequence in sequences.values():
         for c in sequence[1:]:
@@ -275,27 +306,35 @@ def transfer_references(sequences: dict[str, list[Checkpoint]], config: ProbeCon
                 firsts.setdefault(c.task, sequence[0].path)
     results = run_steps([(finetune_language, (first, language, config, Path(out_dir) / "reference" /
                                               safe_name(language), True)) for language, first in firsts.items()], jobs)
-    return {language: result.wer for language, (result, _) in zip(firsts, results, strict=True)}
+    return {language: {"wer": result.wer, "cer": result.cer}
+            for language, (result, _) in zip(firsts, results, strict=True)}
 
 
-def continual_summaries(rows: list[dict], references: dict[str, float]) -> list[dict]:
-    """Per method, from its last checkpoint's row (see the module's docstring): ``average_wer``, ``bwt``, ``fwt``
-    (None where nothing was learnt before, or no reference), with the languages they average."""
+SUMMARY_METRICS = ("wer", "cer")
+"""CL-MASR's summaries are of WER; the CER ones say more where WER is near 100% (small models)."""
+
+
+def continual_summaries(rows: list[dict], references: dict[str, dict[str, float]]) -> list[dict]:
+    """Per method, from its last checkpoint's row (see the module's docstring), for each metric m of
+    :data:`SUMMARY_METRICS`: ``average_m``, ``bwt_m``, ``fwt_m`` (None where nothing was learnt before, or no
+    reference) and ``reference_m``, with the languages they average."""
     summaries = []
     for method in dict.fromkeys(r["method"] for r in rows):
         sequence = [r for r in rows if r["method"] == method]
         last = sequence[-1]
         learnt = [k[4:] for k in last if k.startswith("wer_") and last[k] is not None]
         earlier = [lang for lang in learnt if lang != last["task"]]
-        when_learnt = {lang: next((r[f"wer_{lang}"] for r in reversed(sequence) if r["task"] == lang), None)
-                       for lang in earlier}
-        drops = [when_learnt[lang] - last[f"wer_{lang}"] for lang in earlier if when_learnt[lang] is not None]
-        reference = references.get(last["task"])
-        summaries.append({"method": method, "languages": learnt,
-                          "average_wer": statistics.mean(last[f"wer_{lang}"] for lang in learnt) if learnt else None,
-                          "bwt": statistics.mean(drops) if drops else None,
-                          "fwt": None if reference is None else reference - last[f"wer_{last['task']}"],
-                          "reference_wer": reference})
+        summary = {"method": method, "languages": learnt}
+        for m in SUMMARY_METRICS:
+            when_learnt = {lang: next((r[f"{m}_{lang}"] for r in reversed(sequence) if r["task"] == lang), None)
+                           for lang in earlier}
+            drops = [when_learnt[lang] - last[f"{m}_{lang}"] for lang in earlier if when_learnt[lang] is not None]
+            reference = references.get(last["task"], {}).get(m)
+            summary |= {f"average_{m}": statistics.mean(last[f"{m}_{lang}"] for lang in learnt) if learnt else None,
+                        f"bwt_{m}": statistics.mean(drops) if drops else None,
+                        f"fwt_{m}": None if reference is None else reference - last[f"{m}_{last['task']}"],
+                        f"reference_{m}": reference}
+        summaries.append(summary)
     return summaries
 
 
@@ -373,11 +412,13 @@ class ContinualReport:
         for r in self.forgetting:
             cells = "".join(_cell(r.get(f"{m}_{lang}"), m) for lang in self.languages for m in METRICS)
             lines.append(f"{r['method']:<{w}}{r['position']:<12}{r['step']:>6}{cells}")
-        lines += ["", "continual learning (CL-MASR): average WER over the languages learnt, backward transfer (BWT, "
-                  "< 0: forgetting) and forward transfer (FWT, > 0: a gain over fine-tuning the first model "
-                  "directly) at each method's last checkpoint",
-                  f"{'method':<{w}}{'avg WER':>9}{'BWT':>9}{'FWT':>9}"]
-        lines += [f"{r['method']:<{w}}{_cell(r['average_wer'], 'wer')}{_signed(r['bwt'])}{_signed(r['fwt'])}"
+        lines += ["", "continual learning (CL-MASR): average WER / CER over the languages learnt, backward transfer "
+                  "(BWT, < 0: forgetting) and forward transfer (FWT, > 0: a gain over fine-tuning the first model "
+                  "directly) at each method's last checkpoint, in points",
+                  f"{'method':<{w}}" + "".join(f"{f'avg {m.upper()}':>9}{f'BWT {m.upper()}':>9}{f'FWT {m.upper()}':>9}"
+                                               for m in SUMMARY_METRICS)]
+        lines += [f"{r['method']:<{w}}" + "".join(f"{_cell(r[f'average_{m}'], m)}{_signed(r[f'bwt_{m}'])}"
+                                                  f"{_signed(r[f'fwt_{m}'])}" for m in SUMMARY_METRICS)
                   for r in self.summaries]
         lines += ["", "efficiency (Fig. 6): seconds per update (median; x of the slowest), training seconds, "
                   "seconds to the target validation loss, parameters",

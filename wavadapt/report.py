@@ -323,14 +323,18 @@ def _continual_learning(report: Report, directory: Path) -> None:
     if not data or not data["rows"]:
         return report.skip(title, "no evaluate-continual/continual_learning.json")
     rows = data["rows"]
-    report.section(title, "At each method's last checkpoint, as CL-MASR reports them: the average test WER over the "
-                   "languages learnt; backward transfer (BWT: each earlier language's WER when learnt minus its WER "
-                   "now, in points; below 0 is forgetting); forward transfer (FWT: the new language's WER when the "
-                   "first model is fine-tuned on it directly, without continual pre-training, minus its WER now; "
-                   "above 0 is a gain).",
-                   _table(["method", "languages", "average WER", "BWT", "FWT", "FWT reference WER"],
-                          [[r["method"], ", ".join(r["languages"]), _percent(r["average_wer"]), _points(r["bwt"]),
-                            _points(r["fwt"]), _percent(r["reference_wer"])] for r in rows]))
+    report.section(title, "At each method's last checkpoint, as CL-MASR reports them (of WER, and of CER, which "
+                   "says more while WER is near 100%): the average test error over the languages learnt; backward "
+                   "transfer (BWT: each earlier language's error when learnt minus its error now, in points; below 0 "
+                   "is forgetting); forward transfer (FWT: the new language's error when the first model is "
+                   "fine-tuned on it directly, without continual pre-training, minus its error now; above 0 is a "
+                   "gain).",
+                   _table(["method", "languages", *(f"{name} {m}" for m in ("WER", "CER")
+                                                     for name in ("average", "BWT", "FWT", "FWT reference"))],
+                          [[r["method"], ", ".join(r["languages"]),
+                            *(f(r[f"{name}_{m}"]) for m in ("wer", "cer")
+                              for name, f in (("average", _percent), ("bwt", _points), ("fwt", _points),
+                                              ("reference", _percent)))] for r in rows]))
 
 
 def _efficiency(report: Report, directory: Path) -> None:
@@ -381,16 +385,17 @@ def _findings(run_dir: Path, runs: list[FinetuneRun]) -> list[str]:
                         f"decoding's as follows: {drops}.")
     data = _read_json(run_dir / "evaluate-continual" / "continual_learning.json")
     for r in (data or {"rows": []})["rows"]:
-        if r["bwt"] is not None:
-            forgets = r["bwt"] < 0
+        if r["bwt_cer"] is not None:
+            forgets = r["bwt_cer"] < 0
             # The paper: cwav2vec 2.0 keeps every earlier language exactly; the baselines forget.
             expected = {"cwav2vec": False, "warm-start": True, "multihead": True, "multihead-l2": True}.get(r["method"])
             paper = "" if expected is None else "; as in the paper" if forgets == expected else (
                 "; the paper finds the baselines forget" if expected else "; the paper finds none")
-            state = "forgetting" if forgets else "no forgetting" if r["bwt"] == 0 else "a gain"
-            findings.append(f"`{r['method']}`: backward transfer {100 * r['bwt']:+.2f} WER points on the earlier "
-                            f"language(s) ({state}{paper})" + (f", forward transfer {100 * r['fwt']:+.2f} points on "
-                                                               "the new one." if r["fwt"] is not None else "."))
+            state = "forgetting" if forgets else "no forgetting" if r["bwt_cer"] == 0 else "a gain"
+            findings.append(f"`{r['method']}`: backward transfer {100 * r['bwt_cer']:+.2f} CER points "
+                            f"({100 * r['bwt_wer']:+.2f} WER) on the earlier language(s) ({state}{paper})"
+                            + (f", forward transfer {100 * r['fwt_cer']:+.2f} CER points ({100 * r['fwt_wer']:+.2f} "
+                               "WER) on the new one." if r["fwt_cer"] is not None else "."))
     timing = {r["method"]: r.get("median_update_seconds") for r in _table_rows(run_dir / "evaluate-continual",
                                                                                 "efficiency") or []}
     if timing.get("cwav2vec") and timing.get("warm-start"):
