@@ -126,7 +126,7 @@ def test_full_report(run_dir, tmp_path):
         "as the paper finds." in summary
     assert "`top-n-adapters N=2` trains 1.1% of the parameters and reaches 16.7% CER, 2.78x full fine-tuning's: " \
         "short of the paper's finding" in summary
-    assert "Pre-training helps: full fine-tuning of the pre-trained model reaches 6.0% test CER (en) against 30.0%" \
+    assert "Pre-training helps: full fine-tuning of the pre-trained model reaches 6.0% test CER (en, greedy) against 30.0%" \
         in summary
     assert "`warm-es`: backward transfer -20.00 CER points (-20.00 WER) on the earlier language(s) (forgetting), " \
         "forward transfer +5.00 CER points (+5.00 WER) on the new one." in summary
@@ -149,6 +149,9 @@ def test_beam_search_results_show_greedy_beside(tmp_path):
     assert "Decoded: beam 50 + en.arpa (greedy: the same logits' best path)." in md
     assert "| method | en WER greedy | en WER beam | en CER greedy | en CER beam |" in md
     assert "| full | 50.00% | 30.00% | 25.00% | 10.00% |" in md
+    # Models compare by greedy CER (the LM rewrites words); the summary gives the LM's WER change per method.
+    assert "`adapters` reaches 30.0% CER, 1.20x full fine-tuning's: close to it, as the paper finds." in md
+    assert "changes test WER from greedy decoding's as follows: `adapters` 60.0% -> 45.0%, `full` 50.0% -> 30.0%." in md
     assert ["en", "adapters", "adapters", "45.00%", "15.00%", "60.00%", "30.00%", "-"] in [
         line.split() for line in report.summary.splitlines()]
 

@@ -362,22 +362,23 @@ def _findings(run_dir: Path, runs: list[FinetuneRun]) -> list[str]:
     findings = []
     first = [r for r in runs if r.result is not None and r.language == (runs[0].language if runs else "")]
     by_label = {r.label: r.result for r in first}
-    full, scratch = by_label.get("full"), by_label.get("full from scratch")
-    if full and scratch:
-        helps = full["cer"] < scratch["cer"]
+    # Character error rates compare models, so greedy's where a beam search's word LM rewrote the words.
+    cer = {label: result.get("greedy_cer") or result["cer"] for label, result in by_label.items()}
+    if "full" in cer and "full from scratch" in cer:
+        helps = cer["full"] < cer["full from scratch"]
         findings.append(f"Pre-training {'helps' if helps else 'does not help here'}: full fine-tuning of the "
-                        f"pre-trained model reaches {full['cer']:.1%} test CER ({first[0].language}) against "
-                        f"{scratch['cer']:.1%} from scratch with the same architecture and updates.")
+                        f"pre-trained model reaches {cer['full']:.1%} test CER ({first[0].language}, greedy) against "
+                        f"{cer['full from scratch']:.1%} from scratch with the same architecture and updates.")
     accounts = {(a["method"], a["top_n"]): a["percent"] for a in (_read_json(run_dir / "params.json") or
                                                                    {"accounts": []})["accounts"]}
     for r in first:
-        if full and "adapters" in r.method["method"]:
-            ratio = r.result["cer"] / full["cer"]
+        if "full" in cer and "adapters" in r.method["method"]:
+            ratio = cer[r.label] / cer["full"]
             share = accounts.get((r.method["method"], r.method.get("top_n")))
             verdict = ("close to it, as the paper finds" if ratio <= 1.25 else
                        "short of the paper's finding that adapters come close to full fine-tuning")
             findings.append(f"`{r.label}`{f' trains {share:.1f}% of the parameters and' if share else ''} reaches "
-                            f"{r.result['cer']:.1%} CER, {ratio:.2f}x full fine-tuning's: {verdict}.")
+                            f"{cer[r.label]:.1%} CER, {ratio:.2f}x full fine-tuning's: {verdict}.")
     beam = [r for r in first if r.result.get("greedy_wer") is not None]
     if beam:
         drops = ", ".join(f"`{r.label}` {r.result['greedy_wer']:.1%} -> {r.result['wer']:.1%}" for r in beam)
