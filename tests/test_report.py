@@ -126,8 +126,8 @@ def test_full_report(run_dir, tmp_path):
         "as the paper finds." in summary
     assert "`top-n-adapters N=2` trains 1.1% of the parameters and reaches 16.7% CER, 2.78x full fine-tuning's: " \
         "short of the paper's finding" in summary
-    assert "Pre-training helps: full fine-tuning of the pre-trained model reaches 6.0% test CER (en, greedy) against 30.0%" \
-        in summary
+    assert "Pre-training helps: full fine-tuning of the pre-trained model reaches 6.0% test CER (en, greedy) " \
+        "against 30.0%" in summary
     assert "`warm-es`: backward transfer -20.00 CER points (-20.00 WER) on the earlier language(s) (forgetting), " \
         "forward transfer +5.00 CER points (+5.00 WER) on the new one." in summary
     assert md.index("## Summary") < md.index("## Parameters per method")
