@@ -283,8 +283,8 @@ def forgetting(sequences: dict[str, list[Checkpoint]], config: ProbeConfig, out_
         for lang, fingerprint in fingerprints[c.path.resolve()].items():
             steps.setdefault(fingerprint, (c, lang))
     if echo is not None:
-        echo(f"probing {len(steps)} languages at {len(checkpoints)} checkpoints ({sum(map(len, fingerprints.values()))}"
-             f" pairs; equal fingerprints probed once), {jobs} at a time")
+        echo(f"{len(steps)} probes for {sum(map(len, fingerprints.values()))} languages at {len(checkpoints)} "
+             f"checkpoints (a language whose fingerprint repeats is probed once), {jobs} at a time")
     todo = list(steps.values())
     scores = run_steps([(probe, (c.path, lang, config, Path(out_dir) / "finetune" / c.run / f"update_{c.update:07d}" /
                                  safe_name(lang))) for c, lang in todo], jobs,
