@@ -130,6 +130,10 @@ def test_full_report(run_dir, tmp_path):
         "against 30.0%" in summary
     assert "`warm-es`: backward transfer -20.00 CER points (-20.00 WER) on the earlier language(s) (forgetting), " \
         "forward transfer +5.00 CER points (+5.00 WER) on the new one." in summary
+    assert "`cw-es`: the en self-supervised loss goes from 2.5000 to 2.5000 over the new language's training " \
+        "(unchanged: nothing it uses moved)." in summary
+    assert "`warm-es`: the en self-supervised loss goes from 2.5000 to 2.7000 over the new language's training." \
+        in summary
     assert md.index("## Summary") < md.index("## Parameters per method")
     assert ["es", "full", "unevaluated", "-", "-", "-", "-", "-"] in [line.split()
                                                                      for line in report.summary.splitlines()]

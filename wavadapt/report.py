@@ -384,6 +384,15 @@ def _findings(run_dir: Path, runs: list[FinetuneRun]) -> list[str]:
         drops = ", ".join(f"`{r.label}` {r.result['greedy_wer']:.1%} -> {r.result['wer']:.1%}" for r in beam)
         findings.append(f"The beam search with a word LM of the training transcripts changes test WER from greedy "
                         f"decoding's as follows: {drops}.")
+    rows = _table_rows(run_dir / "evaluate-continual", "forgetting") or []
+    for method in dict.fromkeys(r["method"] for r in rows):  # the first language's self-supervised loss
+        sequence = [r for r in rows if r["method"] == method]
+        language = sequence[0]["task"]
+        first, last = (sequence[i].get(f"ssl_loss_{language}") for i in (0, -1))
+        if len(sequence) > 1 and first is not None and last is not None:
+            findings.append(f"`{method}`: the {language} self-supervised loss goes from {first:.4f} to {last:.4f} "
+                            f"over the new language's training" + (" (unchanged: nothing it uses moved)."
+                                                                   if first == last else "."))
     data = _read_json(run_dir / "evaluate-continual" / "continual_learning.json")
     for r in (data or {"rows": []})["rows"]:
         if r["bwt_cer"] is not None:
