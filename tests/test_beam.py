@@ -220,6 +220,19 @@ def test_lexicon_decoding_emits_only_lexicon_words_in_order_within_the_utterance
     assert emitted, "random logits never decoded to a word"
 
 
+def test_lexicon_words_end_at_a_word_break(tmp_path):
+    """A lexicon word ends with ``|`` (as fairseq's and torchaudio's spellings do): a bonus per word cannot split
+    "the" into "t he" where the speech has no break, a word's span covers all its letters' frames (ended before the
+    last frame of "cat" when words ended at their last letter), and the last word needs no break."""
+    lexicon = tmp_path / "lexicon.txt"
+    lexicon.write_text("the\nt\nhe\ncat\n")
+    path = spell(VOCAB, "the cat", frames_per_letter=2)
+    logits = np.full((len(path), len(VOCAB)), -8.0, np.float32)
+    logits[np.arange(len(path)), path] = 4.0
+    decoder = make_decoder(DecoderConfig("beam", beam_size=20, lexicon=lexicon, word_score=5.0), VOCAB)
+    assert decoder.decode(output_of(logits)) == [[("the", 1, 9), ("cat", 13, 21)]]
+
+
 def assert_spans_ordered(decoded, frames: int) -> None:
     previous_end = 0
     for _, start, end in decoded:

@@ -6,7 +6,9 @@ does, so callers make timed words the same way for either (frames of ``prod(conv
 Beam search runs on the log-softmax of the logits. Without a lexicon it spells characters, ``|`` being the
 silence between words, and scores words with the LM when ``|`` or the end completes them (:mod:`word_lm`). With
 a lexicon it emits only the lexicon's words (and, when ``unk_score`` is finite, unknown words, spelt out), and the
-LM scores each word as the trie completes it.
+LM scores each word as the trie completes it; every spelling ends with ``|``, as fairseq's and torchaudio's lexicons
+do, so a word ends only where the speech has a break (else a word bonus or the LM splits words freely: 40% WER
+against 7% on the synthetic benchmark), and one ``|`` frame appended to the emissions ends the last word.
 
 Case: a vocabulary of capitals (LibriSpeech's) decodes to lowercase, as ``Vocabulary`` does. Lexicon spellings are
 read in the vocabulary's case whatever the file's; words go to the LM in the LM's case: uppercase for a vocabulary
@@ -53,6 +55,8 @@ DecodedWords = list[tuple[str, int, int]]
 """``(word, first frame, last frame + 1)`` per word, in order."""
 
 UNK_WORD = "<unk>"  # KenLM's unknown word
+_IMPOSSIBLE = -1e10
+"""A log-probability no hypothesis takes (flashlight's scores are floats: no -inf arithmetic)."""
 LEXICON_FREE_UNK_SCORE = -10.0
 """pyctcdecode's ``unk_score_offset``: an unknown word must cost more than a word break (see :mod:`word_lm`)."""
 
@@ -164,8 +168,8 @@ class BeamSearchDecoder:
         for word, spellings in lexicon.items():
             index = self._words.get_index(word)
             _, score = self._lm.score(start, index)
-            for spelling in spellings:
-                trie.insert([vocab._ids[t] for t in spelling], index, score)
+            for spelling in spellings:  # ended by ``|``, as fairseq's and torchaudio's lexicons: words need a break
+                trie.insert([vocab._ids[t] for t in spelling] + [self._sil], index, score)
         trie.smear(SmearingMode.MAX)
         self._trie = trie  # the decoder keeps a raw pointer into it
         self._unk_word = self._words.get_index(UNK_WORD)
@@ -210,20 +214,26 @@ class BeamSearchDecoder:
                                 f"got {emissions.dtype} {emissions.shape}")
         if frames == 0:
             return []
-        best = self._decoder.decode(emissions.ctypes.data, frames, size)[0]
+        if self.config.lexicon is not None:  # one more frame, all ``|``: the last word's spelling can end
+            end = np.full((1, size), _IMPOSSIBLE, np.float32)
+            end[0, self._sil] = 0.0
+            emissions = np.ascontiguousarray(np.concatenate([emissions, end]))
+        steps = len(emissions)
+        best = self._decoder.decode(emissions.ctypes.data, steps, size)[0]
         # tokens and words hold one entry per frame between the initial and final silence flashlight adds.
-        return self._words_of(best.tokens[1 : frames + 1], best.words[1 : frames + 1])
+        return self._words_of(best.tokens[1 : steps + 1], best.words[1 : steps + 1])
 
     def _words_of(self, tokens: Sequence[int], labels: Sequence[int]) -> DecodedWords:
         """The words of a decoded path: letters from their first frame to their last, ended by ``|`` (lexicon-free)
-        or by the frame the lexicon decoder names the word at (letters it leaves unnamed are no word)."""
+        or by the frame the lexicon decoder names the word at, the ``|`` its spelling ends with (letters it leaves
+        unnamed are no word)."""
         lexicon = self.config.lexicon is not None
         words, letters, start, end, previous = [], [], 0, 0, self._blank
         for frame, (token, label) in enumerate(zip(tokens, labels, strict=True)):
             if token == self._sil:
                 if letters and not lexicon:
                     words.append(("".join(letters), start, end))
-                letters = []
+                    letters = []
             elif self._spelling[token]:  # a letter (the blank and special tokens spell nothing)
                 if token != previous:  # flashlight's path repeats a token over the frames it lasts
                     if not letters:

@@ -79,8 +79,8 @@ def _read_arpa_unigrams(path: Path, lines: Iterable[str]) -> list[str]:
 
 def read_lexicon(path: Path, vocab: Vocabulary) -> dict[str, list[list[str]]]:
     """``{word: [spelling, ...]}`` from a lexicon: one ``word<TAB or space>spelling`` per line, the spelling's tokens
-    separated by spaces as torchaudio's and fairseq's lexicons (their trailing ``|`` dropped: the decoder takes
-    ``|`` as the silence between words); a line with the word alone is spelt by its characters. Spellings are in the
+    separated by spaces as torchaudio's and fairseq's lexicons (their trailing ``|`` left out here: the decoder ends
+    every spelling with it); a line with the word alone is spelt by its characters. Spellings are in the
     vocabulary's case (a vocabulary of capitals spells ``the`` as ``T H E``); words keep the file's case."""
     try:
         text = Path(path).read_text(encoding="utf-8")
