@@ -51,7 +51,7 @@ _ADAM = {"schedule": "linear", "betas": (0.9, 0.98), "eps": 1e-6, "weight_decay"
 # are per process; ``gpus`` is how many processes x update_freq the recipe's global batch assumes. The
 # learning rate warms up over 8% of the updates (TrainConfig's default: 32k of Base's 400k), then decays
 # linearly to 0 (fairseq's polynomial_decay).
-# The quantizer shapes (G=2, V=320, final dim 256 Base / 768 Large) come with the backbone preset.
+# The quantizer shapes (G=2, V=320, final dim 256 Base / 768 Large; tiny V=64) come with the backbone preset.
 PRETRAIN_PRESETS: dict[str, dict] = {
     # wav2vec 2.0 Base on LibriSpeech 960 h, as both papers pre-train it: fairseq
     # wav2vec2_base_librispeech.yaml (crop 250k samples, 1.4M samples per GPU x 64 GPUs = 1.6 h per update).
@@ -74,7 +74,8 @@ PRETRAIN_PRESETS: dict[str, dict] = {
     # CPU tests and the demo: Base's objective on a few seconds of audio per batch, without Base's regularisers.
     # With them (dropout 0.1, layer drop, feature penalty 10, CNN gradient x0.1) the tiny model on 20 minutes
     # of synthetic speech stayed at chance (contrastive loss ln 101) for 680 updates; without them (lr 2e-3,
-    # 60 warm-up updates, decay over 600) it left chance after ~500.
+    # 60 warm-up updates, decay over 600) it left chance after ~500. Base's Gumbel temperature stays near 2 over
+    # runs this short, as it should: annealed to 0.5 within 600 updates, the codebook collapsed further.
     "tiny": {
         "backbone": {**_NO_DROPOUT, "layerdrop": 0.0},
         "objective": {"feature_grad_mult": 1.0, "feature_penalty_weight": 0.0, "latent_temp": (2.0, 0.5, 0.999995)},
