@@ -148,16 +148,25 @@ def test_gumbel_temperature_anneals_from_2_to_the_floor_every_update():
 
 
 def test_codebook_collapse_is_warned_once_after_warm_up(caplog):
-    objective = PretrainingObjective(tiny(), collapse_after=100)
+    objective = PretrainingObjective(tiny(), collapse_after=100, collapse_window=3)
+
+    def warnings(perplexity: float, steps: int = 350, count: int = 3) -> list[str]:
+        for _ in range(count):
+            objective.check_codebook(perplexity, steps)
+        return [r.message for r in caplog.records if "codebook collapse" in r.message]
+
+    assert objective.model.heads["en"].quantizer.num_vars == 64
     with caplog.at_level(logging.WARNING, logger="wavadapt.pretrain"):
         objective.on_update(objective.model, 50)
-        objective.check_codebook(3.0)  # still warming up
+        assert warnings(3.0) == []  # still warming up
         objective.on_update(objective.model, 150)
-        objective.check_codebook(200.0)
-        objective.check_codebook(3.0)  # 3 of 320 codes used: collapsed
-        objective.check_codebook(2.0)
-    warnings = [r for r in caplog.records if "codebook collapse" in r.message]
-    assert len(warnings) == 1 and "update 150" in warnings[0].message
+        assert warnings(40.0) == []  # above half of the 64 entries
+        assert warnings(20.0, count=1) == []  # one poor batch: the window's mean stays above half
+        found = warnings(30.0)  # stays below 32
+        assert len(found) == 1 and "update 150" in found[0]
+        assert len(warnings(2.0)) == 1  # warned once
+        assert len(warnings(15.0, steps=20)) == 1  # 20 masked steps show at most 20 codes: 15 is healthy
+        assert len(warnings(5.0, steps=20)) == 2  # collapsed again after the recovery
 
 
 def test_utterances_too_short_to_mask_are_skipped(synth_corpus):

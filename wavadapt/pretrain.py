@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -161,16 +162,18 @@ class PretrainingObjective:
     at most V; fairseq's logs sum the G groups), ``accuracy`` (true target ranked first) and
     ``temperature``; the log's ``items`` is the number of masked steps.
 
-    It warns once when the codebook collapses: code perplexity below ``collapse_threshold`` of V after
-    ``collapse_after`` updates (and again after a recovery).
+    It warns once (and again after a recovery) when the codebook stays underused after ``collapse_after``
+    updates: code perplexity, averaged over the last ``collapse_window`` micro-batches, below
+    ``collapse_threshold`` of the codes a micro-batch can show (V, or its masked steps if fewer).
     """
 
-    def __init__(self, model: PretrainingModel, collapse_after: int = 0, collapse_threshold: float = 0.05,
-                 regularizer: Callable[[], torch.Tensor] | None = None):
+    def __init__(self, model: PretrainingModel, collapse_after: int = 0, collapse_threshold: float = 0.5,
+                 collapse_window: int = 50, regularizer: Callable[[], torch.Tensor] | None = None):
         self.model = model
         self.regularizer = regularizer
         self.collapse_after = collapse_after
         self.collapse_threshold = collapse_threshold
+        self.recent: deque[tuple[float, int]] = deque(maxlen=collapse_window)
         self.update = 0
         self.collapsed = False
 
@@ -188,7 +191,7 @@ class PretrainingObjective:
         extra = _sums(out, n, groups) | {"temperature": self.model.heads[self.model.active].quantizer.temperature * n}
         loss = out.loss
         if net.training:
-            self.check_codebook(extra["code_perplexity"] / max(n, 1))
+            self.check_codebook(extra["code_perplexity"] / max(n, 1), n)
             if self.regularizer is not None:
                 # Once per update: weighted by this micro-batch's share n of the steps the loop divides by.
                 penalty = self.regularizer()
@@ -196,15 +199,24 @@ class PretrainingObjective:
                 extra["regularizer"] = penalty.item() * n
         return loss, n, extra
 
-    def check_codebook(self, perplexity_per_group: float) -> None:
-        """Log a warning when the codebook is (newly) collapsed."""
+    def check_codebook(self, perplexity_per_group: float, steps: int) -> None:
+        """Record a micro-batch's code perplexity (over its ``steps`` masked steps) after warm-up; warn when
+        the codebook is (newly) underused."""
+        if self.update < self.collapse_after:
+            return
         entries = self.model.heads[self.model.active].quantizer.num_vars
-        collapsed = self.update >= self.collapse_after and perplexity_per_group < self.collapse_threshold * entries
+        self.recent.append((perplexity_per_group, min(entries, steps)))
+        # A micro-batch of N steps cannot show more than N codes: a uniform codebook reads ~0.6 min(V, N).
+        mean = sum(p for p, _ in self.recent) / len(self.recent)
+        reachable = sum(r for _, r in self.recent) / len(self.recent)
+        collapsed = len(self.recent) == self.recent.maxlen and mean < self.collapse_threshold * reachable
         if collapsed and not self.collapsed:
-            log.warning("codebook collapse at update %d: code perplexity %.1f per group of %d entries (< %g%%); "
-                        "the contrastive task degenerates. Check the diversity loss weight, the Gumbel temperature "
-                        "and the learning rate", self.update, perplexity_per_group, entries,
-                        100 * self.collapse_threshold)
+            log.warning("codebook collapse at update %d: code perplexity %.1f per group of %d entries over the last "
+                        "%d batches (< %g%% of the %.0f a batch can show). With few distinct targets the contrastive "
+                        "task gets easier (accuracy rises) while the targets say less about the speech. Try fewer "
+                        "code vectors per group or a larger diversity weight (it slows learning); a faster-annealed "
+                        "Gumbel temperature collapses it further",
+                        self.update, mean, entries, len(self.recent), 100 * self.collapse_threshold, reachable)
         self.collapsed = collapsed
 
 
@@ -258,7 +270,7 @@ def pretrain(model: PretrainingModel, task: str, utterances: Sequence[Utterance]
              out_dir: str | Path, trainable: dict[str, nn.Parameter] | None = None,
              crop_seconds: float | None = 250_000 / SAMPLE_RATE, min_seconds: float = 0.0,
              valid: Sequence[Utterance] | None = None, resume: bool = False,
-             collapse_threshold: float = 0.05,
+             collapse_threshold: float = 0.5,
              regularizer: Callable[[], torch.Tensor] | None = None, keep_snapshots: bool = False,
              feature_cache: str | Path | None = None, feature_cache_dtype: torch.dtype = torch.float16) -> list[dict]:
     """Pre-train ``model``'s ``task`` on unlabeled ``utterances``; returns the training log rows.
