@@ -58,8 +58,9 @@ def test_the_readme_records_the_command_of_the_shipped_run():
 
 
 def test_the_shipped_model_has_learnt_the_contrastive_task(synth_corpus):
-    """On held-out synthetic English it is far from chance (ln 101) and from the fresh preset it started from
-    (shipped: contrastive 2.40, accuracy 47%; fresh 4.76, 3%; the first stage alone 4.46, 7%)."""
+    """On held-out synthetic English it is far from chance (ln 101) and from the fresh preset (shipped:
+    contrastive 2.40, accuracy 47%; fresh 4.76, 5%, or 3% with the 320 codes per group the shipped model started
+    from: fewer codes leave fewer distinct distractors; the first stage alone 4.46, 7%)."""
     held_out = open_corpus(synth_corpus, "dev", "en") + open_corpus(synth_corpus, "test", "en")
     utterances = filter_by_length(held_out)[0]
     scores = {}
@@ -69,7 +70,7 @@ def test_the_shipped_model_has_learnt_the_contrastive_task(synth_corpus):
         scores[source] = evaluate_pretraining(model, maskable(model, utterances, 4.0)[0], 4.0, 30.0, seed=0)
     chance = math.log(101)
     assert scores["tiny-en-synth"]["contrastive"] < chance - 1.5 and scores["tiny"]["contrastive"] > chance - 0.1
-    assert scores["tiny-en-synth"]["accuracy"] > 0.3 > 10 * scores["tiny"]["accuracy"]
+    assert scores["tiny-en-synth"]["accuracy"] > 0.3 > 5 * scores["tiny"]["accuracy"]
 
 
 @pytest.mark.parametrize("missing", ["run.json", "pretraining.json"])
