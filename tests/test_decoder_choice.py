@@ -97,6 +97,14 @@ def test_registry_gives_each_task_its_lm_and_refuses_a_bad_one(model, lm_dir, tm
     assert registry.decoder("en", "beam", beam_size=3, lm_weight=None).beam_size == 3
     served = Registry(model, DecoderConfig("beam", lm_weight=1.5), decoding_dir=lm_dir)
     assert {t.task: t.decoder for t in served.tasks()}["en"] == "beam 50 + lm.en.arpa (weight 1.5, word score 0)"
+    # A task added at run time brings the LM beside its task file; a removed one takes its LM along.
+    fresh = Registry(_two_task_model("layer"))
+    task_file = save_task(fresh.model, "en", tmp_path / "tasks")
+    (tmp_path / "tasks" / "lm.en.arpa").write_bytes((lm_dir / "lm.en.arpa").read_bytes())
+    fresh.remove("en")
+    assert fresh.add(task_file) == "en" and fresh.decoder("en", "beam").lm == tmp_path / "tasks" / "lm.en.arpa"
+    fresh.remove("en")
+    assert "en" not in fresh.language_models
     (tmp_path / "lm.es.arpa").write_text("not an ARPA file\n")
     with pytest.raises(LanguageModelError, match="lm.es.arpa"):
         Registry(model, decoding_dir=tmp_path)

@@ -51,12 +51,15 @@ class Registry:
         self.language_models: dict[str, tuple[Path | None, Path | None]] = {}
         """task -> (LM, lexicon) from ``decoding_dir``."""
         for task in self.names if decoding_dir is not None else ():
-            lm = next((p for p in (decoding_dir / f"lm.{safe_name(task)}.{x}" for x in ("arpa", "bin")) if p.is_file()),
-                      None)
-            lexicon = decoding_dir / f"lexicon.{safe_name(task)}.txt"
-            if lm or lexicon.is_file():
-                self.language_models[task] = (lm, lexicon if lexicon.is_file() else None)
-                self.pool.get(self.decoder(task, "beam"), model.vocabularies[task])
+            self._find_language_model(task, decoding_dir)
+
+    def _find_language_model(self, task: str, directory: Path) -> None:
+        """Give ``task`` the LM and lexicon of ``directory`` named for it, if any, loading them (so checking them)."""
+        lm = next((p for p in (directory / f"lm.{safe_name(task)}.{x}" for x in ("arpa", "bin")) if p.is_file()), None)
+        lexicon = directory / f"lexicon.{safe_name(task)}.txt"
+        if lm or lexicon.is_file():
+            self.language_models[task] = (lm, lexicon if lexicon.is_file() else None)
+            self.pool.get(self.decoder(task, "beam"), self.model.vocabularies[task])
 
     @classmethod
     def load(cls, backbone: str | Path, task_files: Sequence[Path] = (), *, trust_pickle: bool = False,
@@ -96,8 +99,11 @@ class Registry:
         return sorted(self.model.heads)
 
     def add(self, task_file: Path) -> str:
-        """Load one more task file; the backbone and the other tasks are untouched."""
-        return load_task(self.model, task_file)
+        """Load one more task file, with the LM and lexicon beside it named for its task; the backbone and the other
+        tasks are untouched."""
+        task = load_task(self.model, task_file)
+        self._find_language_model(task, Path(task_file).parent)
+        return task
 
     def remove(self, task: str) -> None:
         """Drop a task, and its own adapter set unless another task's stack uses it."""
@@ -105,6 +111,7 @@ class Registry:
             raise WavadaptError(f"unknown task {task!r}; the registry has {', '.join(self.names)}")
         stack = self.model.stacks.pop(task)
         del self.model.heads[task], self.model.vocabularies[task]
+        self.language_models.pop(task, None)
         used = {name for s in self.model.stacks.values() for name in s}
         for name in stack:
             if name not in used and name in adapter_names(self.model.backbone):
