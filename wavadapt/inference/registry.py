@@ -36,6 +36,8 @@ class TaskInfo:
     bytes: int
     decoder: str
     """The task's default decoder (``DecoderConfig.describe``)."""
+    lm: str | None
+    """The file name of the LM its beam search uses, if it has one."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -128,9 +130,10 @@ class Registry:
                 own = adapter_parameters(self.model.backbone, task)
             params = [*own.values(), *self.model.heads[task].parameters()]
             form = adapter_config(self.model.backbone, task).form if own else None
+            lm = self.language_models.get(task, (None, None))[0]
             infos.append(TaskInfo(task, list(self.model.stacks[task]), form, len(self.model.vocabularies[task]),
                                   sum(p.numel() for p in params), sum(p.numel() * p.element_size() for p in params),
-                                  self.decoder(task).describe()))
+                                  self.decoder(task).describe(), lm.name if lm else None))
         return infos
 
     def backbone_bytes(self) -> int:
@@ -141,13 +144,14 @@ class Registry:
 
 
 def format_tasks(registry: Registry) -> str:
-    """A table of the registry's tasks: stack, form, tokens, parameters and memory beside the backbone's."""
+    """A table of the registry's tasks: stack, form, tokens, parameters and memory beside the backbone's, and each
+    task's default decoder."""
     mb = 1e6
     lines = [f"tasks on one backbone ({registry.backbone_bytes() / mb:.1f} MB):",
-             f"  {'task':<16}{'stack':<24}{'form':<9}{'tokens':>7}{'parameters':>12}{'MB':>9}"]
+             f"  {'task':<16}{'stack':<24}{'form':<9}{'tokens':>7}{'parameters':>12}{'MB':>9}  decoder"]
     for t in registry.tasks():
         lines.append(f"  {t.task:<16}{' + '.join(t.stack) or '-':<24}{t.form or '-':<9}{t.tokens:>7}"
-                     f"{t.parameters:>12,}{t.bytes / mb:>9.2f}")
+                     f"{t.parameters:>12,}{t.bytes / mb:>9.2f}  {t.decoder}{f' (LM {t.lm})' if t.lm else ''}")
     return "\n".join(lines)
 
 
