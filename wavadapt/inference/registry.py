@@ -150,8 +150,9 @@ def format_tasks(registry: Registry) -> str:
     lines = [f"tasks on one backbone ({registry.backbone_bytes() / mb:.1f} MB):",
              f"  {'task':<16}{'stack':<24}{'form':<9}{'tokens':>7}{'parameters':>12}{'MB':>9}  decoder"]
     for t in registry.tasks():
+        decoder = t.decoder + (f" (LM {t.lm})" if t.lm and t.lm not in t.decoder else "")
         lines.append(f"  {t.task:<16}{' + '.join(t.stack) or '-':<24}{t.form or '-':<9}{t.tokens:>7}"
-                     f"{t.parameters:>12,}{t.bytes / mb:>9.2f}  {t.decoder}{f' (LM {t.lm})' if t.lm and t.lm not in t.decoder else ''}")
+                     f"{t.parameters:>12,}{t.bytes / mb:>9.2f}  {decoder}")
     return "\n".join(lines)
 
 
