@@ -359,6 +359,11 @@ def _efficiency(report: Report, directory: Path) -> None:
 def _findings(run_dir: Path, runs: list[FinetuneRun]) -> list[str]:
     """What the numbers show, in plain words, each against the papers: pre-training (from-scratch row), adapters
     against full fine-tuning, the LM, forgetting and update time of the continual methods."""
+    return _finetuning_findings(run_dir, runs) + _continual_findings(run_dir / "evaluate-continual")
+
+
+def _finetuning_findings(run_dir: Path, runs: list[FinetuneRun]) -> list[str]:
+    """Of the first language's fine-tuning runs."""
     findings = []
     first = [r for r in runs if r.result is not None and r.language == (runs[0].language if runs else "")]
     by_label = {r.label: r.result for r in first}
@@ -384,16 +389,22 @@ def _findings(run_dir: Path, runs: list[FinetuneRun]) -> list[str]:
         drops = ", ".join(f"`{r.label}` {r.result['greedy_wer']:.1%} -> {r.result['wer']:.1%}" for r in beam)
         findings.append(f"The beam search with a word LM of the training transcripts changes test WER from greedy "
                         f"decoding's as follows: {drops}.")
-    rows = _table_rows(run_dir / "evaluate-continual", "forgetting") or []
+    return findings
+
+
+def _continual_findings(directory: Path) -> list[str]:
+    """Of evaluate-continual's tables in ``directory``."""
+    findings = []
+    rows = _table_rows(directory, "forgetting") or []
     for method in dict.fromkeys(r["method"] for r in rows):  # the first language's self-supervised loss
         sequence = [r for r in rows if r["method"] == method]
         language = sequence[0]["task"]
-        first, last = (sequence[i].get(f"ssl_loss_{language}") for i in (0, -1))
-        if len(sequence) > 1 and first is not None and last is not None:
-            findings.append(f"`{method}`: the {language} self-supervised loss goes from {first:.4f} to {last:.4f} "
+        before, after = (sequence[i].get(f"ssl_loss_{language}") for i in (0, -1))
+        if len(sequence) > 1 and before is not None and after is not None:
+            findings.append(f"`{method}`: the {language} self-supervised loss goes from {before:.4f} to {after:.4f} "
                             f"over the new language's training" + (" (unchanged: nothing it uses moved)."
-                                                                   if first == last else "."))
-    data = _read_json(run_dir / "evaluate-continual" / "continual_learning.json")
+                                                                   if before == after else "."))
+    data = _read_json(directory / "continual_learning.json")
     for r in (data or {"rows": []})["rows"]:
         if r["bwt_cer"] is not None:
             forgets = r["bwt_cer"] < 0
@@ -406,8 +417,7 @@ def _findings(run_dir: Path, runs: list[FinetuneRun]) -> list[str]:
                             f"({100 * r['bwt_wer']:+.2f} WER) on the earlier language(s) ({state}{paper})"
                             + (f", forward transfer {100 * r['fwt_cer']:+.2f} CER points ({100 * r['fwt_wer']:+.2f} "
                                "WER) on the new one." if r["fwt_cer"] is not None else "."))
-    timing = {r["method"]: r.get("median_update_seconds") for r in _table_rows(run_dir / "evaluate-continual",
-                                                                                "efficiency") or []}
+    timing = {r["method"]: r.get("median_update_seconds") for r in _table_rows(directory, "efficiency") or []}
     if timing.get("cwav2vec") and timing.get("warm-start"):
         ratio = timing["cwav2vec"] / timing["warm-start"]
         findings.append(f"A cwav2vec 2.0 update takes {ratio:.2f}x a warm-start update (the paper: about 0.68x, a "
