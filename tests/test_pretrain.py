@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 from model_probes import NO_DROPOUT
+from typer.testing import CliRunner
 
+from wavadapt.cli import app
 from wavadapt.data.batching import filter_by_length
 from wavadapt.data.corpora import open_corpus
 from wavadapt.model.adapters import AdapterConfig, adapter_parameters, add_adapter
@@ -193,3 +195,11 @@ def test_language_adapter_pretraining_trains_only_the_adapter_and_head(synth_cor
     assert (tmp_path / "adapter.es.json").is_file() and (tmp_path / "adapter.es.safetensors").is_file()
     full = load_pretraining(tmp_path)
     assert full.tasks == ["en", "es"] and full.stacks["es"] == ("es",)
+
+
+def test_cli_overrides_the_recipes_diversity_weight(synth_corpus, tmp_path):
+    result = CliRunner().invoke(app, ["pretrain", str(synth_corpus), "--language", "en", "--out", str(tmp_path),
+                                      "--preset", "tiny", "--max-updates", "1", "--max-seconds-per-batch", "8",
+                                      "--diversity-weight", "0.2"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "run.json").read_text())["objective"]["diversity_weight"] == 0.2

@@ -627,6 +627,8 @@ def pretrain(
     crop_seconds: Annotated[float | None, typer.Option(help="Random crop of longer utterances (Base: 15.6 s).")] = None,
     min_seconds: Annotated[float | None, typer.Option(help="Skip shorter utterances (Base: 2 s).")] = None,
     feature_grad_mult: Annotated[float | None, typer.Option(help="CNN gradient scale (0 freezes the CNN).")] = None,
+    diversity_weight: Annotated[float | None, typer.Option(help="Weight of the codebook diversity loss (alpha; "
+                                                           "Base: 0.1).")] = None,
     amp: Amp = "auto",
     validate_every: ValidateEvery = 0,
     checkpoint_every: CheckpointEvery = 0,
@@ -655,6 +657,8 @@ def pretrain(
     pt = build_model(model, task, name, trust_pickle=trust_pickle, seed=seed)
     if feature_grad_mult is not None:
         pt.config = replace(pt.config, feature_grad_mult=feature_grad_mult)
+    if diversity_weight is not None:
+        pt.config = replace(pt.config, diversity_weight=diversity_weight)
     valid = [u for lang in languages for u in open_corpus(data, valid_split, lang, raw_format)] if valid_split else None
     history = run(pt, task, [u for lang in languages for u in open_corpus(data, split, lang, raw_format)], r.train,
                   out,
