@@ -50,3 +50,18 @@ def test_frozen_layers_below_the_top_n_run_without_autograd(synth_corpus):
     out = model(torch.randn(2, 16000))
     assert grads == {0: False, 1: False, 2: True, 3: True}
     assert out.logits.requires_grad
+
+
+def test_utterances_longer_than_a_batch_are_skipped_and_listed(synth_corpus, tmp_path):
+    """An utterance no batch can hold is outside the length limits, like one over max_seconds: skipped and listed
+    in run.json, where the sampler would refuse the whole run."""
+    import json
+
+    from wavadapt.data.batching import filter_by_length
+
+    train = filter_by_length(open_corpus(synth_corpus, "train", "en")).kept  # reads the lengths
+    cap = sorted(u.num_samples for u in train)[len(train) // 2] / 16000  # half of them are longer
+    config = TrainConfig(max_updates=1, lr=1e-3, max_seconds_per_batch=cap, progress=False)
+    finetune(load_asr_model("tiny", []), "en", train, MethodConfig("adapters", adapter_size=8), config, tmp_path)
+    skipped = json.loads((tmp_path / "run.json").read_text())["skipped"]["outside_length"]
+    assert sorted(skipped) == sorted(u.id for u in train if u.num_samples > cap * 16000) and skipped

@@ -57,11 +57,11 @@ def finetune(model: CTCModel, task: str, train: list[Utterance], method: MethodC
              min_seconds: float = 0.5, max_seconds: float = 30.0) -> list[dict]:
     """Fine-tune ``model`` for ``task`` on ``train`` with ``method``; returns the training log rows.
 
-    Utterances without a transcript, unreadable or outside the length limits are skipped, named in warnings
-    and listed in run.json. The vocabulary is built from the training transcripts unless given or the task
-    exists already (a fine-tuned checkpoint's own, continued: see ``methods.prepare``). ``valid`` is
-    decoded greedily every ``config.validate_every`` updates (WER, CER). ``resume`` continues ``out_dir``'s last
-    checkpoint.
+    Utterances without a transcript, unreadable or outside the length limits (``max_seconds``, and no longer than
+    a batch holds) are skipped, named in warnings and listed in run.json. The vocabulary is built from the training
+    transcripts unless given or the task exists already (a fine-tuned checkpoint's own, continued: see
+    ``methods.prepare``). ``valid`` is decoded greedily every ``config.validate_every`` updates (WER, CER).
+    ``resume`` continues ``out_dir``'s last checkpoint.
     """
     from wavadapt.checkpoint import save_backbone, save_task
     from wavadapt.evaluate import evaluate
@@ -76,7 +76,8 @@ def finetune(model: CTCModel, task: str, train: list[Utterance], method: MethodC
     params = prepare(model, task, vocab, method)
     augment = augment or AugmentConfig()
     augment.apply(model)
-    kept, unreadable, outside = filter_by_length(labeled, min_seconds, max_seconds)
+    # An utterance longer than a batch holds could never be batched: it is outside the limits too.
+    kept, unreadable, outside = filter_by_length(labeled, min_seconds, min(max_seconds, config.max_seconds_per_batch))
     if not kept:
         raise WavadaptError(f"no usable training utterance: {len(unreadable)} unreadable, {len(outside)} outside "
                             f"{min_seconds}-{max_seconds} s, {len(no_transcript)} without a transcript")
