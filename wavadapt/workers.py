@@ -11,10 +11,18 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 
 
-def _one_thread() -> None:
+def _start_worker() -> None:
+    """One thread, and wavadapt's warnings (a skipped file, a collapsing codebook) as the command line shows them."""
+    import logging
+    import sys
+
     import torch
 
     torch.set_num_threads(1)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("warning: %(message)s"))
+    handler.setLevel(logging.WARNING)
+    logging.getLogger("wavadapt").addHandler(handler)
 
 
 def run_steps(steps: Sequence[tuple[Callable, tuple]], jobs: int = 1,
@@ -30,7 +38,7 @@ def run_steps(steps: Sequence[tuple[Callable, tuple]], jobs: int = 1,
                 done(i)
         return results
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(min(jobs, len(steps)), mp_context=context, initializer=_one_thread) as pool:
+    with ProcessPoolExecutor(min(jobs, len(steps)), mp_context=context, initializer=_start_worker) as pool:
         futures = [pool.submit(function, *args) for function, args in steps]
         if done is not None:
             for i, future in enumerate(futures):
