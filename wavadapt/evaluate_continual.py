@@ -266,48 +266,60 @@ def _owner(key: str) -> str | None:
     return None
 
 
-def forgetting(sequences: dict[str, list[Checkpoint]], config: ProbeConfig, out_dir: str | Path,
-               languages: Sequence[str] | None = None, echo: Callable[[str], None] | None = None,
-               jobs: int = 1) -> list[dict]:
-    """One row per method and checkpoint: ``method``, ``task``, ``update``, ``position``, ``step`` and each learnt
-    language's :func:`probe` scores. A language is probed once per :func:`language_fingerprint`: once at the first
-    task's end that every method shares, and once along a run that leaves it untouched (cwav2vec 2.0); probes run
-    ``jobs`` at a time (:mod:`wavadapt.workers`); ``echo`` hears of each."""
-    checkpoints = list({c.path.resolve(): c for sequence in sequences.values() for c in sequence}.values())
+def _probes(sequences: dict[str, list[Checkpoint]], languages: Sequence[str] | None
+            ) -> tuple[dict[Path, dict[str, str]], dict[str, tuple[Checkpoint, str]]]:
+    """Each checkpoint's ``{language: fingerprint}`` of the languages to probe, and per fingerprint the first
+    checkpoint and language that has it: a language is probed once per :func:`language_fingerprint`, so once at
+    the first task's end that every method shares, and once along a run that leaves it untouched (cwav2vec 2.0)."""
     fingerprints: dict[Path, dict[str, str]] = {}
-    steps: dict[str, tuple[Checkpoint, str]] = {}  # fingerprint -> its first checkpoint and language
-    for c in checkpoints:
+    todo: dict[str, tuple[Checkpoint, str]] = {}
+    for c in {c.path.resolve(): c for sequence in sequences.values() for c in sequence}.values():
         model = load_pretraining(c.path)
         learnt = [t for t in model.tasks if languages is None or t in languages]
         fingerprints[c.path.resolve()] = {lang: language_fingerprint(model, lang) for lang in learnt}
         for lang, fingerprint in fingerprints[c.path.resolve()].items():
-            steps.setdefault(fingerprint, (c, lang))
-    if echo is not None:
-        echo(f"{len(steps)} probes for {sum(map(len, fingerprints.values()))} languages at {len(checkpoints)} "
-             f"checkpoints (a language whose fingerprint repeats is probed once), {jobs} at a time")
-    todo = list(steps.values())
-    scores = run_steps([(probe, (c.path, lang, config, Path(out_dir) / "finetune" / c.run / f"update_{c.update:07d}" /
-                                 safe_name(lang))) for c, lang in todo], jobs,
-                       done=echo and (lambda i: echo(f"probed {todo[i][1]} at {todo[i][0].run} {todo[i][0].position}")))
-    by_fingerprint = dict(zip(steps, scores, strict=True))
-    return [{"method": method, "task": c.task, "update": c.update, "position": c.position, "step": c.step,
-             **{k: v for f in fingerprints[c.path.resolve()].values() for k, v in by_fingerprint[f].items()}}
-            for method, sequence in sequences.items() for c in sequence]
+            todo.setdefault(fingerprint, (c, lang))
+    return fingerprints, todo
 
 
-def transfer_references(sequences: dict[str, list[Checkpoint]], config: ProbeConfig, out_dir: str | Path,
-                        languages: Sequence[str] | None = None, jobs: int = 1) -> dict[str, dict[str, float]]:
-    """Per language a continual run learns, its test ``{"wer": ..., "cer": ...}`` fine-tuned from the first checkpoint
-    of the run's sequence (the model the run continued; the same for every method) without learning it first."""
+def _first_models(sequences: dict[str, list[Checkpoint]], languages: Sequence[str] | None) -> dict[str, Path]:
+    """Per language a continual run learns, the model the run continued (the first checkpoint of its sequence, the
+    same for every method): forward transfer's reference fine-tunes it on the language directly."""
     firsts = {}
     for sequence in sequences.values():
         for c in sequence[1:]:
             if c.task != sequence[0].task and (languages is None or c.task in languages):
                 firsts.setdefault(c.task, sequence[0].path)
-    results = run_steps([(finetune_language, (first, language, config, Path(out_dir) / "reference" /
-                                              safe_name(language), True)) for language, first in firsts.items()], jobs)
-    return {language: {"wer": result.wer, "cer": result.cer}
-            for language, (result, _) in zip(firsts, results, strict=True)}
+    return firsts
+
+
+def forgetting_and_references(sequences: dict[str, list[Checkpoint]], config: ProbeConfig, out_dir: str | Path,
+                              languages: Sequence[str] | None = None, echo: Callable[[str], None] | None = None,
+                              jobs: int = 1) -> tuple[list[dict], dict[str, dict[str, float]]]:
+    """The forgetting matrix, one row per method and checkpoint (``method``, ``task``, ``update``, ``position``,
+    ``step`` and each learnt language's :func:`probe` scores), and forward transfer's references (per new language,
+    ``{"wer": ..., "cer": ...}`` of :func:`_first_models` fine-tuned on it). All of them are independent fine-tuning
+    runs, so they share one pool, ``jobs`` at a time (:mod:`wavadapt.workers`); ``echo`` hears of each."""
+    fingerprints, todo = _probes(sequences, languages)
+    firsts = _first_models(sequences, languages)
+    if echo is not None:
+        echo(f"{len(todo)} probes for {sum(map(len, fingerprints.values()))} languages at {len(fingerprints)} "
+             f"checkpoints (a language whose fingerprint repeats is probed once) and {len(firsts)} forward-transfer "
+             f"reference(s) (the first model fine-tuned on each new language), {jobs} at a time")
+    out_dir = Path(out_dir)
+    references = [(finetune_language, (first, language, config, out_dir / "reference" / safe_name(language), True))
+                  for language, first in firsts.items()]
+    probes = [(probe, (c.path, lang, config, out_dir / "finetune" / c.run / f"update_{c.update:07d}" / safe_name(lang)))
+              for c, lang in todo.values()]
+    names = [f"reference {language}" for language in firsts] + [f"probed {lang} at {c.run} {c.position}"
+                                                                for c, lang in todo.values()]
+    results = run_steps(references + probes, jobs, done=echo and (lambda i: echo(names[i])))
+    by_fingerprint = dict(zip(todo, results[len(references):], strict=True))
+    rows = [{"method": method, "task": c.task, "update": c.update, "position": c.position, "step": c.step,
+             **{k: v for f in fingerprints[c.path.resolve()].values() for k, v in by_fingerprint[f].items()}}
+            for method, sequence in sequences.items() for c in sequence]
+    return rows, {language: {"wer": result.wer, "cer": result.cer}
+                  for language, (result, _) in zip(firsts, results[:len(references)], strict=True)}
 
 
 SUMMARY_METRICS = ("wer", "cer")
@@ -471,10 +483,8 @@ def evaluate_continual(run_dirs: Sequence[str | Path], config: ProbeConfig, out_
         raise WavadaptError(f"no given run has learnt {', '.join(unknown)} (they know {', '.join(known)}); "
                             "only languages a checkpoint has seen can be fine-tuned")
     sequences = checkpoint_sequences(runs)
-    rows = forgetting(sequences, config, out_dir, languages, echo, jobs)
-    if echo is not None:
-        echo("fine-tuning the first model on each new language (forward transfer's reference)")
-    summaries = continual_summaries(rows, transfer_references(sequences, config, out_dir, languages, jobs))
+    rows, references = forgetting_and_references(sequences, config, out_dir, languages, echo, jobs)
+    summaries = continual_summaries(rows, references)
     leaves = [r for r in runs if r.name in sequences]
     timing, notes = efficiency(leaves, target_loss)
     report = ContinualReport([t for t in known if languages is None or t in languages], rows, summaries, timing,

@@ -496,9 +496,13 @@ def _fresh_like(model, seed: int):
         return CTCModel(type(model.backbone)(model.backbone.config))
 
 
+Steps = list[tuple[str, tuple]]
+"""Named independent steps for :func:`wavadapt.workers.run_steps`: ``(name, (function, args))``."""
+
+
 def _finetune(exp: Experiment, data: Path, start: str | Path, out: Path, lms: dict[str, Path], jobs: int,
-              echo: Echo) -> None:
-    steps, names = [], []
+              echo: Echo) -> Steps:
+    steps = []
     for language in exp.finetune.languages:
         for method in exp.finetune.methods:
             for n in method.top_ns():
@@ -508,9 +512,9 @@ def _finetune(exp: Experiment, data: Path, start: str | Path, out: Path, lms: di
                     echo(f"finetune {run_dir.relative_to(out)}: done, kept")
                     continue
                 echo(f"finetune {run_dir.relative_to(out)}")
-                names.append(run_dir.relative_to(out))
-                steps.append((_finetune_one, (exp, data, start, language, method, n, run_dir, lms, jobs <= 1)))
-    run_steps(steps, jobs, done=(lambda i: echo(f"finetune {names[i]}: done")) if jobs > 1 else None)
+                steps.append((f"finetune {run_dir.relative_to(out)}",
+                              (_finetune_one, (exp, data, start, language, method, n, run_dir, lms, jobs <= 1))))
+    return steps
 
 
 def _continual_one(exp: Experiment, data: Path, start: str | Path, first: str, method: str, run_dir: Path,
@@ -536,10 +540,11 @@ def _continual_one(exp: Experiment, data: Path, start: str | Path, first: str, m
 
 
 def _continual(exp: Experiment, data: Path, start: str | Path, first: str, out: Path, jobs: int,
-               echo: Echo) -> list[Path]:
-    """One `wavadapt continual` run per method from ``start`` (the first task's model)."""
+               echo: Echo) -> tuple[list[Path], Steps]:
+    """One `wavadapt continual` run per method from ``start`` (the first task's model): the run directories and the
+    steps that are left to run."""
     c = exp.continual
-    run_dirs, steps, names = [], [], []
+    run_dirs, steps = [], []
     for method in c.methods:
         run_dir = out / "continual" / method
         run_dirs.append(run_dir)
@@ -547,10 +552,8 @@ def _continual(exp: Experiment, data: Path, start: str | Path, first: str, out: 
             echo(f"continual {method}: done, kept")
             continue
         echo(f"continual {method} ({first} -> {c.language}) -> {run_dir}")
-        names.append(method)
-        steps.append((_continual_one, (exp, data, start, first, method, run_dir, jobs <= 1)))
-    run_steps(steps, jobs, done=(lambda i: echo(f"continual {names[i]}: done")) if jobs > 1 else None)
-    return run_dirs
+        steps.append((f"continual {method}", (_continual_one, (exp, data, start, first, method, run_dir, jobs <= 1))))
+    return run_dirs, steps
 
 
 def _evaluate_continual(exp: Experiment, data: Path, runs: list[Path], out: Path, lms: dict[str, Path], jobs: int,
@@ -591,13 +594,15 @@ def run_experiment(exp: Experiment, out: str | Path, dry_run: bool = False, echo
     first_model = _pretrain(exp, data, out, echo) if exp.pretrain else _pretraining_run(exp.backbone)
     if exp.params and _main_process():
         _params(exp, out, echo)
-    if exp.finetune:
-        _finetune(exp, data, first_model or exp.backbone, out, lms, jobs, echo)
+    steps = _finetune(exp, data, first_model or exp.backbone, out, lms, jobs, echo) if exp.finetune else []
     if exp.continual:
         first = exp.pretrain.language if exp.pretrain else exp.first_task
-        runs = _continual(exp, data, first_model or exp.backbone, first, out, jobs, echo)
-        if exp.evaluate_continual:
-            _evaluate_continual(exp, data, [*([first_model] if first_model else []), *runs], out, lms, jobs, echo)
+        runs, continual_steps = _continual(exp, data, first_model or exp.backbone, first, out, jobs, echo)
+        steps += continual_steps
+    # fine-tuning and continual runs are independent: one pool keeps every worker busy until both are done
+    run_steps([step for _, step in steps], jobs, done=lambda i: echo(f"{steps[i][0]}: done"))
+    if exp.continual and exp.evaluate_continual:
+        _evaluate_continual(exp, data, [*([first_model] if first_model else []), *runs], out, lms, jobs, echo)
     if exp.report and _main_process():
         from wavadapt.report import write_report
 
