@@ -2,13 +2,12 @@
 
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from wavadapt.errors import WavadaptError
+from wavadapt.errors import WarningLines, WavadaptError
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -871,8 +870,8 @@ def main() -> None:
     """Console entry point: an error becomes one ``error: ...`` line on stderr and a non-zero exit status;
     ``--debug`` (or WAVADAPT_DEBUG=1) shows the Python traceback instead."""
     logger = logging.getLogger("wavadapt")
-    if not any(isinstance(h, _EchoHandler) for h in logger.handlers):
-        logger.addHandler(_EchoHandler())
+    if not any(isinstance(h, WarningLines) for h in logger.handlers):
+        logger.addHandler(WarningLines())
     try:
         app()
     except KeyboardInterrupt:
@@ -890,18 +889,6 @@ def main() -> None:
         typer.echo(f"error: {type(e).__name__}{': ' + reason if reason else ''} (run with --debug for the "
                    "traceback)", err=True)
         raise SystemExit(2) from None
-
-
-class _EchoHandler(logging.Handler):
-    """Warnings (a skipped file) as one ``warning: ...`` line of their own on stderr, above any progress bar."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-
-    def emit(self, record: logging.LogRecord) -> None:
-        from tqdm import tqdm
-
-        tqdm.write(f"warning: {record.getMessage()}", file=sys.stderr)
 
 
 def _debug() -> bool:

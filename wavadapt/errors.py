@@ -1,4 +1,7 @@
-"""Errors that reach the user as one clear line (the CLI prints them without a traceback)."""
+"""Errors that reach the user as one clear line (the CLI prints them without a traceback), and warnings too."""
+
+import logging
+import sys
 
 
 class WavadaptError(Exception):
@@ -15,3 +18,15 @@ class CorpusError(WavadaptError):
 
 class CheckpointError(WavadaptError):
     """A checkpoint or adapter file cannot be loaded."""
+
+
+class WarningLines(logging.Handler):
+    """Warnings (a skipped file) as one ``warning: ...`` line of their own on stderr, above any progress bar."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(f"warning: {record.getMessage()}", file=sys.stderr)

@@ -14,15 +14,13 @@ from concurrent.futures import ProcessPoolExecutor
 def _start_worker() -> None:
     """One thread, and wavadapt's warnings (a skipped file, a collapsing codebook) as the command line shows them."""
     import logging
-    import sys
 
     import torch
 
+    from wavadapt.errors import WarningLines
+
     torch.set_num_threads(1)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("warning: %(message)s"))
-    handler.setLevel(logging.WARNING)
-    logging.getLogger("wavadapt").addHandler(handler)
+    logging.getLogger("wavadapt").addHandler(WarningLines())
 
 
 def run_steps(steps: Sequence[tuple[Callable, tuple]], jobs: int = 1,
