@@ -197,9 +197,10 @@ def test_language_adapter_pretraining_trains_only_the_adapter_and_head(synth_cor
     assert full.tasks == ["en", "es"] and full.stacks["es"] == ("es",)
 
 
-def test_cli_overrides_the_recipes_diversity_weight(synth_corpus, tmp_path):
+def test_cli_overrides_the_recipes_loss_weights(synth_corpus, tmp_path):
     result = CliRunner().invoke(app, ["pretrain", str(synth_corpus), "--language", "en", "--out", str(tmp_path),
                                       "--preset", "tiny", "--max-updates", "1", "--max-seconds-per-batch", "8",
-                                      "--diversity-weight", "0.2"])
+                                      "--diversity-weight", "0.2", "--feature-penalty-weight", "1.5"])
     assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / "run.json").read_text())["objective"]["diversity_weight"] == 0.2
+    objective = json.loads((tmp_path / "run.json").read_text())["objective"]
+    assert objective["diversity_weight"] == 0.2 and objective["feature_penalty_weight"] == 1.5

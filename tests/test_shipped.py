@@ -55,6 +55,7 @@ def test_the_readme_records_the_command_of_the_shipped_run():
     assert int(options["checkpoint-every"]) == run["train"]["checkpoint_every"]
     assert float(options["crop-seconds"]) == run["crop_seconds"]
     assert float(options.get("diversity-weight", 0.1)) == run["objective"]["diversity_weight"]
+    assert float(options.get("feature-penalty-weight", 0)) == run["objective"]["feature_penalty_weight"]
     assert options["preset"] == "tiny" and run["task"] == options["language"] == "en"
 
 

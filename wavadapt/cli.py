@@ -628,6 +628,8 @@ def pretrain(
     feature_grad_mult: Annotated[float | None, typer.Option(help="CNN gradient scale (0 freezes the CNN).")] = None,
     diversity_weight: Annotated[float | None, typer.Option(help="Weight of the codebook diversity loss (alpha; "
                                                            "Base: 0.1).")] = None,
+    feature_penalty_weight: Annotated[float | None, typer.Option(help="Weight of the CNN feature L2 penalty "
+                                                                 "(Base: 10; tiny: 0).")] = None,
     amp: Amp = "auto",
     validate_every: ValidateEvery = 0,
     checkpoint_every: CheckpointEvery = 0,
@@ -658,6 +660,8 @@ def pretrain(
         pt.config = replace(pt.config, feature_grad_mult=feature_grad_mult)
     if diversity_weight is not None:
         pt.config = replace(pt.config, diversity_weight=diversity_weight)
+    if feature_penalty_weight is not None:
+        pt.config = replace(pt.config, feature_penalty_weight=feature_penalty_weight)
     valid = [u for lang in languages for u in open_corpus(data, valid_split, lang, raw_format)] if valid_split else None
     history = run(pt, task, [u for lang in languages for u in open_corpus(data, split, lang, raw_format)], r.train,
                   out,
