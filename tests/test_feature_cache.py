@@ -1,14 +1,21 @@
-"""Cached CNN features: the same losses as running the CNN, frame-space crops, fingerprints, shards."""
+"""Cached CNN features: the same losses as running the CNN (pre-training and fine-tuning), frame-space crops,
+fingerprints, shards, one cache shared by the runs of a backbone."""
 
 import copy
+import json
 import pickle
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from wavadapt.checkpoint import load_asr_model
 from wavadapt.continual import ContinualConfig, prepare_continual
+from wavadapt.data.batching import collate
 from wavadapt.data.corpora import open_corpus
+from wavadapt.data.text import Vocabulary
 from wavadapt.errors import CheckpointError, WavadaptError
 from wavadapt.feature_cache import (
     CachedFeatureDataset,
@@ -18,15 +25,18 @@ from wavadapt.feature_cache import (
     cnn_fingerprint,
     collate_cached,
     collate_features,
-    conv_geometry,
     frames_of,
     write_feature_cache,
 )
-from wavadapt.model.backbone import build_backbone
+from wavadapt.finetune import AugmentConfig, finetune
+from wavadapt.methods import MethodConfig, prepare
+from wavadapt.model.backbone import build_backbone, conv_geometry
+from wavadapt.model.ctc import CTCModel
 from wavadapt.model.pretraining import PretrainingModel
 from wavadapt.objectives.contrastive import sample_negatives
 from wavadapt.objectives.masking import compute_mask_indices
 from wavadapt.pretrain import build_model
+from wavadapt.train import TrainConfig
 
 
 def continual_model(method="cwav2vec", trainable=False):
@@ -51,7 +61,7 @@ def draws(model, batch, frames, seed=0):
 
 def test_geometry_is_wav2vec2s_400_sample_field_and_320_sample_hop():
     model = continual_model()
-    assert conv_geometry(model) == (400, 320)
+    assert conv_geometry(model.backbone.config) == (400, 320)
     assert [frames_of(model, s) for s in (399, 400, 719, 720, 16000)] == [0, 1, 1, 2, 49]
 
 
@@ -205,3 +215,60 @@ def test_build_from_a_corpus_is_reused_until_the_cnn_changes(synth_corpus, tmp_p
         other.backbone.feature_extractor.conv_layers[0].conv.weight.mul_(2)
     rebuilt = build_feature_cache(other, utterances, tmp_path / "cache")
     assert rebuilt.fingerprint == cnn_fingerprint(other) != cache.fingerprint
+
+
+# --- fine-tuning on cached features ---
+
+
+@pytest.mark.parametrize("family", ["wav2vec2", "hubert", "wavlm"])
+def test_the_ctc_model_runs_from_cached_features_as_from_a_padded_batch_of_waveforms(family):
+    model = CTCModel(build_backbone("tiny", family)).eval()
+    model.add_task("en", Vocabulary.build(["abc"], "en"))
+    model.activate("en")
+    wavs = list(waveforms(2, 1.0))
+    wavs[1] = wavs[1][:11_000]
+    batch = collate([{"id": str(i), "waveform": w} for i, w in enumerate(wavs)])
+    features, frame_mask = collate_features([cnn_features(model, w) for w in wavs])
+    with torch.no_grad():
+        audio = model(batch["waveforms"], batch["attention_mask"])
+        cached = model(cnn_features=features, frame_mask=frame_mask)
+    assert torch.equal(audio.lengths, cached.lengths) and cached.lengths.tolist() == [49, 34]
+    for row, n in enumerate(cached.lengths):
+        torch.testing.assert_close(cached.logits[row, :n], audio.logits[row, :n], atol=1e-5, rtol=1e-5)
+    assert model.backbone.feature_extractor.conv_layers  # the CNN is back in place
+
+
+def test_fine_tuning_on_the_cache_trains_as_on_audio_and_shares_one_cache(synth_corpus, tmp_path):
+    """Same batches, masks and updates (fp32 cache): the trained adapters agree up to float rounding, frozen
+    parameters stay bit-identical, and a second run of the backbone reuses the first run's cache."""
+    train = open_corpus(synth_corpus, "train", "en")
+    config = TrainConfig(max_updates=4, lr=1e-3, max_seconds_per_batch=8, progress=False)
+    augment = AugmentConfig(mask_time_prob=0.2, mask_feature_prob=0.0, layerdrop=0.0)
+    torch.manual_seed(config.seed)  # as finetune seeds them: the new weights before training
+    prepare(initial := load_asr_model("tiny", []), "en", Vocabulary.build([u.text for u in train], "en"),
+            MethodConfig("adapters", adapter_size=16))
+    models, histories = {}, {}
+    for cached in (False, True):
+        models[cached] = load_asr_model("tiny", [])
+        histories[cached] = finetune(models[cached], "en", train, MethodConfig("adapters", adapter_size=16), config,
+                                     tmp_path / str(cached), augment=augment,
+                                     feature_cache=tmp_path / "cache" if cached else None)
+    for a, b in zip(histories[False], histories[True], strict=True):
+        assert a["audio_seconds"] == b["audio_seconds"]  # the same batches
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+    audio, cached = (models[c].state_dict() for c in (False, True))
+    base = load_asr_model("tiny", []).state_dict()
+    assert all(torch.equal(cached[k], base[k]) and torch.equal(audio[k], base[k]) for k in base if k in cached)
+    trained = [k for k in cached if k not in base]  # adapters, their layer norms, the head: same init in both
+    moved = torch.cat([(audio[k] - initial.state_dict()[k]).flatten() for k in trained]).norm()
+    apart = torch.cat([(cached[k] - audio[k]).flatten() for k in trained]).norm()
+    assert apart < 0.01 * moved  # Adam turns float rounding of near-zero gradients into whole steps, rarely
+    info = json.loads((tmp_path / "True" / "run.json").read_text())["feature_cache"]
+    assert info["fingerprint"] == cnn_fingerprint(models[True]) and info["dtype"] == "float32"
+    assert [p.name for p in (tmp_path / "cache").iterdir() if p.is_dir()] == [Path(info["path"]).name]
+
+    built = (Path(info["path"]) / "feature_cache.json").stat().st_mtime_ns
+    finetune(load_asr_model("tiny", []), "en", train, MethodConfig("top-n-adapters", 1, adapter_size=16),
+             replace(config, max_updates=1), tmp_path / "again", feature_cache=tmp_path / "cache")
+    assert (Path(info["path"]) / "feature_cache.json").stat().st_mtime_ns == built
+    assert json.loads((tmp_path / "again" / "run.json").read_text())["feature_cache"]["path"] == info["path"]

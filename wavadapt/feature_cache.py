@@ -1,10 +1,12 @@
-"""Cached CNN features for pre-training with a frozen CNN (the multihead baselines and cwav2vec 2.0).
+"""Cached CNN features for training with a frozen CNN: pre-training (the multihead baselines and cwav2vec
+2.0) and every fine-tuning method (none trains the CNN).
 
 Once the CNN (wav2vec 2.0's feature encoder) is frozen, its output for an utterance never changes, so it
 can be computed once and read back every epoch instead of decoding the audio and running the CNN again.
-Only the CNN's output is cached: the feature projection may train (multihead) and masking comes after
-it, so everything from the projection on runs as in :meth:`PretrainingModel.forward`, which takes the
-cached output as ``cnn_features`` (``pretrain(..., feature_cache=DIR)`` trains this way).
+Only the CNN's output is cached: the feature projection may train (multihead, full fine-tuning) and masking
+comes after it, so everything from the projection on runs as in :meth:`PretrainingModel.forward` and
+:meth:`CTCModel.forward`, which take the cached output as ``cnn_features`` (``pretrain(...,
+feature_cache=DIR)`` and ``finetune(..., feature_cache=ROOT)`` train this way).
 
 A cache directory (e.g. ``<run>/feature_cache/``) holds::
 
@@ -36,30 +38,43 @@ crop of the audio that starts at sample ``320 k`` (the hop):
   to its shortest utterance.
 * fp16 storage rounds features to ~5e-4 relative (use ``dtype=torch.float32`` to avoid it).
 
+Fine-tuning takes whole utterances, never crops, and runs a padded batch's rows as if alone (see
+``CTCModel``), so with fp32 storage a cached run trains as the uncached one does, up to float rounding.
+Its caches live under a root directory, one subdirectory per CNN and utterance set (:func:`keyed_dir`):
+runs of one backbone on one corpus, in any process, share one cache, built once under a file lock.
+
 Size: C = 512 channels x 50 frames per second x 2 bytes = 51 kB per second of audio in fp16 (1.6 times
 16-bit PCM): 18 GB for 100 h, 177 GB for LibriSpeech's 960 h.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
 from wavadapt.data.audio import SAMPLE_RATE, normalize_waveform, read_audio
+from wavadapt.data.batching import pad_labels
 from wavadapt.data.corpora import Utterance
 from wavadapt.errors import AudioError, CheckpointError, WavadaptError
+from wavadapt.model.backbone import conv_geometry
 from wavadapt.model.pretraining import PretrainingModel
+
+if TYPE_CHECKING:
+    from wavadapt.train import Distributed
 
 log = logging.getLogger("wavadapt.feature_cache")
 
@@ -68,16 +83,6 @@ VERSION = 1
 INDEX = "feature_cache.json"
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 _CNN_CONFIG = ("conv_dim", "conv_kernel", "conv_stride", "conv_bias", "feat_extract_norm", "feat_extract_activation")
-
-
-def conv_geometry(model: PretrainingModel) -> tuple[int, int]:
-    """(receptive field, hop) of the CNN in samples: (400, 320) for wav2vec 2.0."""
-    config = model.backbone.config
-    field, hop = 1, 1
-    for kernel, stride in zip(config.conv_kernel, config.conv_stride, strict=True):
-        field += (kernel - 1) * hop
-        hop *= stride
-    return field, hop
 
 
 def frames_of(model: PretrainingModel, num_samples: int) -> int:
@@ -191,7 +196,7 @@ def write_feature_cache(model: PretrainingModel, waveforms: Iterable[tuple[str, 
     for old in out_dir.glob("features-*.safetensors"):
         old.unlink()
     fingerprint = cnn_fingerprint(model)
-    field, hop = conv_geometry(model)
+    field, hop = conv_geometry(model.backbone.config)
     utterances: dict[str, list[int]] = {}
     shards: list[str] = []
     pending: dict[str, torch.Tensor] = {}
@@ -230,8 +235,24 @@ def build_feature_cache(model: PretrainingModel, utterances: Sequence[Utterance]
                         dtype: torch.dtype = torch.float16, shard_bytes: int = 2**30) -> FeatureCache:
     """The cache of ``utterances`` for ``model``'s CNN in ``out_dir``: reused when the cache there was made
     by this CNN, in ``dtype``, for these utterances; else (re)built by decoding every file (normalised
-    as a whole utterance if ``model.normalize_waveforms``). Undecodable files are logged and skipped."""
+    as a whole utterance if ``model.normalize_waveforms``). Undecodable files are logged and skipped.
+    Processes building one directory at once take turns (a lock file beside it): the later ones reuse."""
     out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(out_dir.parent / f"{out_dir.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        return _build_or_reuse(model, utterances, out_dir, dtype, shard_bytes)
+
+
+def keyed_dir(root: str | Path, model: PretrainingModel, utterances: Sequence[Utterance]) -> Path:
+    """``root``'s subdirectory for the cache of ``utterances`` by ``model``'s CNN: named by the CNN's fingerprint
+    and a hash of the utterance ids, so caches of other CNNs or sets never replace each other."""
+    ids = hashlib.sha256("\n".join(sorted(u.id for u in utterances)).encode()).hexdigest()
+    return Path(root) / f"{cnn_fingerprint(model)[:16]}-{ids[:8]}"
+
+
+def _build_or_reuse(model: PretrainingModel, utterances: Sequence[Utterance], out_dir: Path, dtype: torch.dtype,
+                    shard_bytes: int) -> FeatureCache:
     wanted = {u.id for u in utterances}
     if (out_dir / INDEX).is_file():
         try:
@@ -271,26 +292,37 @@ def collate_features(features: Sequence[torch.Tensor]) -> tuple[torch.Tensor, to
 
 def collate_cached(items: Sequence[dict]) -> dict:
     """CachedFeatureDataset items -> ``{"ids", "features" (B, C, T), "frame_mask" (B, T), "num_skipped",
-    "padding_fraction", "audio_seconds"}`` (the audio the frames cover, as ``collate`` reports it)."""
+    "padding_fraction", "audio_seconds"}`` (the audio the frames cover, as ``collate`` reports it), and with
+    labels ``labels`` and ``label_lengths`` as ``collate`` pads them."""
     features, frame_mask = collate_features([item["features"] for item in items])
-    return {"ids": [item["id"] for item in items], "features": features, "frame_mask": frame_mask,
-            "num_skipped": 0, "padding_fraction": 1.0 - frame_mask.sum().item() / frame_mask.numel(),
-            "audio_seconds": sum(item["num_samples"] for item in items) / SAMPLE_RATE}
+    batch = {"ids": [item["id"] for item in items], "features": features, "frame_mask": frame_mask,
+             "num_skipped": 0, "padding_fraction": 1.0 - frame_mask.sum().item() / frame_mask.numel(),
+             "audio_seconds": sum(item["num_samples"] for item in items) / SAMPLE_RATE}
+    if "labels" in items[0]:
+        batch.update(pad_labels([item["labels"] for item in items]))
+    return batch
 
 
 class CachedFeatureDataset(Dataset):
-    """The cache's counterpart of ``AudioDataset`` for pre-training: utterance ids ->
-    ``{"id", "features" (C, n) fp32}``, a random window of ``crop_seconds`` per epoch cropped in frame
-    space, drawn from ``(seed, epoch, index)`` as AudioDataset draws its crops; ``num_samples`` is the
-    audio the frames cover. The training loop batches its items with :attr:`collate`."""
+    """The cache's counterpart of ``AudioDataset``: utterance ids -> ``{"id", "features" (C, n) fp32}``, a
+    random window of ``crop_seconds`` per epoch cropped in frame space, drawn from ``(seed, epoch, index)`` as
+    AudioDataset draws its crops; ``num_samples`` is the audio the frames cover. The training loop batches its
+    items with :attr:`collate`.
+
+    For fine-tuning (no crop), ``labels`` gives each id's label ids (items get ``labels``) and ``num_samples``
+    each id's true length, which the batch sampler then sees: the batches are those of the AudioDataset."""
 
     collate = staticmethod(collate_cached)
 
-    def __init__(self, cache: FeatureCache, ids: Sequence[str], crop_seconds: float | None = None, seed: int = 0):
+    def __init__(self, cache: FeatureCache, ids: Sequence[str], crop_seconds: float | None = None, seed: int = 0,
+                 labels: Mapping[str, torch.Tensor] | None = None, num_samples: Mapping[str, int] | None = None):
         missing = [i for i in ids if i not in cache]
         if missing:
             raise WavadaptError(f"{len(missing)} utterances are not in the feature cache (e.g. {missing[0]})")
+        if crop_seconds is not None and num_samples is not None:
+            raise WavadaptError("true lengths (num_samples) apply to whole utterances, not to crops")
         self.cache, self.ids, self.seed, self.epoch = cache, list(ids), seed, 0
+        self.labels, self.true_samples = labels, num_samples
         field, self.hop = cache.index["receptive_field"], cache.index["hop"]
         self.field = field
         self.crop = None
@@ -312,11 +344,36 @@ class CachedFeatureDataset(Dataset):
         else:
             start = crop_start(total, self.crop, np.random.default_rng((self.seed, self.epoch, index)))
             features = self.cache.features(utterance_id, start, self.crop)
-        return {"id": utterance_id, "features": features, "num_samples": self._samples(features.shape[1])}
+        item = {"id": utterance_id, "features": features, "num_samples": self._samples(utterance_id, features.shape[1])}
+        if self.labels is not None:
+            item["labels"] = self.labels[utterance_id]
+        return item
 
-    def _samples(self, frames: int) -> int:
+    def _samples(self, utterance_id: str, frames: int) -> int:
+        if self.true_samples is not None:
+            return self.true_samples[utterance_id]
         return (frames - 1) * self.hop + self.field
 
     def lengths(self) -> list[int]:
-        """Per-utterance lengths in samples after cropping (the audio the frames cover), for the batch sampler."""
-        return [self._samples(min(self.cache.num_frames(i), self.crop or math.inf)) for i in self.ids]
+        """Per-utterance lengths in samples after cropping (the audio the frames cover, or the true lengths), for
+        the batch sampler."""
+        return [self._samples(i, min(self.cache.num_frames(i), self.crop or math.inf)) for i in self.ids]
+
+
+def cached_dataset(model: PretrainingModel, utterances: Sequence[Utterance], cache_dir: Path, dtype: torch.dtype,
+                   env: Distributed, **options) -> tuple[CachedFeatureDataset, dict]:
+    """The CachedFeatureDataset (``options``: its keyword arguments) of ``utterances`` (rank 0 builds or reuses
+    the cache in ``cache_dir``, the other ranks wait and open it) and what run.json records of the cache."""
+    model.to(env.device)  # the CNN runs where training will
+    if env.main:
+        cache = build_feature_cache(model, utterances, cache_dir, dtype)
+    if env.world_size > 1:
+        dist.barrier()
+    if not env.main:
+        cache = FeatureCache.open(cache_dir, model)
+    ids = [u.id for u in utterances if u.id in cache]
+    if not ids:
+        raise WavadaptError(f"no usable utterances: none of the {len(utterances)} could be decoded into {cache_dir}")
+    info = {"path": str(cache_dir), "fingerprint": cache.fingerprint, "dtype": str(cache.dtype).removeprefix("torch."),
+            "utterances": len(ids), "unreadable": len(utterances) - len(ids)}
+    return CachedFeatureDataset(cache, ids, **options), info

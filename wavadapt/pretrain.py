@@ -23,14 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from wavadapt.data.audio import SAMPLE_RATE
 from wavadapt.data.batching import AudioDataset, filter_by_length, make_dataloader
 from wavadapt.data.corpora import Utterance
 from wavadapt.errors import WavadaptError
-from wavadapt.feature_cache import CachedFeatureDataset, FeatureCache, build_feature_cache
+from wavadapt.feature_cache import CachedFeatureDataset, cached_dataset
 from wavadapt.model.adapters import adapter_names, adapter_parameters, base_state
 from wavadapt.model.pretraining import (
     PretrainingConfig,
@@ -346,24 +345,10 @@ def pretrain(model: PretrainingModel, task: str, utterances: Sequence[Utterance]
 
 def _cached_dataset(model: PretrainingModel, utterances: Sequence[Utterance], cache_dir: Path, dtype: torch.dtype,
                     crop_seconds: float | None, seed: int, env: Distributed) -> tuple[CachedFeatureDataset, dict]:
-    """The CachedFeatureDataset of ``utterances`` (rank 0 builds or reuses the cache, the other ranks wait
-    and open it) and what run.json records of the cache."""
     if not model.cnn_frozen:
         raise WavadaptError("a feature cache needs a frozen CNN (feature_grad_mult 0 or the CNN not trained), but "
                             "this run trains the CNN (e.g. warm-start): run without the feature cache")
-    model.to(env.device)  # the CNN runs where training will
-    if env.main:
-        cache = build_feature_cache(model, utterances, cache_dir, dtype)
-    if env.world_size > 1:
-        dist.barrier()
-    if not env.main:
-        cache = FeatureCache.open(cache_dir, model)
-    ids = [u.id for u in utterances if u.id in cache]
-    if not ids:
-        raise WavadaptError(f"no usable utterances: none of the {len(utterances)} could be decoded into {cache_dir}")
-    info = {"path": str(cache_dir), "fingerprint": cache.fingerprint, "dtype": str(cache.dtype).removeprefix("torch."),
-            "utterances": len(ids), "unreadable": len(utterances) - len(ids)}
-    return CachedFeatureDataset(cache, ids, crop_seconds=crop_seconds, seed=seed), info
+    return cached_dataset(model, utterances, cache_dir, dtype, env, crop_seconds=crop_seconds, seed=seed)
 
 
 def save_run(model: PretrainingModel, task: str, trained: dict[str, nn.Parameter], out_dir: Path) -> None:

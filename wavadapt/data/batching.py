@@ -256,9 +256,13 @@ class AudioDataset(Dataset):
             x = normalize_waveform(x)
         item = {"id": u.id, "waveform": torch.from_numpy(x)}
         if self.vocab is not None:
-            item["labels"] = torch.tensor(self.vocab.encode(normalize_text(u.text, u.language)), dtype=torch.long)
+            item["labels"] = self.labels(u)
         self.stats.utterances += 1
         return item
+
+    def labels(self, u: Utterance) -> torch.Tensor:
+        """The label ids of ``u``'s transcript."""
+        return torch.tensor(self.vocab.encode(normalize_text(u.text, u.language)), dtype=torch.long)
 
     def lengths(self) -> list[int]:
         """Per-utterance lengths in 16 kHz samples after cropping (for the batch sampler); must be known."""
@@ -292,10 +296,14 @@ def collate(items: Sequence[dict | None]) -> dict | None:
         "audio_seconds": sizes.sum().item() / SAMPLE_RATE,
     }
     if "labels" in good[0]:
-        labels = [item["labels"] for item in good]
-        batch["labels"] = torch.nn.utils.rnn.pad_sequence(labels, batch_first=True, padding_value=LABEL_PAD)
-        batch["label_lengths"] = torch.tensor([len(t) for t in labels])
+        batch.update(pad_labels([item["labels"] for item in good]))
     return batch
+
+
+def pad_labels(labels: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Label id sequences -> ``labels`` (B, L) padded with -100 and ``label_lengths`` (B,)."""
+    return {"labels": torch.nn.utils.rnn.pad_sequence(list(labels), batch_first=True, padding_value=LABEL_PAD),
+            "label_lengths": torch.tensor([len(t) for t in labels])}
 
 
 def make_dataloader(

@@ -87,6 +87,15 @@ def _check_overrides(config_cls: type[PretrainedConfig], overrides: dict) -> Non
         raise WavadaptError(f"{config_cls.__name__} has no field(s) {', '.join(unknown)}")
 
 
+def conv_geometry(config: PretrainedConfig) -> tuple[int, int]:
+    """(receptive field, hop) of the CNN in samples: (400, 320) for wav2vec 2.0."""
+    field, hop = 1, 1
+    for kernel, stride in zip(config.conv_kernel, config.conv_stride, strict=True):
+        field += (kernel - 1) * hop
+        hop *= stride
+    return field, hop
+
+
 def make_config(preset: str = "tiny", family: str = "wav2vec2", **overrides) -> PretrainedConfig:
     """A transformers config for a preset ("tiny", "base", "large") and family ("wav2vec2", "hubert",
     "wavlm"); `overrides` set any other config field (dropouts, masking, ...)."""

@@ -17,6 +17,7 @@ from transformers import PreTrainedModel
 from wavadapt.data.text import Vocabulary
 from wavadapt.errors import WavadaptError
 from wavadapt.model.adapters import set_active
+from wavadapt.model.backbone import conv_geometry
 from wavadapt.model.masked_group_norm import masked_group_norm
 
 
@@ -83,8 +84,15 @@ class CTCModel(nn.Module):
         lengths = attention_mask.sum(-1) if attention_mask is not None else torch.full((batch,), samples)
         return self.backbone._get_feat_extract_output_lengths(lengths).long().clamp(min=0)
 
-    def _encode(self, waveforms: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
-        """(B, S) waveforms -> (B, T, D) hidden states on the current routing (dropout applied), (B,) frames."""
+    def _encode(self, waveforms: torch.Tensor | None, attention_mask: torch.Tensor | None,
+                cnn_features: torch.Tensor | None = None, frame_mask: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, ...]:
+        """(B, S) waveforms, or the CNN's (B, C, T) output, -> (B, T, D) hidden states on the current routing
+        (dropout applied), (B,) frames."""
+        if (waveforms is None) == (cnn_features is None):
+            raise WavadaptError("give either waveforms or cnn_features")
+        if cnn_features is not None:
+            return self._encode_cnn_output(cnn_features, frame_mask)
         lengths = self.output_lengths(attention_mask, *waveforms.shape)
         padding = contextlib.nullcontext()
         if self.group_norm_cnn:
@@ -98,11 +106,36 @@ class CTCModel(nn.Module):
             hidden = self.backbone(waveforms, attention_mask=attention_mask).last_hidden_state
         return self.dropout(hidden), lengths
 
-    def forward(self, waveforms: torch.Tensor, attention_mask: torch.Tensor | None = None) -> CTCOutput:
-        """(B, S) 16 kHz waveforms -> (B, T, V) logits of the active task."""
+    def _encode_cnn_output(self, features: torch.Tensor, frame_mask: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """The backbone's own forward from its frozen CNN's output: the CNN is swapped for a pass-through while it
+        runs, and the mask of the audio the real frames cover gives it the frames' mask (all families share this)."""
+        ref = next(self.backbone.parameters())
+        features = features.to(device=ref.device, dtype=ref.dtype)
+        batch, _, frames = features.shape
+        lengths = frame_mask.sum(-1).long() if frame_mask is not None else torch.full((batch,), frames)
+        attention_mask = None
+        if bool((lengths < frames).any()):
+            field, hop = conv_geometry(self.backbone.config)
+            samples = (lengths - 1) * hop + field
+            attention_mask = (torch.arange(int(samples.max()))[None, :] < samples[:, None]).to(ref.device).int()
+        cnn = self.backbone.feature_extractor
+        self.backbone.feature_extractor = nn.Identity()
+        try:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_backbone):
+                hidden = self.backbone(features, attention_mask=attention_mask).last_hidden_state
+        finally:
+            self.backbone.feature_extractor = cnn
+        return self.dropout(hidden), lengths.to(hidden.device)
+
+    def forward(self, waveforms: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None, *,
+                cnn_features: torch.Tensor | None = None, frame_mask: torch.Tensor | None = None) -> CTCOutput:
+        """(B, S) 16 kHz waveforms -> (B, T, V) logits of the active task.
+
+        Instead of waveforms, the (frozen) CNN's (B, C, T) output can be given as ``cnn_features`` (cached:
+        ``wavadapt.feature_cache``) with the (B, T) bool ``frame_mask`` of its real frames."""
         if self.active is None:
             raise WavadaptError("no active task: call activate(task) first")
-        hidden, lengths = self._encode(waveforms, attention_mask)
+        hidden, lengths = self._encode(waveforms, attention_mask, cnn_features, frame_mask)
         return CTCOutput(self.heads[self.active](hidden), lengths)
 
     def forward_mixed(self, waveforms: torch.Tensor, tasks: Sequence[str],
