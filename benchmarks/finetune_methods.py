@@ -15,6 +15,10 @@ it is process-wide, keeps freed blocks, and its high-water mark cannot be reset 
 methods. On CUDA the step's peak allocation above the resident models (torch.cuda.max_memory_allocated)
 is printed as well.
 
+``+cache`` variants read the CNN's output for the batch from a ``wavadapt.feature_cache`` on disk (fp32
+safetensors, as ``finetune(..., feature_cache=...)`` writes it) instead of running the frozen CNN; the rest of
+the step is the same (their "CNN" region is the cache read).
+
 The same instrumented step counts saved tensors per region (CNN, feature projection + positional conv,
 each transformer layer, head + loss): a frozen region with nothing trainable below it must save none.
 
@@ -27,6 +31,7 @@ import argparse
 import copy
 import statistics
 import sys
+import tempfile
 import time
 from collections import Counter
 
@@ -34,10 +39,11 @@ import torch
 from regions import Regions
 
 from wavadapt.accounting import placeholder_vocabulary
+from wavadapt.feature_cache import FeatureCache, collate_features, write_feature_cache
 from wavadapt.methods import MethodConfig, prepare
 from wavadapt.model.adapters import encoder_of
 from wavadapt.model.backbone import SAMPLE_RATE, build_backbone
-from wavadapt.model.ctc import CTCModel
+from wavadapt.model.ctc import CTCModel, CTCOutput
 
 TASK = "asr"
 # fairseq's wav2vec 2.0 Base fine-tuning (base_100h.yaml): mask_prob 0.65, mask_channel_prob 0.5 over 64
@@ -63,6 +69,8 @@ def methods(top_n: int) -> dict[str, MethodConfig]:
         "adapters": MethodConfig("adapters"),
         "top-n-adapters": MethodConfig("top-n-adapters", top_n=top_n),
         "head-only": MethodConfig("head-only"),
+        "adapters+cache": MethodConfig("adapters"),
+        "top-n-adapters+cache": MethodConfig("top-n-adapters", top_n=top_n),
     }
 
 
@@ -90,19 +98,26 @@ def ctc_regions(model: CTCModel) -> Regions:
 class Setup:
     """One method: its model, its optimizer and its step."""
 
-    def __init__(self, backbone, config: MethodConfig, vocab, device: torch.device):
-        self.config = config
+    def __init__(self, backbone, config: MethodConfig, vocab, device: torch.device, cache: FeatureCache | None = None):
+        self.config, self.cache = config, cache
         self.model = CTCModel(copy.deepcopy(backbone))
         self.trained = prepare(self.model, TASK, vocab, config)
         self.model.to(device).train()
         self.optimizer = torch.optim.AdamW(self.trained.values(), lr=1e-5)
         self.regions = ctc_regions(self.model)
 
+    def forward(self, batch: dict) -> CTCOutput:
+        if self.cache is None:
+            return self.model(batch["waveforms"])
+        self.regions.mark("CNN")  # the region the cache replaces: reading the features
+        features, frame_mask = collate_features([self.cache.features(i) for i in self.cache.ids])
+        return self.model(cnn_features=features, frame_mask=frame_mask)
+
     def step(self, batch: dict) -> None:
         """forward, CTC loss, backward, AdamW step, with the regions marked."""
         mark = self.regions.mark
         with self.regions.hooks():
-            output = self.model(batch["waveforms"])
+            output = self.forward(batch)
             loss = self.model.ctc_loss(output, batch["labels"], batch["label_lengths"])
             mark("backward")
             loss.backward()
@@ -195,14 +210,14 @@ def report(
     mem = {name: m["memory"] for name, m in memory.items()}
     mib, cuda = 2**20, device.type == "cuda"
     print(
-        f"\n{'method':<16}{'trainable':>11}{'step s':>9}{'x full':>8}{'CPU s':>8}{'x full':>8}"
+        f"\n{'method':<22}{'trainable':>11}{'step s':>9}{'x full':>8}{'CPU s':>8}{'x full':>8}"
         f"{'act+grad+opt MiB':>18}{'x full':>8}{'saved act MiB':>15}" + (f"{'CUDA peak MiB':>15}" if cuda else "")
     )
     for name in names:
         trainable = sum(p.numel() for p in setups[name].trained.values())
         m = memory[name]
         print(
-            f"{name:<16}{trainable / 1e6:>10.2f}M{wall[name]:>9.3f}{wall[name] / wall['full']:>8.2f}"
+            f"{name:<22}{trainable / 1e6:>10.2f}M{wall[name]:>9.3f}{wall[name] / wall['full']:>8.2f}"
             f"{cpu[name]:>8.2f}{cpu[name] / cpu['full']:>8.2f}{mem[name] / mib:>18.0f}{mem[name] / mem['full']:>8.2f}"
             f"{m['activations'] / mib:>15.0f}" + (f"{m['cuda_peak'] / mib:>15.0f}" if cuda else "")
         )
@@ -213,18 +228,18 @@ def report(
         print("\nwhere the CPU time of a step goes (median s; forward by region, then backward and AdamW)")
         regions = setups["full"].regions.names
         parts = {name: breakdown(t["parts"], regions, top_n) for name, t in timings.items()}
-        print(f"{'method':<16}" + "".join(f"{g:>10}" for g in parts["full"]))
+        print(f"{'method':<22}" + "".join(f"{g:>10}" for g in parts["full"]))
         for name in names:
-            print(f"{name:<16}" + "".join(f"{v:>10.3f}" for v in parts[name].values()))
+            print(f"{name:<22}" + "".join(f"{v:>10.3f}" for v in parts[name].values()))
 
     print(
         "\ntensors saved for backward per region (proj: feature projection + positional conv; head: head + loss);"
         "\nwhere nothing trains in or below a region, autograd must record nothing"
     )
     regions = setups["full"].regions.names
-    print(f"{'method':<16}" + "".join(f"{r:>6}" for r in regions))
+    print(f"{'method':<22}" + "".join(f"{r:>6}" for r in regions))
     for name in names:
-        print(f"{name:<16}" + "".join(f"{memory[name]['saved'][r]:>6}" for r in regions))
+        print(f"{name:<22}" + "".join(f"{memory[name]['saved'][r]:>6}" for r in regions))
 
     failures = []
     for name, setup in setups.items():
@@ -234,7 +249,7 @@ def report(
     print(f"\ntargets (ratio to full: median {clock} step time, activation+grad+optimizer memory)")
     for name, what, bound in TARGETS:
         ratio = step[name] / step["full"] if what == "time" else mem[name] / mem["full"]
-        print(f"  {name:<16}{what:<8}{ratio:.3f} <= {bound:.2f}  {'ok' if ratio <= bound else 'MISSED'}")
+        print(f"  {name:<22}{what:<8}{ratio:.3f} <= {bound:.2f}  {'ok' if ratio <= bound else 'MISSED'}")
         if ratio > bound:
             failures.append(f"{name} {what} ratio {ratio:.3f} > {bound:.2f}")
     return failures
@@ -260,9 +275,13 @@ def main() -> int:
     backbone = build_backbone(args.preset, **RECIPE)
     top_n = args.top_n or backbone.config.num_hidden_layers // 2
     vocab = placeholder_vocabulary()
-    setups = {name: Setup(backbone, config, vocab, device) for name, config in methods(top_n).items()}
     utterances = max(1, round(args.batch_seconds / args.utterance_seconds))
     batch = make_batch(utterances, args.utterance_seconds, len(vocab), device)
+    cache_dir = tempfile.TemporaryDirectory()
+    cache = write_feature_cache(CTCModel(backbone), ((str(i), w) for i, w in enumerate(batch["waveforms"])),
+                                cache_dir.name, torch.float32)
+    setups = {name: Setup(backbone, config, vocab, device, cache if name.endswith("+cache") else None)
+              for name, config in methods(top_n).items()}
     print(
         f"{args.preset} ({sum(p.numel() for p in backbone.parameters()) / 1e6:.1f}M parameters), N = {top_n}, "
         f"{utterances} x {args.utterance_seconds:g} s of audio per batch, {device}, "

@@ -4,14 +4,15 @@ fingerprints, shards, one cache shared by the runs of a backbone."""
 import copy
 import json
 import pickle
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from wavadapt.checkpoint import load_asr_model
+from wavadapt.cli import app
 from wavadapt.continual import ContinualConfig, prepare_continual
 from wavadapt.data.batching import collate
 from wavadapt.data.corpora import open_corpus
@@ -268,7 +269,10 @@ def test_fine_tuning_on_the_cache_trains_as_on_audio_and_shares_one_cache(synth_
     assert [p.name for p in (tmp_path / "cache").iterdir() if p.is_dir()] == [Path(info["path"]).name]
 
     built = (Path(info["path"]) / "feature_cache.json").stat().st_mtime_ns
-    finetune(load_asr_model("tiny", []), "en", train, MethodConfig("top-n-adapters", 1, adapter_size=16),
-             replace(config, max_updates=1), tmp_path / "again", feature_cache=tmp_path / "cache")
+    result = CliRunner().invoke(app, ["finetune", str(synth_corpus), "--language", "en", "--out",
+                                      str(tmp_path / "again"), "--method", "top-n-adapters", "--top-n", "1",
+                                      "--adapter-size", "16", "--max-updates", "1", "--max-seconds-per-batch", "8",
+                                      "--valid-split", "", "--feature-cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 0, result.output
     assert (Path(info["path"]) / "feature_cache.json").stat().st_mtime_ns == built
     assert json.loads((tmp_path / "again" / "run.json").read_text())["feature_cache"]["path"] == info["path"]

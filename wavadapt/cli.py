@@ -576,6 +576,11 @@ def finetune(
     checkpoint_every: CheckpointEvery = 0,
     num_workers: NumWorkers = 0,
     seed: Annotated[int, typer.Option()] = 0,
+    feature_cache: FeatureCache = False,
+    feature_cache_dir: Annotated[Path | None, typer.Option(help="Root of --feature-cache's caches (implies "
+                                                           "--feature-cache; default OUT/feature_cache): one per CNN "
+                                                           "and utterance set, shared by the runs given one root.")
+                                 ] = None,
     resume: Resume = False,
     trust_pickle: TrustPickle = False,
     raw_format: RawFormatOption = None,
@@ -596,7 +601,8 @@ def finetune(
     augment = AugmentConfig(mask_time_prob=mask_time_prob, mask_feature_prob=mask_feature_prob, layerdrop=layerdrop)
     valid = open_corpus(data, valid_split, language, raw_format) if valid_split else None
     history = run(asr, task or language, open_corpus(data, split, language, raw_format), method_config, config, out,
-                  valid=valid, augment=augment, resume=resume)
+                  valid=valid, augment=augment, resume=resume,
+                  feature_cache=_cache_dir(out, feature_cache, feature_cache_dir))
     if history:
         last = history[-1]
         typer.echo(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in last.items()))
