@@ -789,6 +789,9 @@ def evaluate_continual_runs(
     lm_weight: LmWeight = 2.0,
     word_score: WordScore = 0.0,
     jobs: Jobs = 1,
+    feature_cache: Annotated[bool, typer.Option("--feature-cache", help="Fine-tune on the frozen CNN's output, "
+                                                "computed once per CNN and language in OUT/feature_cache (the "
+                                                "checkpoints of methods that freeze the CNN share it).")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Forgetting and efficiency of continual pre-training: fine-tune every checkpoint on every language it has
@@ -811,7 +814,8 @@ def evaluate_continual_runs(
                          max_seconds_per_batch=max_seconds_per_batch, train_split=train_split, test_split=test_split,
                          ssl_split=ssl_split, ssl_crop_seconds=ssl_crop_seconds, seed=seed,
                          augment=AugmentConfig(mask_time_prob=mask_time_prob, mask_feature_prob=mask_feature_prob),
-                         decoder=beam if beam.kind == "beam" else None, lms=lms)
+                         decoder=beam if beam.kind == "beam" else None, lms=lms,
+                         feature_cache=out / "feature_cache" if feature_cache else None)
     report = evaluate_continual(runs, config, out, target_loss, language or None,
                                 echo=lambda line: typer.echo(line, err=True), jobs=jobs)  # stdout stays JSON
     typer.echo(json.dumps(report.to_dict(), indent=2) if json_output else report.summary())

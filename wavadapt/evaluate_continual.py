@@ -172,6 +172,9 @@ class ProbeConfig:
     """A beam search to score the test split with (greedy's scores beside it); None: greedy alone."""
     lms: dict[str, Path] = field(default_factory=dict)
     """The beam search's LM per language."""
+    feature_cache: Path | None = None
+    """Root of the fine-tuning runs' cached CNN output (``finetune(feature_cache=...)``): the probes of checkpoints
+    that share a CNN (every method but warm-start freezes it) share one cache per language; None: none."""
 
     def decoder_for(self, language: str) -> DecoderConfig | None:
         return self.decoder and replace(self.decoder, lm=self.lms.get(language, self.decoder.lm))
@@ -181,7 +184,7 @@ class ProbeConfig:
         decoder = ("; ".join(f"{lang}: {self.decoder_for(lang).describe()}" for lang in self.lms)
                    if self.decoder and self.lms else (self.decoder or DecoderConfig()).describe())
         return {**asdict(self), "corpus": str(self.corpus), "lms": {k: str(v) for k, v in self.lms.items()},
-                "decoder": decoder}
+                "decoder": decoder, "feature_cache": self.feature_cache and str(self.feature_cache)}
 
 
 def _require_learnt(model: PretrainingModel, language: str, checkpoint: Path) -> None:
@@ -214,7 +217,7 @@ def finetune_language(checkpoint: str | Path, language: str, config: ProbeConfig
     train = TrainConfig(max_updates=config.max_updates, lr=config.lr, seed=config.seed, progress=False,
                         max_seconds_per_batch=config.max_seconds_per_batch)
     history = finetune(model, task, open_corpus(config.corpus, config.train_split, language), method, train, out_dir,
-                       augment=config.augment)
+                       augment=config.augment, feature_cache=config.feature_cache)
     result = evaluate(model, open_corpus(config.corpus, config.test_split, language), task=task,
                       max_seconds_per_batch=config.max_seconds_per_batch, decoder=config.decoder_for(language))
     return result, history

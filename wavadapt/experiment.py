@@ -116,6 +116,9 @@ class Finetune:
     """TrainConfig overrides shared by the methods."""
     augment: dict = field(default_factory=dict)
     """AugmentConfig overrides (masking, layer drop)."""
+    feature_cache: bool = False
+    """Train on the frozen CNN's cached output (OUT/finetune/feature_cache): one cache per CNN and language, shared
+    by the methods."""
 
 
 @dataclass
@@ -143,6 +146,9 @@ class EvaluateContinual:
     """ProbeConfig overrides (max_updates, lr, adapter_size, ...); ``augment`` takes AugmentConfig's keys."""
     languages: list[str] | None = None
     target_loss: float | None = None
+    feature_cache: bool = False
+    """Probe on the frozen CNN's cached output (OUT/evaluate-continual/feature_cache): one cache per CNN and language,
+    shared by the checkpoints of every method that freezes the CNN."""
 
 
 @dataclass
@@ -264,7 +270,7 @@ def load_experiment(path: str | Path) -> Experiment:
     if exp.evaluate_continual is not None:
         probe = exp.evaluate_continual.probe
         _check_overrides(probe, ProbeConfig, "evaluate_continual.probe", str(path),
-                         fixed=("corpus", "decoder", "lms"))
+                         fixed=("corpus", "decoder", "lms", "feature_cache"))
         _check_overrides(probe.get("augment", {}), AugmentConfig, "evaluate_continual.probe.augment", str(path))
     if exp.corpus.synth is None and exp.corpus.root is None and (exp.pretrain or exp.finetune or exp.continual):
         raise WavadaptError(f"{path}: corpus needs synth or root")
@@ -459,7 +465,7 @@ def _decoder(exp: Experiment, lm: Path | None = None):
 
 
 def _finetune_one(exp: Experiment, data: Path, start: str | Path, language: str, method: FinetuneMethod,
-                  top_n: int | None, run_dir: Path, lms: dict[str, Path], progress: bool) -> None:
+                  top_n: int | None, run_dir: Path, cache: Path | None, lms: dict[str, Path], progress: bool) -> None:
     """One `wavadapt finetune` run of the model ``start`` on the train split, validated on dev, then scored on
     test (eval.json)."""
     from wavadapt.checkpoint import load_asr_model
@@ -477,7 +483,7 @@ def _finetune_one(exp: Experiment, data: Path, start: str | Path, language: str,
     finetune(model, language, open_corpus(data, splits.train, language),
              MethodConfig(method.method, top_n, method.adapter_size, method.freeze_updates), config, run_dir,
              valid=open_corpus(data, splits.dev, language), augment=AugmentConfig(**f.augment),
-             resume=_resume(run_dir))
+             resume=_resume(run_dir), feature_cache=cache)
     if not _main_process():
         return
     result = evaluate(model, open_corpus(data, splits.test, language), task=language,
@@ -502,7 +508,7 @@ Steps = list[tuple[str, tuple]]
 
 def _finetune(exp: Experiment, data: Path, start: str | Path, out: Path, lms: dict[str, Path], jobs: int,
               echo: Echo) -> Steps:
-    steps = []
+    steps, cache = [], out / "finetune" / "feature_cache" if exp.finetune.feature_cache else None
     for language in exp.finetune.languages:
         for method in exp.finetune.methods:
             for n in method.top_ns():
@@ -513,7 +519,8 @@ def _finetune(exp: Experiment, data: Path, start: str | Path, out: Path, lms: di
                     continue
                 echo(f"finetune {run_dir.relative_to(out)}")
                 steps.append((f"finetune {run_dir.relative_to(out)}",
-                              (_finetune_one, (exp, data, start, language, method, n, run_dir, lms, jobs <= 1))))
+                              (_finetune_one, (exp, data, start, language, method, n, run_dir, cache, lms,
+                                               jobs <= 1))))
     return steps
 
 
@@ -562,7 +569,8 @@ def _evaluate_continual(exp: Experiment, data: Path, runs: list[Path], out: Path
 
     e, splits = exp.evaluate_continual, exp.corpus.splits
     probe = {"train_split": splits.train, "test_split": splits.test, "ssl_split": splits.dev, "seed": exp.seed,
-             **e.probe, "augment": AugmentConfig(**e.probe.get("augment", {})), "decoder": _decoder(exp), "lms": lms}
+             **e.probe, "augment": AugmentConfig(**e.probe.get("augment", {})), "decoder": _decoder(exp), "lms": lms,
+             "feature_cache": out / "evaluate-continual" / "feature_cache" if e.feature_cache else None}
     report = evaluate_continual(runs, ProbeConfig(data, **probe), out / "evaluate-continual", e.target_loss,
                                 e.languages, echo=echo, jobs=jobs)
     echo(report.summary())
