@@ -110,6 +110,12 @@ def test_runs_in_worker_processes_equal_runs_one_after_another(tmp_path):
                     for j in (1, 2))
         assert one == two
     assert any(line.endswith(": done") for line in lines)  # workers report each run as it ends
+    # the runs and probes trained on shared feature caches, removed once their stage was done
+    runs = [json.loads(p.read_text()) for p in (tmp_path / "jobs2").glob("*/**/run.json")]
+    cached = [run["feature_cache"] for run in runs if run.get("feature_cache")]
+    assert len(cached) == len([run for run in runs if "augment" in run])  # every fine-tuning run and probe
+    assert len({c["path"] for c in cached}) < len(cached) and all(c["dtype"] == "float32" for c in cached)
+    assert not list(tmp_path.glob("*/**/feature_cache.json"))
 
 
 def test_run_command_dry_run_and_resume(tmp_path):

@@ -117,8 +117,8 @@ class Finetune:
     augment: dict = field(default_factory=dict)
     """AugmentConfig overrides (masking, layer drop)."""
     feature_cache: bool = False
-    """Train on the frozen CNN's cached output (OUT/finetune/feature_cache): one cache per CNN and language, shared
-    by the methods."""
+    """Train on the frozen CNN's cached output (OUT/finetune/feature_cache, removed when the runs are done): one
+    cache per CNN and language, shared by the methods."""
 
 
 @dataclass
@@ -147,8 +147,8 @@ class EvaluateContinual:
     languages: list[str] | None = None
     target_loss: float | None = None
     feature_cache: bool = False
-    """Probe on the frozen CNN's cached output (OUT/evaluate-continual/feature_cache): one cache per CNN and language,
-    shared by the checkpoints of every method that freezes the CNN."""
+    """Probe on the frozen CNN's cached output (OUT/evaluate-continual/feature_cache, removed when the probes are
+    done): one cache per CNN and language, shared by the checkpoints of every method that freezes the CNN."""
 
 
 @dataclass
@@ -576,6 +576,13 @@ def _evaluate_continual(exp: Experiment, data: Path, runs: list[Path], out: Path
     echo(report.summary())
 
 
+def _drop_cache(root: Path) -> None:
+    """Remove a stage's feature caches once its runs are done (a rerun redoes only unfinished runs, which build
+    what they need again): the demo's would add ~300 MB to its output."""
+    if _main_process():
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def _pretraining_run(backbone: str) -> Path | None:
     """The backbone as a `wavadapt pretrain` run directory (a shipped one included), else None: a run is the
     first task's checkpoint that evaluate-continual compares the continual methods against."""
@@ -609,8 +616,10 @@ def run_experiment(exp: Experiment, out: str | Path, dry_run: bool = False, echo
         steps += continual_steps
     # fine-tuning and continual runs are independent: one pool keeps every worker busy until both are done
     run_steps([step for _, step in steps], jobs, done=lambda i: echo(f"{steps[i][0]}: done"))
+    _drop_cache(out / "finetune" / "feature_cache")
     if exp.continual and exp.evaluate_continual:
         _evaluate_continual(exp, data, [*([first_model] if first_model else []), *runs], out, lms, jobs, echo)
+        _drop_cache(out / "evaluate-continual" / "feature_cache")
     if exp.report and _main_process():
         from wavadapt.report import write_report
 
