@@ -71,7 +71,8 @@ def finetune(model: CTCModel, task: str, train: list[Utterance], method: MethodC
     ``feature_cache`` (a root directory) trains on the CNN's cached output (no method trains the CNN), in
     ``feature_cache_dtype``: computed once per utterance in the root's subdirectory for this CNN and these
     utterances (``feature_cache.keyed_dir``), which other runs reuse. In fp32 it trains as without, up to float
-    rounding, and skips the CNN's forward pass: about 40% of an adapter update of the ``tiny`` preset on CPU.
+    rounding, without the CNN's forward pass and the audio decoding: in the demo (``tiny``, one CPU thread) an
+    adapter update took 0.06 s instead of 0.13.
     """
     from wavadapt.checkpoint import save_backbone, save_task
     from wavadapt.evaluate import evaluate

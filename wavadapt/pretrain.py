@@ -345,6 +345,7 @@ def pretrain(model: PretrainingModel, task: str, utterances: Sequence[Utterance]
 
 def _cached_dataset(model: PretrainingModel, utterances: Sequence[Utterance], cache_dir: Path, dtype: torch.dtype,
                     crop_seconds: float | None, seed: int, env: Distributed) -> tuple[CachedFeatureDataset, dict]:
+    """:func:`feature_cache.cached_dataset` of the crops, for a model whose CNN does not train."""
     if not model.cnn_frozen:
         raise WavadaptError("a feature cache needs a frozen CNN (feature_grad_mult 0 or the CNN not trained), but "
                             "this run trains the CNN (e.g. warm-start): run without the feature cache")

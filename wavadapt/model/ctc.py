@@ -117,7 +117,8 @@ class CTCModel(nn.Module):
         if bool((lengths < frames).any()):
             field, hop = conv_geometry(self.backbone.config)
             samples = (lengths - 1) * hop + field
-            attention_mask = (torch.arange(int(samples.max()))[None, :] < samples[:, None]).to(ref.device).int()
+            positions = torch.arange(int(samples.max()), device=samples.device)
+            attention_mask = (positions[None, :] < samples[:, None]).to(ref.device).int()
         cnn = self.backbone.feature_extractor
         self.backbone.feature_extractor = nn.Identity()
         try:
