@@ -170,3 +170,18 @@ def test_from_scratch_is_the_same_architecture_with_fresh_seeded_weights():
     assert all(torch.equal(fresh[k], again[k]) for k in fresh)
     assert not torch.equal(fresh["encoder.layers.0.attention.q_proj.weight"],
                            pretrained["encoder.layers.0.attention.q_proj.weight"])
+
+
+def test_continual_methods_that_freeze_the_cnn_share_one_feature_cache(tmp_path):
+    """``continual.feature_cache``: warm-start (which trains the CNN) runs on audio, the others on one shared cache,
+    removed when the runs are done."""
+    recipe = tmp_path / "small.yaml"
+    recipe.write_text("corpus: {root: nowhere}\nfirst_task: en\ncontinual: {language: es, preset: tiny, methods: "
+                      "[warm-start, multihead, cwav2vec], feature_cache: true}\n")
+    out = run_experiment(load_experiment(recipe), tmp_path / "out", dry_run=True, echo=lambda line: None)
+    caches = {m: json.loads((out / "continual" / m / "run.json").read_text())["feature_cache"]
+              for m in ("warm-start", "multihead", "cwav2vec")}
+    assert caches["warm-start"] is None
+    assert caches["multihead"]["path"] == caches["cwav2vec"]["path"]
+    assert Path(caches["cwav2vec"]["path"]).parent == out / "continual" / "feature_cache"
+    assert not (out / "continual" / "feature_cache").exists()

@@ -135,7 +135,8 @@ class Continual:
     checkpoint_every: int = 0
     keep_snapshots: bool = False
     feature_cache: bool = False
-    """Train on the frozen CNN's cached output (OUT/continual/<method>/feature_cache)."""
+    """Train the methods that freeze the CNN (all but warm-start) on its cached output (OUT/continual/feature_cache,
+    one cache they share, removed when the runs are done)."""
 
 
 @dataclass
@@ -531,6 +532,7 @@ def _continual_one(exp: Experiment, data: Path, start: str | Path, first: str, m
 
     from wavadapt.continual import ContinualConfig, prepare_continual
     from wavadapt.data.corpora import open_corpus
+    from wavadapt.feature_cache import keyed_dir
     from wavadapt.pretrain import build_model, pretrain, recipe
 
     c = exp.continual
@@ -540,10 +542,13 @@ def _continual_one(exp: Experiment, data: Path, start: str | Path, first: str, m
     torch.manual_seed(exp.seed)  # the new adapters and heads
     trainable, regularizer = prepare_continual(model, c.language, ContinualConfig(method, c.l2_weight, c.adapter_size))
     r.train.extra = {"continual_method": method, "l2_weight": c.l2_weight, "adapter_size": c.adapter_size}
-    pretrain(model, c.language, open_corpus(data, exp.corpus.splits.pretrain, c.language), r.train, run_dir,
-             trainable=trainable, crop_seconds=r.crop_seconds if c.crop_seconds is None else c.crop_seconds,
-             min_seconds=r.min_seconds, regularizer=regularizer, keep_snapshots=c.keep_snapshots,
-             feature_cache=run_dir / "feature_cache" if c.feature_cache else None, resume=_resume(run_dir))
+    utterances = open_corpus(data, exp.corpus.splits.pretrain, c.language)
+    cache = None
+    if c.feature_cache and model.cnn_frozen:  # warm-start trains the CNN
+        cache = keyed_dir(run_dir.parent / "feature_cache", model, utterances)
+    pretrain(model, c.language, utterances, r.train, run_dir, trainable=trainable,
+             crop_seconds=r.crop_seconds if c.crop_seconds is None else c.crop_seconds, min_seconds=r.min_seconds,
+             regularizer=regularizer, keep_snapshots=c.keep_snapshots, feature_cache=cache, resume=_resume(run_dir))
 
 
 def _continual(exp: Experiment, data: Path, start: str | Path, first: str, out: Path, jobs: int,
@@ -617,6 +622,7 @@ def run_experiment(exp: Experiment, out: str | Path, dry_run: bool = False, echo
     # fine-tuning and continual runs are independent: one pool keeps every worker busy until both are done
     run_steps([step for _, step in steps], jobs, done=lambda i: echo(f"{steps[i][0]}: done"))
     _drop_cache(out / "finetune" / "feature_cache")
+    _drop_cache(out / "continual" / "feature_cache")
     if exp.continual and exp.evaluate_continual:
         _evaluate_continual(exp, data, [*([first_model] if first_model else []), *runs], out, lms, jobs, echo)
         _drop_cache(out / "evaluate-continual" / "feature_cache")
