@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from wavadapt.cli import app
 from wavadapt.data.batching import filter_by_length
 from wavadapt.data.corpora import open_corpus
+from wavadapt.errors import WavadaptError
 from wavadapt.model.adapters import AdapterConfig, adapter_parameters, add_adapter
 from wavadapt.model.backbone import build_backbone, load_pretraining_model
 from wavadapt.model.pretraining import (
@@ -204,3 +205,15 @@ def test_cli_overrides_the_recipes_loss_weights(synth_corpus, tmp_path):
     assert result.exit_code == 0, result.output
     objective = json.loads((tmp_path / "run.json").read_text())["objective"]
     assert objective["diversity_weight"] == 0.2 and objective["feature_penalty_weight"] == 1.5
+
+
+def test_a_fresh_preset_takes_another_codebook_size_and_a_trained_model_keeps_its_own(synth_corpus, tmp_path):
+    args = ["pretrain", str(synth_corpus), "--language", "en", "--preset", "tiny", "--max-updates", "1",
+            "--max-seconds-per-batch", "8", "--codevectors-per-group", "32"]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "a")])
+    assert result.exit_code == 0, result.output
+    trained = load_pretraining(tmp_path / "a")
+    assert trained.backbone.config.num_codevectors_per_group == 32
+    assert trained.heads["en"].quantizer.codevectors.shape[1] == 2 * 32
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "b"), "--model", str(tmp_path / "a")])
+    assert isinstance(result.exception, WavadaptError) and "has its own" in str(result.exception)

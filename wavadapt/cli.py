@@ -636,6 +636,8 @@ def pretrain(
                                                            "Base: 0.1).")] = None,
     feature_penalty_weight: Annotated[float | None, typer.Option(help="Weight of the CNN feature L2 penalty "
                                                                  "(Base: 10; tiny: 0).")] = None,
+    codevectors_per_group: Annotated[int | None, typer.Option(help="Entries per quantizer codebook of a fresh "
+                                                              "--model preset (V; Base: 320, tiny: 64).")] = None,
     amp: Amp = "auto",
     validate_every: ValidateEvery = 0,
     checkpoint_every: CheckpointEvery = 0,
@@ -661,7 +663,8 @@ def pretrain(
                                num_workers=num_workers, seed=seed)
     languages = [lang.strip() for lang in language.split(",") if lang.strip()]
     task = task or "+".join(languages)
-    pt = build_model(model, task, name, trust_pickle=trust_pickle, seed=seed)
+    pt = build_model(model, task, name, trust_pickle=trust_pickle, seed=seed,
+                     codevectors_per_group=codevectors_per_group)
     if feature_grad_mult is not None:
         pt.config = replace(pt.config, feature_grad_mult=feature_grad_mult)
     if diversity_weight is not None:

@@ -113,21 +113,25 @@ def recipe(name: str, **train_overrides) -> PretrainRecipe:
 
 
 def build_model(source: str | Path, task: str, preset: str = "base", *, trust_pickle: bool = False,
-                seed: int = 0) -> PretrainingModel:
+                seed: int = 0, codevectors_per_group: int | None = None) -> PretrainingModel:
     """A PretrainingModel with a head for ``task``, built with ``preset``'s dropouts, layer drop and objective.
 
-    ``source`` is a backbone preset (tiny, base, large: fresh weights drawn with ``seed``), a
-    :func:`save_pretraining` directory (or a shipped one's name), a Hugging Face pre-training directory or a
-    fairseq .pt (needs ``trust_pickle``). A head for ``task`` is added (fresh) when the source has none.
+    ``source`` is a backbone preset (tiny, base, large: fresh weights drawn with ``seed``; its quantizer with
+    ``codevectors_per_group`` entries per codebook if given), a :func:`save_pretraining` directory (or a shipped
+    one's name), a Hugging Face pre-training directory or a fairseq .pt (needs ``trust_pickle``). A head for
+    ``task`` is added (fresh) when the source has none.
     """
     from wavadapt.model.backbone import PRESETS, build_backbone, load_pretraining_model, resolve_checkpoint
 
     r = recipe(preset)
     source = resolve_checkpoint(source)  # a preset's name stays itself: no shipped checkpoint bears one
+    if codevectors_per_group is not None and str(source) not in PRESETS:
+        raise WavadaptError(f"the code vectors per group are a fresh preset's choice; {source} has its own")
     if str(source) in PRESETS:
+        quantizer = {} if codevectors_per_group is None else {"num_codevectors_per_group": codevectors_per_group}
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            model = PretrainingModel(build_backbone(str(source), **r.backbone), r.objective)
+            model = PretrainingModel(build_backbone(str(source), **r.backbone, **quantizer), r.objective)
             model.add_head(task)
     elif (Path(source) / "pretraining.json").is_file():
         model = load_pretraining(source, **r.backbone)
