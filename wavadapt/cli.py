@@ -665,12 +665,9 @@ def pretrain(
     task = task or "+".join(languages)
     pt = build_model(model, task, name, trust_pickle=trust_pickle, seed=seed,
                      codevectors_per_group=codevectors_per_group)
-    if feature_grad_mult is not None:
-        pt.config = replace(pt.config, feature_grad_mult=feature_grad_mult)
-    if diversity_weight is not None:
-        pt.config = replace(pt.config, diversity_weight=diversity_weight)
-    if feature_penalty_weight is not None:
-        pt.config = replace(pt.config, feature_penalty_weight=feature_penalty_weight)
+    objective = {"feature_grad_mult": feature_grad_mult, "diversity_weight": diversity_weight,
+                 "feature_penalty_weight": feature_penalty_weight}
+    pt.config = replace(pt.config, **{k: v for k, v in objective.items() if v is not None})
     valid = [u for lang in languages for u in open_corpus(data, valid_split, lang, raw_format)] if valid_split else None
     history = run(pt, task, [u for lang in languages for u in open_corpus(data, split, lang, raw_format)], r.train,
                   out,

@@ -509,7 +509,7 @@ Steps = list[tuple[str, tuple]]
 
 def _finetune(exp: Experiment, data: Path, start: str | Path, out: Path, lms: dict[str, Path], jobs: int,
               echo: Echo) -> Steps:
-    steps, cache = [], out / "finetune" / "feature_cache" if exp.finetune.feature_cache else None
+    steps, cache = [], _cache_root(out / "finetune") if exp.finetune.feature_cache else None
     for language in exp.finetune.languages:
         for method in exp.finetune.methods:
             for n in method.top_ns():
@@ -545,7 +545,7 @@ def _continual_one(exp: Experiment, data: Path, start: str | Path, first: str, m
     utterances = open_corpus(data, exp.corpus.splits.pretrain, c.language)
     cache = None
     if c.feature_cache and model.cnn_frozen:  # warm-start trains the CNN
-        cache = keyed_dir(run_dir.parent / "feature_cache", model, utterances)
+        cache = keyed_dir(_cache_root(run_dir.parent), model, utterances)
     pretrain(model, c.language, utterances, r.train, run_dir, trainable=trainable,
              crop_seconds=r.crop_seconds if c.crop_seconds is None else c.crop_seconds, min_seconds=r.min_seconds,
              regularizer=regularizer, keep_snapshots=c.keep_snapshots, feature_cache=cache, resume=_resume(run_dir))
@@ -575,17 +575,22 @@ def _evaluate_continual(exp: Experiment, data: Path, runs: list[Path], out: Path
     e, splits = exp.evaluate_continual, exp.corpus.splits
     probe = {"train_split": splits.train, "test_split": splits.test, "ssl_split": splits.dev, "seed": exp.seed,
              **e.probe, "augment": AugmentConfig(**e.probe.get("augment", {})), "decoder": _decoder(exp), "lms": lms,
-             "feature_cache": out / "evaluate-continual" / "feature_cache" if e.feature_cache else None}
+             "feature_cache": _cache_root(out / "evaluate-continual") if e.feature_cache else None}
     report = evaluate_continual(runs, ProbeConfig(data, **probe), out / "evaluate-continual", e.target_loss,
                                 e.languages, echo=echo, jobs=jobs)
     echo(report.summary())
 
 
-def _drop_cache(root: Path) -> None:
+def _cache_root(stage_dir: Path) -> Path:
+    """Where a stage's runs keep the feature caches they share."""
+    return stage_dir / "feature_cache"
+
+
+def _drop_cache(stage_dir: Path) -> None:
     """Remove a stage's feature caches once its runs are done (a rerun redoes only unfinished runs, which build
     what they need again): the demo's would add ~300 MB to its output."""
     if _main_process():
-        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(_cache_root(stage_dir), ignore_errors=True)
 
 
 def _pretraining_run(backbone: str) -> Path | None:
@@ -621,11 +626,11 @@ def run_experiment(exp: Experiment, out: str | Path, dry_run: bool = False, echo
         steps += continual_steps
     # fine-tuning and continual runs are independent: one pool keeps every worker busy until both are done
     run_steps([step for _, step in steps], jobs, done=lambda i: echo(f"{steps[i][0]}: done"))
-    _drop_cache(out / "finetune" / "feature_cache")
-    _drop_cache(out / "continual" / "feature_cache")
+    _drop_cache(out / "finetune")
+    _drop_cache(out / "continual")
     if exp.continual and exp.evaluate_continual:
         _evaluate_continual(exp, data, [*([first_model] if first_model else []), *runs], out, lms, jobs, echo)
-        _drop_cache(out / "evaluate-continual" / "feature_cache")
+        _drop_cache(out / "evaluate-continual")
     if exp.report and _main_process():
         from wavadapt.report import write_report
 
