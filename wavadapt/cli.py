@@ -127,6 +127,38 @@ def synth(
 
 
 @app.command()
+def prepare(
+    corpus: Annotated[str, typer.Argument(help="fillets-ng (acted game dialogue: nl, cs, en) or "
+                                          "pocketsphinx-testdata (47 s of read English, a test set).")],
+    out: Annotated[Path, typer.Option(help="Corpus directory to write: <split>.tsv manifests, audio/, prepare.json.")],
+    language: Annotated[str, typer.Option(help="fillets-ng: the recordings' language (its Debian package "
+                                          "fillets-ng-data-LANG; en is in fillets-ng-data).")] = "nl",
+    packages: Annotated[Path | None, typer.Option(help="A folder holding the .deb files (offline); default: "
+                                                  "apt-get download.")] = None,
+    seed: Annotated[int, typer.Option(help="fillets-ng: the order in which whole levels fill test, dev, "
+                                      "train.")] = 0,
+    test_utterances: Annotated[int, typer.Option(help="fillets-ng: levels go to test until it holds this many.")] = 150,
+    dev_utterances: Annotated[int, typer.Option(help="fillets-ng: then to dev until it holds this many.")] = 75,
+) -> None:
+    """Fetch a real transcribed corpus from Debian's packages and write it as manifests every command reads."""
+    from wavadapt.data.prepare.fillets_ng import prepare_fillets_ng
+    from wavadapt.data.prepare.pocketsphinx import prepare_pocketsphinx_testdata
+
+    if corpus == "fillets-ng":
+        info = prepare_fillets_ng(out, language, packages, seed, test_utterances, dev_utterances)
+    elif corpus == "pocketsphinx-testdata":
+        info = prepare_pocketsphinx_testdata(out, packages)
+    else:
+        raise WavadaptError(f"unknown corpus {corpus!r} (known: fillets-ng, pocketsphinx-testdata)")
+    typer.echo(f"{'split':<7}{'utterances':>11}{'minutes':>9}{'speakers':>10}")
+    for split, size in info["splits"].items():
+        typer.echo(f"{split:<7}{size['utterances']:>11}{size['seconds'] / 60:>9.1f}{size['speakers']:>10}")
+    for reason, entry in info["dropped"].items():
+        typer.echo(f"left out ({reason}): {entry['count']}")
+    typer.echo(f"{info['language']} from {', '.join(f'{p} {v}' for p, v in info['packages'].items())} -> {out}")
+
+
+@app.command()
 def vocab(
     source: Annotated[
         Path, typer.Argument(help="A corpus directory or manifest, or a .txt file with one transcript per line.")
