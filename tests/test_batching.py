@@ -16,6 +16,7 @@ from wavadapt.data.batching import (
     make_dataloader,
     padding_fraction,
     set_epoch,
+    transcribed,
 )
 from wavadapt.data.corpora import Utterance
 from wavadapt.data.text import Vocabulary, normalize_text
@@ -229,3 +230,15 @@ def test_synthetic_corpus_loads_in_batches(synth_corpus):
         batches = list(loader)
         assert sum(len(b["ids"]) for b in batches) == len(utts) > 0 and unreadable == outside == []
         assert all(b["num_skipped"] == 0 and (b["labels"] != vocab.unk_id).all() for b in batches)
+
+
+def test_transcribed_skips_foreign_letters_unless_kept_and_counts_what_normalisation_dropped(tmp_path, caplog):
+    utts = [Utterance("a", tmp_path / "a.wav", "Twee kaarten & 3 munten", "nl"),
+            Utterance("b", tmp_path / "b.wav", "Zij zei Привет", "nl"),
+            Utterance("c", tmp_path / "c.wav", "Prijs: 5 ©© ®", "nl"),
+            Utterance("d", tmp_path / "d.wav", None, "nl")]
+    result = transcribed(utts)
+    assert ([u.id for u in result.kept], result.no_transcript, result.foreign) == (["a", "c"], ["d"], ["b"])
+    assert result.dropped == {"©": 2, "®": 1}
+    assert "b.wav): letters outside the nl alphabet (веипрт)" in caplog.text
+    assert [u.id for u in transcribed(utts, keep_foreign=True).kept] == ["a", "b", "c"]

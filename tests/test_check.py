@@ -46,7 +46,9 @@ def plant(root: Path) -> dict[str, str | None]:
         "corrupt": ("corrupt.flac", "hello", "unreadable"),
         "cut": ("cut.mp3", "hello", "truncated"),
         "oov": ("oov.flac", "hello zebra", "oov characters"),
-        "digits": ("good.flac", "42", "empty transcript"),
+        "punctuation": ("good.flac", "…?!", "empty transcript"),
+        "foreign": ("good.flac", "hello 東京", "foreign letters"),
+        "symbol": ("good.flac", "hello ©", "dropped characters"),
     }
     lines = ["id\tpath\ttext\tlanguage"] + [f"{k}\taudio/{p}\t{t}\ten" for k, (p, t, _) in rows.items()]
     (root / "train.tsv").write_text("\n".join(lines) + "\n")
@@ -71,9 +73,10 @@ def test_check_corpus_finds_each_planted_problem_by_file(planted):
     assert by_id["oov"].detail == "a b z become <unk>"
     assert by_id["narrowband"].detail.startswith("8000 Hz")
     assert {p.id for p in report.unusable} == {"empty", "nan", "corrupt"} and not report.ok
-    assert report.num_files == 10
-    assert "3 unusable, 6 warnings" in report.summary().splitlines()[0]
-    assert report.rates == {16000: 8, 8000: 1}  # the corrupt file has none
+    assert by_id["foreign"].detail.startswith("京 東 outside the en alphabet: fine-tuning skips this transcript")
+    assert report.num_files == 12
+    assert "3 unusable, 8 warnings" in report.summary().splitlines()[0]
+    assert report.rates == {16000: 10, 8000: 1}  # the corrupt file has none
 
 
 def test_check_command_exit_status_and_json(planted):

@@ -13,6 +13,7 @@ from wavadapt.data.corpora import (
     read_fairseq_manifest,
     read_librispeech,
     read_manifest,
+    require_unique_ids,
     words_to_letters,
     write_fairseq_manifest,
 )
@@ -142,15 +143,48 @@ def test_read_manifest_tsv_and_jsonl(tmp_path):
     for name in ("m.tsv", "m.jsonl"):
         utts = read_manifest(tmp_path / name, language="de")
         assert [(u.id, u.path, u.text, u.language) for u in utts] == [
-            ("a", tmp_path / "audio/a.wav", "hola", "es"),
-            ("b", tmp_path / "audio/b.wav", None, "de"),
+            ("audio/a", tmp_path / "audio/a.wav", "hola", "es"),
+            ("audio/b", tmp_path / "audio/b.wav", None, "de"),
         ]
         assert open_corpus(tmp_path / name, language="de") == utts
 
 
+def test_repeated_file_names_in_two_folders_get_two_ids(tmp_path):
+    """Real corpora repeat file names across folders (a game's levels, a speaker per folder): without an id
+    column the id is the path, so both files stay, cached or not."""
+    for folder in ("cabin1", "cabin2"):
+        write_audio(tmp_path / folder / "nl" / "k1-pap-3xkruty.wav", 0.6)
+    rows = "".join(f"{f}/nl/k1-pap-3xkruty.wav\ttekst {f}\tnl\n" for f in ("cabin1", "cabin2"))
+    (tmp_path / "train.tsv").write_text("path\ttext\tlanguage\n" + rows)
+    (tmp_path / "train.jsonl").write_text("".join(
+        json.dumps({"path": f"{f}/nl/k1-pap-3xkruty.wav", "text": "x"}) + "\n" for f in ("cabin1", "cabin2")))
+    for name in ("train.tsv", "train.jsonl"):
+        assert [u.id for u in open_corpus(tmp_path / name)] == ["cabin1/nl/k1-pap-3xkruty", "cabin2/nl/k1-pap-3xkruty"]
+    (tmp_path / "fs").mkdir()
+    (tmp_path / "fs" / "train.tsv").write_text(f"{tmp_path}\ncabin1/nl/k1-pap-3xkruty.wav\t9600\n"
+                                               "cabin2/nl/k1-pap-3xkruty.wav\t9600\n")
+    assert len({u.id for u in open_corpus(tmp_path / "fs" / "train.tsv")}) == 2
+
+
+def test_a_repeated_id_names_the_manifest_and_both_lines(tmp_path):
+    (tmp_path / "m.tsv").write_text("id\tpath\na\tx.wav\nb\ty.wav\na\tz.wav\n")
+    with pytest.raises(CorpusError, match=r"m.tsv:4: utterance id 'a' \(.*z.wav\) is already the id of line 2"):
+        read_manifest(tmp_path / "m.tsv")
+    (tmp_path / "m.jsonl").write_text('{"id": "a", "path": "x.wav"}\n\n{"id": "a", "path": "y.wav"}\n')
+    with pytest.raises(CorpusError, match=r"m.jsonl:3: utterance id 'a' .* line 1"):
+        read_manifest(tmp_path / "m.jsonl")
+
+
+def test_joined_corpora_with_one_id_for_two_files_are_refused_naming_both(tmp_path):
+    a, b = Utterance("x", tmp_path / "a/x.wav", "t", "nl"), Utterance("x", tmp_path / "b/x.wav", "t", "cs")
+    require_unique_ids([a, a])  # the same file twice is the same utterance
+    with pytest.raises(CorpusError, match=r"utterance id 'x' names two files: .*a/x.wav and .*b/x.wav"):
+        require_unique_ids([a, b])
+
+
 def test_read_manifest_without_path_is_an_error(tmp_path):
     (tmp_path / "m.jsonl").write_text('{"text": "x"}\n')
-    with pytest.raises(CorpusError, match="m.jsonl: entry 1 has no 'path'"):
+    with pytest.raises(CorpusError, match="m.jsonl:1: no 'path'"):
         read_manifest(tmp_path / "m.jsonl")
 
 

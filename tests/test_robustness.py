@@ -38,8 +38,12 @@ def run_cli(capsys, monkeypatch, *args) -> tuple[int, str, str]:
     return code, out, err
 
 
-def stem(name: str) -> str:
-    return Path(name).stem
+def bad_id(name: str) -> str:
+    """The manifest's id of a bad file (its path, ``bad/<name>``, without the suffix)."""
+    return f"bad/{Path(name).stem}"
+
+
+GOOD_IDS = {f"good/{utt_id}" for utt_id in BAD_TRANSCRIPTS}
 
 
 @pytest.fixture(scope="module")
@@ -153,8 +157,8 @@ def test_evaluate_scores_the_readable_files_and_lists_the_rest(mixed, caplog):
     asr = load_asr_model("tiny", [mixed.task_file])
     with caplog.at_level("WARNING", logger="wavadapt"):
         result = evaluate(asr, open_corpus(mixed.manifest))
-    assert sorted(result.skipped) == sorted(stem(n) for n in UNUSABLE)
-    assert sorted(result.no_transcript) == sorted(BAD_TRANSCRIPTS)
+    assert sorted(result.skipped) == sorted(bad_id(n) for n in UNUSABLE)
+    assert sorted(result.no_transcript) == sorted(GOOD_IDS)
     assert result.utterances == len(mixed.good) + len(WARNED)
     for name in UNUSABLE:  # named once, by the reader that found it
         assert sum(str(mixed.bad[name]) in r.getMessage() for r in caplog.records) == 1, name
@@ -167,10 +171,10 @@ def test_finetuning_completes_with_the_bad_files_skipped(mixed, capsys, monkeypa
                              "--valid-split", "", "--max-seconds-per-batch", "200", "--lr", "1e-3")  # an epoch a batch
     assert code == 0 and "Traceback" not in err, err[-2000:]
     run = json.loads((out_dir / "run.json").read_text())
-    header_unreadable = {stem(n) for n, kind in UNUSABLE.items() if kind == "unreadable"} - {"truncated"}
+    header_unreadable = {bad_id(n) for n, kind in UNUSABLE.items() if kind == "unreadable"} - {"bad/truncated"}
     assert set(run["skipped"]["unreadable"]) == header_unreadable
-    assert set(run["skipped"]["no_transcript"]) == set(BAD_TRANSCRIPTS)
-    assert set(run["skipped"]["outside_length"]) == {"header-only", "ten-minutes", "100-samples"}
+    assert set(run["skipped"]["no_transcript"]) == GOOD_IDS
+    assert set(run["skipped"]["outside_length"]) == {"bad/header-only", "bad/ten-minutes", "bad/100-samples"}
     # Files whose header reads but whose samples do not are skipped while training, named once each.
     at_decode = ["truncated.flac", "nan.wav", "inf.wav"]
     for name in at_decode:

@@ -9,7 +9,8 @@ from transformers import Wav2Vec2CTCTokenizer
 
 from wavadapt.data import sentences
 from wavadapt.data.sentences import MAX_WORDS, MIN_WORDS, fortune_sentences, load_sentences
-from wavadapt.data.text import ALPHABETS, Vocabulary, VocabularyError, normalize_text
+from wavadapt.data.text import ALPHABETS, Normalized, Vocabulary, VocabularyError, normalize, normalize_text
+from wavadapt.data.verbalize import spells_numbers
 from wavadapt.errors import CorpusError
 
 
@@ -24,14 +25,53 @@ from wavadapt.errors import CorpusError
         ("en", "'Quoted,' she said.", "quoted she said"),
         ("es", "¿Qué tal, señor Núñez? ¡Un pingüino!", "qué tal señor núñez un pingüino"),
         ("es", "L'été à Paris", "lété a paris"),  # no apostrophe in Spanish; à -> a, é stays
-        ("de", "Die Straße ist schön; Äpfel & Öl.", "die straße ist schön äpfel öl"),
+        ("de", "Die Straße ist schön; Äpfel & Öl.", "die straße ist schön äpfel und öl"),
         ("it", "L'uomo è più forte, perché no? Città!", "l'uomo è più forte perché no città"),
         ("xx", "Ça va, Ωmega-3?", "ça va ωmega"),  # unknown language: any unicode letter, digits dropped
+        ("nl", "Ideeën voor één ruïne, zo'n \"mooie\" dag... – ja!", "ideeen voor een ruine zo'n mooie dag ja"),
+        ("cs", "Žluťoučký kůň úpěl ďábelské ódy.", "žluťoučký kůň úpěl ďábelské ódy"),
         ("hi", "नमस्ते दुनिया!", "नमस्ते दुनिया"),  # combining vowel signs survive
     ],
 )
 def test_normalize_text(language, text, expected):
     assert normalize_text(text, language) == expected
+
+
+@pytest.mark.parametrize(
+    ("language", "text", "expected"),
+    [
+        ("en", "Mr. Smith paid $5 at 3pm!", "mr smith paid five dollars at three pm"),
+        ("en", "I paid 5 dollars at 3pm for 2 cards & a CD", "i paid five dollars at three pm for two cards and a cd"),
+        ("en", "The 3rd of 1,000,000 is 3.25%", "the third of one million is three point two five percent"),
+        ("en", "Call 0800 or 21913271", "call zero eight zero zero or two one nine one three two seven one"),
+        ("nl", "Het schip ligt bij steiger 5: Poseidon 737, F2 of 3,5 € ...", "het schip ligt bij steiger vijf "
+         "poseidon zevenhonderdzevenendertig f twee of drie komma vijf euro"),
+        ("nl", "1.000.000 mensen", "een miljoen mensen"),
+        ("cs", "V roce 1998 za 20 €.", "v roce tisíc devětset devadesát osm za dvacet eur"),
+    ],
+)
+def test_numbers_and_symbols_are_spelt_out(language, text, expected):
+    result = normalize(text, language)
+    assert (result.text, result.dropped, result.foreign) == (expected, "", "")
+
+
+def test_what_normalisation_drops_is_reported():
+    """Nothing vanishes without a word: symbols without a spoken form, digits in a language num2words cannot spell,
+    and letters outside the alphabet are named; punctuation, which nobody says, is not."""
+    assert not spells_numbers("xx")
+    result = normalize("Tokyo 東京 ©, «quoted» — done…", "en")
+    assert (result.text, result.dropped, result.foreign) == ("tokyo quoted done", "©", "京東")
+    assert normalize("Ik zei: Привет!", "nl").foreign == "веипрт"
+    assert normalize("x 12 ω", "xx") == Normalized("x ω", "12", "")
+
+
+def test_a_mixed_script_transcript_never_enlarges_the_vocabulary(caplog):
+    for language in ("nl", "xx", None):  # a known alphabet, an unknown one (script shares), no normalisation
+        vocab = Vocabulary.build(["hallo wereld"] * 150 + ["zij zei привет"], language)
+        assert vocab.tokens[5:] == list("leadhorw"), language
+        assert "1 transcripts with letters outside the language's" in caplog.text
+    # A script that is the corpus's own is kept, whatever the language.
+    assert "п" in Vocabulary.build(["привет мир"] * 10, "ru").tokens
 
 
 def test_normalized_text_stays_in_alphabet():

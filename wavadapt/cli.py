@@ -613,6 +613,9 @@ def finetune(
                                                            "--feature-cache; default OUT/feature_cache): one per CNN "
                                                            "and utterance set, shared by the runs given one root.")
                                  ] = None,
+    keep_foreign_letters: Annotated[bool, typer.Option("--keep-foreign-letters", help="Train on transcripts with "
+                                                       "letters outside the language's alphabet too, without those "
+                                                       "letters (default: skipped and counted).")] = False,
     resume: Resume = False,
     trust_pickle: TrustPickle = False,
     raw_format: RawFormatOption = None,
@@ -634,7 +637,7 @@ def finetune(
     valid = open_corpus(data, valid_split, language, raw_format) if valid_split else None
     history = run(asr, task or language, open_corpus(data, split, language, raw_format), method_config, config, out,
                   valid=valid, augment=augment, resume=resume,
-                  feature_cache=_cache_dir(out, feature_cache, feature_cache_dir))
+                  feature_cache=_cache_dir(out, feature_cache, feature_cache_dir), keep_foreign=keep_foreign_letters)
     if history:
         last = history[-1]
         typer.echo(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in last.items()))

@@ -190,7 +190,8 @@ def evaluate(
     ids = [u.id for u in utterances]
     if len(set(ids)) != len(ids):
         raise WavadaptError("utterance ids are not unique; hypotheses are matched to references by id")
-    labeled, no_transcript = transcribed(utterances, language)
+    # A test line with a foreign word is scored without it (the model cannot spell it): `check` names such lines.
+    labeled, no_transcript, _, _ = transcribed(utterances, language, keep_foreign=True)
     if not labeled:
         raise WavadaptError(f"none of the {len(utterances)} utterances has a transcript to score against")
 

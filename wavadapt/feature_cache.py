@@ -68,7 +68,7 @@ from torch.utils.data import Dataset
 
 from wavadapt.data.audio import SAMPLE_RATE, normalize_waveform, read_audio
 from wavadapt.data.batching import pad_labels
-from wavadapt.data.corpora import Utterance
+from wavadapt.data.corpora import Utterance, require_unique_ids
 from wavadapt.errors import AudioError, CheckpointError, WavadaptError
 from wavadapt.model.backbone import conv_geometry
 from wavadapt.model.pretraining import PretrainingModel
@@ -253,6 +253,7 @@ def keyed_dir(root: str | Path, model: PretrainingModel, utterances: Sequence[Ut
 
 def _build_or_reuse(model: PretrainingModel, utterances: Sequence[Utterance], out_dir: Path, dtype: torch.dtype,
                     shard_bytes: int) -> FeatureCache:
+    require_unique_ids(utterances)
     wanted = {u.id for u in utterances}
     if (out_dir / INDEX).is_file():
         try:

@@ -59,14 +59,16 @@ def finetune(model: CTCModel, task: str, train: list[Utterance], method: MethodC
              out_dir: Path, vocab: Vocabulary | None = None, valid: list[Utterance] | None = None,
              augment: AugmentConfig | None = None, resume: bool = False,
              min_seconds: float = 0.5, max_seconds: float = 30.0,
-             feature_cache: str | Path | None = None, feature_cache_dtype: torch.dtype = torch.float32) -> list[dict]:
+             feature_cache: str | Path | None = None, feature_cache_dtype: torch.dtype = torch.float32,
+             keep_foreign: bool = False) -> list[dict]:
     """Fine-tune ``model`` for ``task`` on ``train`` with ``method``; returns the training log rows.
 
-    Utterances without a transcript, unreadable or outside the length limits (``max_seconds``, and no longer than
-    a batch holds) are skipped, named in warnings and listed in run.json. The vocabulary is built from the training
-    transcripts unless given or the task exists already (a fine-tuned checkpoint's own, continued: see
-    ``methods.prepare``). ``valid`` is decoded greedily every ``config.validate_every`` updates (WER, CER).
-    ``resume`` continues ``out_dir``'s last checkpoint.
+    Utterances without a transcript, with letters outside the language's alphabet (unless ``keep_foreign``: then
+    without those letters), unreadable or outside the length limits (``max_seconds``, and no longer than a batch
+    holds) are skipped, named in warnings and listed in run.json, with the characters normalisation dropped. The
+    vocabulary is built from the training transcripts unless given or the task exists already (a fine-tuned
+    checkpoint's own, continued: see ``methods.prepare``). ``valid`` is decoded greedily every
+    ``config.validate_every`` updates (WER, CER). ``resume`` continues ``out_dir``'s last checkpoint.
 
     ``feature_cache`` (a root directory) trains on the CNN's cached output (no method trains the CNN), in
     ``feature_cache_dtype``: computed once per utterance in the root's subdirectory for this CNN and these
@@ -78,7 +80,7 @@ def finetune(model: CTCModel, task: str, train: list[Utterance], method: MethodC
     from wavadapt.evaluate import evaluate
 
     out_dir = Path(out_dir)
-    labeled, no_transcript = transcribed(train)
+    labeled, no_transcript, foreign, dropped = transcribed(train, keep_foreign=keep_foreign)
     if not labeled:
         raise WavadaptError(f"none of the {len(train)} training utterances has a transcript")
     if vocab is None:  # a continued task keeps its own; a new one gets the training transcripts' characters
@@ -115,7 +117,9 @@ def finetune(model: CTCModel, task: str, train: list[Utterance], method: MethodC
             "task": task, "method": asdict(method), "train": asdict(config), "augment": asdict(augment),
             "train_utterances": len(kept), "dropped_by_length": len(outside), "feature_cache": cache_info,
             # Files dropped before training; those that fail to decode later are counted in log.csv.
-            "skipped": {"unreadable": unreadable, "no_transcript": no_transcript, "outside_length": outside}},
+            "skipped": {"unreadable": unreadable, "no_transcript": no_transcript, "foreign_letters": foreign,
+                        "outside_length": outside},
+            "dropped_characters": dropped},
             indent=2, default=str))
     history = trainer.train()
     if trainer.env.main:

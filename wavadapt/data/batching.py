@@ -6,6 +6,7 @@ only bad files becomes None for the training loop to skip.
 
 import logging
 import math
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple, Protocol
@@ -16,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from wavadapt.data.audio import SAMPLE_RATE, normalize_waveform, read_audio
 from wavadapt.data.corpora import Utterance, samples_at_16k
-from wavadapt.data.text import normalize_text
+from wavadapt.data.text import normalize, normalize_text
 from wavadapt.errors import AudioError, WavadaptError
 
 log = logging.getLogger("wavadapt.data")
@@ -62,18 +63,41 @@ def filter_by_length(
     return LengthFilter(kept, unreadable, outside)
 
 
-def transcribed(utterances: Sequence[Utterance], language: str | None = None) -> tuple[list[Utterance], list[str]]:
-    """Split a labeled set into the utterances with a transcript and the ids of those without one (missing, or
-    nothing left after ``normalize_text`` for ``language`` or their own: a CTC target of no tokens), each named
-    in a warning."""
-    kept, missing = [], []
+class Transcribed(NamedTuple):
+    """A labeled set split by :func:`transcribed`: what trains, and the ids left out, by reason."""
+
+    kept: list[Utterance]
+    no_transcript: list[str]
+    foreign: list[str]
+    """Transcripts with letters outside the language's alphabet (kept, without those letters, on request)."""
+    dropped: dict[str, int]
+    """Characters normalisation removed without a spoken form (digits it cannot spell, symbols), with counts."""
+
+
+def transcribed(utterances: Sequence[Utterance], language: str | None = None, keep_foreign: bool = False
+                ) -> Transcribed:
+    """Split a labeled set into the utterances that train and the ids of those without a transcript (missing, or
+    nothing left after normalisation for ``language`` or their own: a CTC target of no tokens) and, unless
+    ``keep_foreign``, of those whose transcript holds letters outside the alphabet; each named in a warning,
+    and the characters normalisation dropped counted in one."""
+    kept, missing, foreign, dropped = [], [], [], Counter()
     for u in utterances:
-        if u.text is not None and normalize_text(u.text, language or u.language):
-            kept.append(u)
-        else:
+        normalized = normalize(u.text, language or u.language) if u.text is not None else None
+        if normalized is None or not normalized.text:
             log.warning("skipping %s (%s): %s transcript", u.id, u.path, "no" if u.text is None else "empty")
             missing.append(u.id)
-    return kept, missing
+            continue
+        dropped.update(c for c in u.text.lower() if c in normalized.dropped)
+        if normalized.foreign and not keep_foreign:
+            log.warning("skipping %s (%s): letters outside the %s alphabet (%s)", u.id, u.path,
+                        language or u.language, normalized.foreign)
+            foreign.append(u.id)
+            continue
+        kept.append(u)
+    if dropped:
+        log.warning("normalisation dropped characters it cannot spell out: %s",
+                    ", ".join(f"{c!r} x{n}" for c, n in dropped.most_common()))
+    return Transcribed(kept, missing, foreign, dict(dropped))
 
 
 def padding_fraction(batches: Sequence[Sequence[int]], lengths: Sequence[int]) -> float:

@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from wavadapt.data.audio import SAMPLE_RATE, audio_info, decode
 from wavadapt.data.corpora import Utterance
-from wavadapt.data.text import normalize_text
+from wavadapt.data.text import normalize
 from wavadapt.errors import AudioError
 
 # Files the readers refuse (AudioError): training skips them, so the corpus is smaller than it looks.
@@ -18,7 +18,7 @@ UNUSABLE = ("unreadable", "empty", "non-finite")
 # Files that train, but not as stored or not well: mis-sized, filtered by length, band-limited, downmixed,
 # silent, clipped; transcripts that are missing (skipped by fine-tuning) or mislabeled.
 WARNINGS = ("truncated", "too short", "too long", "sample rate", "stereo", "silent", "clipped",
-            "no transcript", "empty transcript", "oov characters")
+            "no transcript", "empty transcript", "foreign letters", "dropped characters", "oov characters")
 SILENCE_DBFS = -60.0
 """A file whose peak is below this is reported as silent."""
 CLIPPED_FRACTION = 0.01
@@ -156,13 +156,20 @@ def _check_audio(
 
 
 def _check_text(u: Utterance, vocab: CharVocabulary | None, labeled: bool) -> list[tuple[str, str]]:
-    """Transcript problems: missing in a labeled split, nothing left after normalisation, or characters the
-    vocabulary lacks."""
+    """Transcript problems: missing in a labeled split, nothing left after normalisation, letters outside the
+    language's alphabet, characters normalisation drops (no spoken form), or characters the vocabulary lacks."""
     if u.text is None:
         return [("no transcript", "the split is labeled but this file has no transcript")] if labeled else []
-    text = normalize_text(u.text, u.language)
-    if not text:
+    normalized = normalize(u.text, u.language)
+    if not normalized.text:
         return [("empty transcript", f"{u.text!r} has no {u.language} letters")]
-    if vocab is not None and (oov := vocab.oov_chars(text)):
-        return [("oov characters", " ".join(sorted(oov)) + " become <unk>")]
-    return []
+    found = []
+    if normalized.foreign:
+        found.append(("foreign letters", f"{' '.join(normalized.foreign)} outside the {u.language} alphabet: "
+                                         "fine-tuning skips this transcript (--keep-foreign-letters keeps it)"))
+    if normalized.dropped:
+        found.append(("dropped characters", f"{' '.join(normalized.dropped)} have no spoken form here and are "
+                                            "removed from the transcript"))
+    if vocab is not None and (oov := vocab.oov_chars(normalized.text)):
+        found.append(("oov characters", " ".join(sorted(oov)) + " become <unk>"))
+    return found

@@ -7,6 +7,7 @@ not record stay None and are filled on demand from file headers (see batching.fi
 import csv
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -182,10 +183,34 @@ def read_fairseq_manifest(
             )
         convert = letters_to_words if labels == "ltr" else str.strip
         texts = [convert(line) or None for line in label_lines]
-    return [
-        Utterance(Path(rel).stem, root / rel, text, language, num_samples=n)
+    utterances = [
+        Utterance(path_id(rel), root / rel, text, language, num_samples=n)
         for (rel, n), text in zip(entries, texts, strict=True)
     ]
+    _require_unique_ids(tsv_path, utterances, [i + 2 for i in range(len(utterances))])
+    return utterances
+
+
+def path_id(path: str) -> str:
+    """The id of an utterance that its corpus does not name: its path as the manifest writes it, without the
+    suffix (``cabin1/nl/k1-pap.ogg`` -> ``cabin1/nl/k1-pap``), unique where file names repeat across folders."""
+    return Path(path).with_suffix("").as_posix()
+
+
+def _require_unique_ids(manifest: Path, utterances: list[Utterance], lines: list[int]) -> None:
+    """Refuse a manifest that gives two entries one id, naming both lines (ids key caches and outputs)."""
+    seen: dict[str, int] = {}
+    for u, line in zip(utterances, lines, strict=True):
+        if (first := seen.setdefault(u.id, line)) != line:
+            raise CorpusError(f"{manifest}:{line}: utterance id {u.id!r} ({u.path}) is already the id of line {first}")
+
+
+def require_unique_ids(utterances: Sequence[Utterance]) -> None:
+    """Refuse two utterances with one id (a list joined from several corpora), naming both files."""
+    seen: dict[str, Path] = {}
+    for u in utterances:
+        if (first := seen.setdefault(u.id, Path(u.path))) != Path(u.path):
+            raise CorpusError(f"utterance id {u.id!r} names two files: {first} and {u.path}")
 
 
 def letters_to_words(line: str) -> str:
@@ -234,32 +259,35 @@ def write_fairseq_manifest(utterances: list[Utterance], out_dir: str | Path, spl
 def read_manifest(path: str | Path, language: str | None = None) -> list[Utterance]:
     """Read a TSV (header with ``path`` and optionally ``text``, ``language``, ``speaker``, ``id``,
     ``raw_format``, ``task``) or JSONL manifest. Relative audio paths are relative to the manifest's directory; a row
-    without a language gets ``language`` (default "und")."""
+    without a language gets ``language`` (default "und"), one without an id its :func:`path_id`. Two rows with one
+    id are refused, naming both lines."""
     path = Path(path)
     if path.suffix == ".jsonl":
-        rows = []
+        rows, lines = [], []
         for lineno, line in enumerate(_read_lines(path), start=1):
             if line.strip():
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as e:
                     raise CorpusError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+                lines.append(lineno)
     else:
         rows = list(csv.DictReader(_read_lines(path), delimiter="\t", quoting=csv.QUOTE_NONE))
+        lines = [i + 2 for i in range(len(rows))]  # after the header
     utterances = []
-    for lineno, row in enumerate(rows, start=1):
+    for row, lineno in zip(rows, lines, strict=True):
         if not isinstance(row, dict) or not row.get("path"):
-            raise CorpusError(f"{path}: entry {lineno} has no 'path'")
+            raise CorpusError(f"{path}:{lineno}: no 'path'")
         audio = path.parent / str(row["path"])
         raw_format = row.get("raw_format") or None
         if raw_format is not None:
             try:
                 raw_format = str(RawFormat.parse(str(raw_format)))
             except WavadaptError as e:
-                raise CorpusError(f"{path}: entry {lineno}: {e}") from None
+                raise CorpusError(f"{path}:{lineno}: {e}") from None
         utterances.append(
             Utterance(
-                id=str(row.get("id") or audio.stem),
+                id=str(row.get("id") or path_id(str(row["path"]))),
                 path=audio,
                 text=str(row.get("text") or "").strip() or None,
                 language=str(row.get("language") or language or UNKNOWN_LANGUAGE),
@@ -268,6 +296,7 @@ def read_manifest(path: str | Path, language: str | None = None) -> list[Utteran
                 task=str(row.get("task") or "") or None,
             )
         )
+    _require_unique_ids(path, utterances, lines)
     return utterances
 
 

@@ -2,6 +2,7 @@
 
 import functools
 import json
+import logging
 import string
 import unicodedata
 from collections import Counter
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 from itertools import groupby
 from pathlib import Path
 
+from wavadapt.data.verbalize import verbalize
 from wavadapt.errors import WavadaptError
 
 _LATIN = string.ascii_lowercase
@@ -21,10 +23,18 @@ ALPHABETS: dict[str, str] = {
     "de": _LATIN + "äöüß",
     "it": _LATIN + "àèéìòù'",
     "fr": _LATIN + "àâæçéèêëîïôœùûüÿ'",
+    "nl": _LATIN + "'",  # Dutch accents (één, ideeën, ruïne) only stress or split vowels: as their base letter
+    "cs": _LATIN + "áčďéěíňóřšťúůýž",
+    "pt": _LATIN + "áâãàçéêíóôõú",
+    "pl": _LATIN + "ąćęłńóśźż",
 }
 
 # Typographic variants of the apostrophe (right/left quote, grave, acute, prime).
 _APOSTROPHES = "’‘`´′"
+
+MINORITY_SCRIPT = 0.01
+"""A script holding less than this share of a corpus's letters is foreign to a language without a known alphabet."""
+log = logging.getLogger(__name__)
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 WORD_DELIMITER = "|"
@@ -34,18 +44,47 @@ class VocabularyError(WavadaptError):
     """A vocabulary file is malformed or a vocabulary cannot be built."""
 
 
-def normalize_text(text: str, language: str) -> str:
-    """Lowercase ``text`` and reduce it to the characters a CTC model of ``language`` predicts.
+@dataclass(frozen=True)
+class Normalized:
+    """A transcript as a CTC model of one language predicts it, and what normalisation took from it.
+
+    ``dropped``: characters removed without a spoken form (digits in a language whose numbers wavadapt cannot
+    spell, symbols without a word); ``foreign``: letters outside the language's alphabet that are no accented
+    form of one of its letters (Cyrillic in a Dutch line). Punctuation, which is not spoken, is neither.
+    """
+
+    text: str
+    dropped: str = ""
+    foreign: str = ""
+
+
+def normalize(text: str, language: str) -> Normalized:
+    """Spell out numbers and symbols (:func:`~wavadapt.data.verbalize.verbalize`), lowercase ``text`` and reduce it to
+    the characters a CTC model of ``language`` predicts, saying what was lost.
 
     NFC, lowercase, typographic apostrophes to ``'``; accented letters outside the alphabet lose their
-    accent when the base letter is in it (``café`` -> ``cafe`` in English); punctuation, symbols and
-    hyphens become spaces; other characters (digits included: sentence sources drop sentences with
-    digits rather than spell them) are removed. An apostrophe is kept only between two letters of an
-    alphabet that has one (``don't``, ``l'uomo``), since elsewhere it is a quotation mark.
+    accent when the base letter is in it (``café`` -> ``cafe`` in English); punctuation (ellipses, quotes,
+    dashes), symbols and hyphens become spaces; other characters are removed and reported. An apostrophe is
+    kept only between two letters of an alphabet that has one (``don't``, ``zo'n``), since elsewhere it is a
+    quotation mark. Languages without an entry in :data:`ALPHABETS` keep every letter.
     """
-    text = unicodedata.normalize("NFC", text).lower().translate(_char_map(language))
+    text = verbalize(unicodedata.normalize("NFC", text), language).lower()
+    table = _char_map(language)
+    lost = {c for c in set(text) if not table[ord(c)].strip() and unicodedata.category(c)[0] not in "PZC"}
     keep_apostrophe = "'" in ALPHABETS.get(language, "'")
-    return " ".join(w for w in (_clean_apostrophes(w, keep_apostrophe) for w in text.split()) if w)
+    normalized = " ".join(w for w in (_clean_apostrophes(w, keep_apostrophe) for w in text.translate(table).split())
+                          if w)
+    foreign = "".join(sorted(c for c in lost if _is_letter(c)))
+    return Normalized(normalized, "".join(sorted(lost - set(foreign))), foreign)
+
+
+def normalize_text(text: str, language: str) -> str:
+    """The normalised text of :func:`normalize`."""
+    return normalize(text, language).text
+
+
+def _is_letter(c: str) -> bool:
+    return c.isalpha() or unicodedata.category(c)[0] == "M"
 
 
 class _CharMap(dict):
@@ -69,7 +108,7 @@ def _map_char(c: str, alphabet: str | None) -> str:
     """What one lowercase character becomes: itself, its unaccented base letter, a space, or nothing."""
     if c in _APOSTROPHES or c == "'":
         return "'"
-    if c in alphabet if alphabet is not None else (c.isalpha() or unicodedata.category(c)[0] == "M"):
+    if c in alphabet if alphabet is not None else _is_letter(c):
         return c  # combining marks count as letters without an alphabet: Indic vowel signs are marks
     if unicodedata.category(c)[0] in "PSZ" or c.isspace():
         return " "
@@ -131,14 +170,25 @@ class Vocabulary:
     def build(cls, transcripts: Iterable[str], language: str | None = None) -> "Vocabulary":
         """Count the characters of ``transcripts`` (normalised first when ``language`` is given).
 
+        A transcript with letters outside the language's alphabet (or, for a language without one in
+        :data:`ALPHABETS`, letters of a script that holds under 1% of the letters) is left out with a warning:
+        one mixed line never adds a script to the vocabulary.
+
         Letters are ordered by descending count, ties alphabetically, as fairseq's dict.ltr.txt.
         ``|`` counts word boundaries including the one that ends every fairseq .ltr line.
         """
+        texts = [normalize(t, language) if language is not None else Normalized(" ".join(t.split()))
+                 for t in transcripts]
+        foreign = {i: t.foreign for i, t in enumerate(texts) if t.foreign} | _minority_script(texts, language)
+        if foreign:
+            log.warning("vocabulary%s: %d transcripts with letters outside the language's %s (%s) left out",
+                        f" of {language}" if language else "", len(foreign),
+                        "alphabet" if language in ALPHABETS else "main scripts", "".join(sorted(set(
+                            "".join(foreign.values())))))
         counts: Counter[str] = Counter()
-        for text in transcripts:
-            text = normalize_text(text, language) if language is not None else " ".join(text.split())
-            if text:
-                counts.update(text.replace(" ", WORD_DELIMITER) + WORD_DELIMITER)
+        for i, t in enumerate(texts):
+            if t.text and i not in foreign:
+                counts.update(t.text.replace(" ", WORD_DELIMITER) + WORD_DELIMITER)
         if not counts:
             raise VocabularyError("no transcripts to build a vocabulary from")
         delimiter = counts.pop(WORD_DELIMITER)
@@ -289,6 +339,22 @@ class Vocabulary:
             return cls([*SPECIAL_TOKENS, *tokens], counts)
         except VocabularyError as e:
             raise VocabularyError(f"{path}: {e}") from None
+
+
+def _minority_script(texts: list[Normalized], language: str | None) -> dict[int, str]:
+    """For a language without a known alphabet: ``{index: letters}`` of the transcripts holding letters of a
+    script that has under 1% of all their letters."""
+    if language in ALPHABETS:
+        return {}
+    scripts = Counter(_script(c) for t in texts for c in t.text if _is_letter(c))
+    rare = {s for s, n in scripts.items() if n < MINORITY_SCRIPT * sum(scripts.values())}
+    found = {i: {c for c in t.text if _is_letter(c) and _script(c) in rare} for i, t in enumerate(texts)}
+    return {i: "".join(sorted(letters)) for i, letters in found.items() if letters}
+
+
+def _script(c: str) -> str:
+    """A letter's script as Unicode names it (LATIN, CYRILLIC, DEVANAGARI, CJK ...)."""
+    return unicodedata.name(c, "UNKNOWN").split(" ")[0]
 
 
 def _read_json(path: str | Path, what: str):
