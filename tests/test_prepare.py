@@ -134,3 +134,24 @@ def test_pocketsphinx_testdata_is_real_read_english(tmp_path):
     assert by_id["cards/001"].text == "ten of clubs"
     assert all(sf.info(u.path).samplerate == 16000 for u in test)
     assert 30 < info["splits"]["test"]["seconds"] < 60
+
+
+def test_a_recipe_prepares_its_real_corpora_once_and_the_report_says_they_are_real(fillets_debs, tmp_path):
+    from wavadapt.experiment import _corpus, load_experiment
+    from wavadapt.report import write_report
+
+    recipe = tmp_path / "real.yaml"
+    recipe.write_text(f"corpus:\n  prepare:\n    - {{corpus: fillets-ng, language: nl, test_utterances: 3, "
+                      f"dev_utterances: 1, packages: {fillets_debs}}}\nfinetune: {{languages: [nl]}}\n")
+    exp, said = load_experiment(recipe), []
+    root = _corpus(exp, tmp_path / "exp", said.append)
+    assert root == tmp_path / "exp" / "corpus" and said[0].startswith("preparing fillets-ng nl")
+    assert len(open_corpus(root, "test", "nl")) >= 3
+    assert _corpus(exp, tmp_path / "exp", said.append) == root and len(said) == 2  # prepared once
+    report = write_report(tmp_path / "exp")
+    test_size = json.loads((root / "nl" / "prepare.json").read_text())["splits"]["test"]["utterances"]
+    assert f"nl: real speech (fillets-ng recordings), test split {test_size} utterances" in report.findings[0]
+    assert "| nl | **real speech** | fillets-ng recordings (fillets-ng-data 1.0.1-1.1" in report.markdown
+    recipe.write_text(recipe.read_text().replace("corpus:\n", "corpus:\n  synth: {languages: [en]}\n"))
+    with pytest.raises(Exception, match="corpus takes one of synth, prepare or root, not synth and prepare"):
+        load_experiment(recipe)

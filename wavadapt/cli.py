@@ -141,15 +141,11 @@ def prepare(
     dev_utterances: Annotated[int, typer.Option(help="fillets-ng: then to dev until it holds this many.")] = 75,
 ) -> None:
     """Fetch a real transcribed corpus from Debian's packages and write it as manifests every command reads."""
-    from wavadapt.data.prepare.fillets_ng import prepare_fillets_ng
-    from wavadapt.data.prepare.pocketsphinx import prepare_pocketsphinx_testdata
+    from wavadapt.data.prepare import prepare_corpus
 
-    if corpus == "fillets-ng":
-        info = prepare_fillets_ng(out, language, packages, seed, test_utterances, dev_utterances)
-    elif corpus == "pocketsphinx-testdata":
-        info = prepare_pocketsphinx_testdata(out, packages)
-    else:
-        raise WavadaptError(f"unknown corpus {corpus!r} (known: fillets-ng, pocketsphinx-testdata)")
+    if corpus == "pocketsphinx-testdata":
+        language = "en"
+    info = prepare_corpus(corpus, out, language, packages, seed, test_utterances, dev_utterances)
     typer.echo(f"{'split':<7}{'utterances':>11}{'minutes':>9}{'speakers':>10}")
     for split, size in info["splits"].items():
         typer.echo(f"{split:<7}{size['utterances']:>11}{size['seconds'] / 60:>9.1f}{size['speakers']:>10}")

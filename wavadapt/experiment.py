@@ -3,7 +3,7 @@
 A recipe is the YAML form of :class:`Experiment`; every section is optional and unknown keys are refused.
 The run writes the experiment directory `wavadapt report` reads::
 
-    corpus/                          synthesised corpus (``corpus.synth``)
+    corpus/                          synthesised (``corpus.synth``) or prepared real corpus (``corpus.prepare``)
     lm/<lang>.arpa                   word n-gram LMs from the train split's transcripts (``decoding``)
     pretrain/<lang>/                 first task's pre-training run
     params.json                      `wavadapt params BACKBONE --all --json`
@@ -65,11 +65,26 @@ class SynthCorpus:
 
 
 @dataclass
+class PreparedCorpus:
+    """A real corpus that `wavadapt prepare` fetches from Debian's packages into OUT/corpus/<language>/."""
+
+    corpus: str = "fillets-ng"
+    language: str = "nl"
+    seed: int = 0
+    test_utterances: int = 150
+    dev_utterances: int = 75
+    packages: str | None = None
+    """A folder holding the packages' .deb files (offline); default: apt-get download."""
+
+
+@dataclass
 class Corpus:
-    """Where the audio comes from: ``synth`` or ``root``, a directory with one corpus (LibriSpeech, Common
-    Voice, fairseq manifests: anything `open_corpus` reads) per language in ``root/<lang>/``."""
+    """Where the audio comes from: ``synth``, ``prepare`` (real corpora, one per language) or ``root``, a
+    directory with one corpus (LibriSpeech, Common Voice, fairseq manifests: anything `open_corpus` reads) per
+    language in ``root/<lang>/``."""
 
     synth: SynthCorpus | None = None
+    prepare: list[PreparedCorpus] = field(default_factory=list)
     root: str | None = None
     splits: Splits = field(default_factory=Splits)
 
@@ -273,8 +288,12 @@ def load_experiment(path: str | Path) -> Experiment:
         _check_overrides(probe, ProbeConfig, "evaluate_continual.probe", str(path),
                          fixed=("corpus", "decoder", "lms", "feature_cache"))
         _check_overrides(probe.get("augment", {}), AugmentConfig, "evaluate_continual.probe.augment", str(path))
-    if exp.corpus.synth is None and exp.corpus.root is None and (exp.pretrain or exp.finetune or exp.continual):
-        raise WavadaptError(f"{path}: corpus needs synth or root")
+    sources = [name for name, given in (("synth", exp.corpus.synth is not None), ("prepare", bool(exp.corpus.prepare)),
+                                        ("root", exp.corpus.root is not None)) if given]
+    if len(sources) > 1:
+        raise WavadaptError(f"{path}: corpus takes one of synth, prepare or root, not {' and '.join(sources)}")
+    if not sources and (exp.pretrain or exp.finetune or exp.continual):
+        raise WavadaptError(f"{path}: corpus needs synth, prepare or root")
     if exp.evaluate_continual is not None and exp.continual is None:
         raise WavadaptError(f"{path}: evaluate_continual needs a continual section (the runs it probes)")
     return exp
@@ -337,6 +356,9 @@ def plan(exp: Experiment) -> list[str]:
     c = exp.corpus
     if c.synth is not None:
         lines.append(f"corpus: synthesise {', '.join(c.synth.languages)} ({c.synth.minutes} min per split)")
+    elif c.prepare:
+        lines.append("corpus: prepare " + ", ".join(f"{p.corpus} {p.language}" for p in c.prepare)
+                     + " (real recordings from Debian's packages)")
     else:
         lines.append(f"corpus: {c.root}/<lang>/ splits {c.splits}")
     if exp.pretrain is not None:
@@ -380,9 +402,11 @@ def _label(m: FinetuneMethod) -> str:
 
 
 def _corpus(exp: Experiment, out: Path, echo: Echo) -> Path:
-    """The corpus root, synthesised into OUT/corpus first when the recipe asks for it."""
+    """The corpus root, synthesised or prepared into OUT/corpus first when the recipe asks for it."""
     from wavadapt.data.synth import synthesize_corpus
 
+    if exp.corpus.prepare:
+        return _prepared(exp.corpus.prepare, out / "corpus", echo)
     if exp.corpus.synth is None:
         return Path(exp.corpus.root)
     root = out / "corpus"
@@ -393,6 +417,23 @@ def _corpus(exp: Experiment, out: Path, echo: Echo) -> Path:
         echo(f"synthesising {', '.join(s.languages)} into {root}")
         synthesize_corpus(root, tuple(s.languages), minutes=s.minutes, speakers=s.speakers, seed=s.seed,
                           progress=False)
+    return root
+
+
+def _prepared(corpora: list[PreparedCorpus], root: Path, echo: Echo) -> Path:
+    """Each real corpus prepared into ``root/<language>/`` (once: a finished one holds prepare.json)."""
+    from wavadapt.data.prepare import prepare_corpus
+
+    for p in corpora:
+        if (root / p.language / "prepare.json").is_file():
+            continue
+        if not _main_process():
+            raise WavadaptError(f"no corpus in {root / p.language}: prepare it first with one process (no torchrun)")
+        echo(f"preparing {p.corpus} {p.language} into {root / p.language}")
+        info = prepare_corpus(p.corpus, root / p.language, p.language, p.packages and Path(p.packages), seed=p.seed,
+                              test_utterances=p.test_utterances, dev_utterances=p.dev_utterances)
+        echo("  " + ", ".join(f"{split} {s['utterances']} utterances ({s['seconds'] / 60:.1f} min)"
+                              for split, s in info["splits"].items()))
     return root
 
 

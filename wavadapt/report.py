@@ -197,6 +197,44 @@ class Report:
 # --- sections ---
 
 
+def corpus_sources(corpus_dir: Path) -> dict[str, dict]:
+    """Per language of an experiment's corpus: whether its speech is real or synthetic, where it comes from, and
+    its splits' sizes (``{"kind", "source", "splits": {split: (utterances, seconds)}}``)."""
+    sources = {}
+    synthetic = _read_json(corpus_dir / "corpus.json")
+    for language, entry in (synthetic or {"languages": {}})["languages"].items():
+        sources[language] = {"kind": "synthetic", "source": "espeak-ng voices reading Debian's fortune sentences",
+                             "splits": {s: (v["utterances"], v["seconds"]) for s, v in entry["splits"].items()}}
+    for prepared in sorted(corpus_dir.glob("*/prepare.json")):
+        info = _read_json(prepared)
+        packages = ", ".join(f"{p} {v}" for p, v in info["packages"].items())
+        sources[info["language"]] = {"kind": "real", "source": f"{info['corpus']} recordings ({packages}; "
+                                                               f"{info['license']})",
+                                     "splits": {s: (v["utterances"], v["seconds"]) for s, v in info["splits"].items()}}
+    return sources
+
+
+def _data(report: Report, corpus_dir: Path) -> None:
+    title = "Data"
+    sources = corpus_sources(corpus_dir)
+    if not sources:
+        return report.skip(title, f"no corpus.json or prepared corpus in {corpus_dir}")
+    rows = [[language, "**real speech**" if s["kind"] == "real" else "synthetic speech", s["source"],
+             *(f"{s['splits'][split][0]} ({s['splits'][split][1] / 60:.1f} min)" if split in s["splits"] else "-"
+               for split in ("pretrain", "train", "dev", "test"))] for language, s in sources.items()]
+    report.section(title, _table(["language", "speech", "source", "pretrain", "train", "dev", "test"], rows),
+                   "Utterances (minutes) per split; every test figure below is on these test splits.")
+
+
+def _data_findings(corpus_dir: Path) -> list[str]:
+    sources = corpus_sources(corpus_dir)
+    if not sources:
+        return []
+    words = [f"{language}: {s['kind']} speech ({s['source'].split(' (')[0]}), test split "
+             f"{s['splits'].get('test', (0, 0))[0]} utterances" for language, s in sources.items()]
+    return ["Data: " + "; ".join(words) + "."]
+
+
 def _parameters(report: Report, run_dir: Path) -> None:
     title = "Parameters per method"
     data = _read_json(run_dir / "params.json")
@@ -359,7 +397,8 @@ def _efficiency(report: Report, directory: Path) -> None:
 def _findings(run_dir: Path, runs: list[FinetuneRun]) -> list[str]:
     """What the numbers show, in plain words, each against the papers: pre-training (from-scratch row), adapters
     against full fine-tuning, the LM, forgetting and update time of the continual methods."""
-    return _finetuning_findings(run_dir, runs) + _continual_findings(run_dir / "evaluate-continual")
+    return (_data_findings(run_dir / "corpus") + _finetuning_findings(run_dir, runs)
+            + _continual_findings(run_dir / "evaluate-continual"))
 
 
 def _finetuning_findings(run_dir: Path, runs: list[FinetuneRun]) -> list[str]:
@@ -436,6 +475,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, target_
     report.out_dir.mkdir(parents=True, exist_ok=True)
     runs = read_finetune_runs(run_dir / "finetune")
     report.findings = _findings(run_dir, runs)
+    _data(report, run_dir / "corpus")
     _parameters(report, run_dir)
     _finetuning(report, runs, target_cer)
     _continual_runs(report, run_dir / "continual")
