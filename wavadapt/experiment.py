@@ -306,10 +306,19 @@ TOY_TRAIN = {"max_updates": 1, "update_freq": 1, "max_seconds_per_batch": 16.0, 
              "validate_every": 0, "checkpoint_every": 0, "num_workers": 0, "progress": False}
 
 
-def _toy_language(language: str) -> str:
+def _toy_languages(exp: Experiment) -> dict[str, str]:
+    """Each language of ``exp`` -> a language espeak-ng speaks in the toy corpus: itself where it can, else one
+    not taken yet, so distinct languages stay distinct (Dutch then Czech -> es then de)."""
     from wavadapt.data.synth import VOICES
 
-    return language if language in VOICES else "es"  # a Common Voice language espeak-ng speaks
+    languages = [exp.pretrain.language if exp.pretrain else exp.first_task, *(exp.finetune.languages if exp.finetune
+                 else []), *([exp.continual.language] if exp.continual else []),
+                 *((exp.evaluate_continual and exp.evaluate_continual.languages) or [])]
+    spare = [v for v in VOICES if v not in languages and v != "en"] + ["en"]
+    mapping = {}
+    for language in dict.fromkeys(languages):
+        mapping[language] = language if language in VOICES else spare.pop(0) if spare else "es"
+    return mapping
 
 
 def _toy_method(m: FinetuneMethod) -> FinetuneMethod:
@@ -328,18 +337,19 @@ def toy(exp: Experiment) -> Experiment:
     the grid's shape is kept."""
     from wavadapt.model.backbone import SHIPPED
 
-    first = _toy_language(exp.pretrain.language if exp.pretrain else exp.first_task)
+    toy_language = _toy_languages(exp).__getitem__
+    first = toy_language(exp.pretrain.language if exp.pretrain else exp.first_task)
     pretrain = exp.pretrain and replace(exp.pretrain, language=first, preset="tiny", crop_seconds=2.0,
                                         train={**exp.pretrain.train, **TOY_TRAIN})
     finetune = exp.finetune and replace(
-        exp.finetune, languages=list(dict.fromkeys(map(_toy_language, exp.finetune.languages))),
+        exp.finetune, languages=list(dict.fromkeys(map(toy_language, exp.finetune.languages))),
         methods=[_toy_method(m) for m in exp.finetune.methods], train={**exp.finetune.train, **TOY_TRAIN})
-    continual = exp.continual and replace(exp.continual, language=_toy_language(exp.continual.language),
+    continual = exp.continual and replace(exp.continual, language=toy_language(exp.continual.language),
                                           preset="tiny", adapter_size=16, crop_seconds=2.0, checkpoint_every=0,
                                           train={**exp.continual.train, **TOY_TRAIN})
     evaluate = exp.evaluate_continual and replace(
         exp.evaluate_continual,
-        languages=exp.evaluate_continual.languages and [_toy_language(x) for x in exp.evaluate_continual.languages],
+        languages=exp.evaluate_continual.languages and [toy_language(x) for x in exp.evaluate_continual.languages],
         probe={**exp.evaluate_continual.probe, "max_updates": 1, "adapter_size": 16, "max_seconds_per_batch": 16.0,
                "ssl_crop_seconds": 2.0})
     languages = [first, *(finetune.languages if finetune else []), *([continual.language] if continual else [])]
