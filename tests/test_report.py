@@ -56,6 +56,13 @@ def account(method, top_n, trainable):
 def run_dir(tmp_path):
     root = tmp_path / "exp"
     root.mkdir()
+    # The corpus: synthetic English (synth's corpus.json) and real Spanish (prepare's prepare.json).
+    (root / "corpus" / "es").mkdir(parents=True)
+    (root / "corpus" / "corpus.json").write_text(json.dumps({"languages": {"en": {"layout": "librispeech", "splits": {
+        "train": {"utterances": 40, "seconds": 600.0}, "test": {"utterances": 12, "seconds": 60.0}}}}}))
+    (root / "corpus" / "es" / "prepare.json").write_text(json.dumps({
+        "corpus": "fillets-ng", "license": "GPL-2", "packages": {"fillets-ng-data-es": "1.0"}, "language": "es",
+        "splits": {"train": {"utterances": 900, "seconds": 3000.0}, "test": {"utterances": 160, "seconds": 540.0}}}))
     (root / "params.json").write_text(json.dumps({"accounts": [
         account("full", None, 90_000_000), account("adapters", None, 9_500_000),
         account("top-n-adapters", 2, 1_000_000)]}))
@@ -134,7 +141,14 @@ def test_full_report(run_dir, tmp_path):
         "(unchanged: nothing it uses moved)." in summary
     assert "`warm-es`: the en self-supervised loss goes from 2.5000 to 2.7000 over the new language's training." \
         in summary
-    assert md.index("## Summary") < md.index("## Parameters per method")
+    assert md.index("## Summary") < md.index("## Data") < md.index("## Parameters per method")
+    assert "| en | synthetic speech | espeak-ng voices reading Debian's fortune sentences | - | 40 (10.0 min) | - | " \
+        "12 (1.0 min) |" in md
+    assert "| es | **real speech** | fillets-ng recordings (fillets-ng-data-es 1.0; GPL-2) | - | 900 (50.0 min) | - | " \
+        "160 (9.0 min) |" in md
+    assert summary.lstrip().startswith("- Data: en: synthetic speech (espeak-ng voices reading Debian's fortune "
+                                       "sentences), test split 12 utterances; es: real speech (fillets-ng recordings)"
+                                       ", test split 160 utterances.")
     assert ["es", "full", "unevaluated", "-", "-", "-", "-", "-"] in [line.split()
                                                                      for line in report.summary.splitlines()]
     assert "Decoded: greedy." in md and "WER beam" not in md
@@ -164,8 +178,8 @@ def test_missing_parts_become_notes(tmp_path):
     (tmp_path / "exp").mkdir()
     report = write_report(tmp_path / "exp")
     md = (tmp_path / "exp" / "report" / "report.md").read_text()
-    assert report.plots == [] and len(report.notes) == 8
-    assert md.count("_Skipped: ") == 8 and "no params.json" in md and "no fine-tuning runs" in report.summary
+    assert report.plots == [] and len(report.notes) == 9
+    assert md.count("_Skipped: ") == 9 and "no params.json" in md and "no corpus.json or prepared corpus" in md and "no fine-tuning runs" in report.summary
 
 
 def test_cli(run_dir, tmp_path):
