@@ -77,9 +77,9 @@ def _assert_report_layout(out: Path, exp: Experiment) -> None:
         result = json.loads(evals[0].read_text())
         assert result["decoder"].startswith(f"beam {exp.decoding.beam_size} + ") and result["greedy_wer"] is not None
         assert (out / "lm" / f"{evals[0].parent.parent.name}.arpa").is_file()
-    if exp.decoding and exp.evaluate_continual:
+    if exp.decoding and exp.evaluate_continual:  # the probes beam-searched too, unless decoding.probes is false
         rows = json.loads((out / "evaluate-continual" / "forgetting.json").read_text())["rows"]
-        assert any(key.startswith("greedy_wer_") for key in rows[0])
+        assert any(key.startswith("greedy_wer_") for key in rows[0]) == exp.decoding.probes
     assert (out / "report" / "report.md").is_file()
 
 

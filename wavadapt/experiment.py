@@ -171,12 +171,14 @@ class EvaluateContinual:
 class Decoding:
     """A beam search with a word n-gram LM per language, estimated by `wavadapt lm` from the train split's
     transcripts only (never the test's: lmplz's fallback discounts where the text is too small), scoring every
-    test evaluation of the grid beside greedy decoding."""
+    test evaluation of the grid beside greedy decoding (the continual probes' too, unless ``probes`` is false)."""
 
     lm_order: int = 3
     beam_size: int = 50
     lm_weight: float = 2.0
     word_score: float = 0.0
+    probes: bool = True
+    """Score evaluate-continual's probes with the beam search too (false: greedy only, where time is short)."""
 
 
 @dataclass
@@ -625,7 +627,8 @@ def _evaluate_continual(exp: Experiment, data: Path, runs: list[Path], out: Path
 
     e, splits = exp.evaluate_continual, exp.corpus.splits
     probe = {"train_split": splits.train, "test_split": splits.test, "ssl_split": splits.dev, "seed": exp.seed,
-             **e.probe, "augment": AugmentConfig(**e.probe.get("augment", {})), "decoder": _decoder(exp), "lms": lms,
+             **e.probe, "augment": AugmentConfig(**e.probe.get("augment", {})), "lms": lms,
+             "decoder": _decoder(exp) if exp.decoding and exp.decoding.probes else None,
              "feature_cache": _cache_root(out / "evaluate-continual") if e.feature_cache else None}
     report = evaluate_continual(runs, ProbeConfig(data, **probe), out / "evaluate-continual", e.target_loss,
                                 e.languages, echo=echo, jobs=jobs)
