@@ -894,14 +894,16 @@ def run_recipe(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Experiment directory: corpus, runs, report.")] = Path("demo_out"),
-    full: Annotated[bool, typer.Option(help="The larger grid (recipe demo_full: more data and updates, top-N "
-                                       "sweeps, both languages fine-tuned), for a GPU or hours of CPU.")] = False,
+    full: Annotated[bool, typer.Option(help="The larger synthetic grid (recipe demo_full: English + Spanish by "
+                                       "espeak-ng, more updates, top-N sweeps, both languages fine-tuned), for a GPU "
+                                       "or hours of CPU.")] = False,
     jobs: Annotated[int | None, typer.Option(help="Runs at a time, each a process of one thread (default: one per "
                                              "CPU core; one on a GPU).")] = None,
 ) -> None:
-    """The packaged demo recipe end to end on 2 CPU cores: synthesise English + Spanish speech, fine-tune the
-    shipped tiny English wav2vec 2.0 (tiny-en-synth) with full / adapters / top-N adapters, continue it on
-    Spanish with the four continual methods, probe every checkpoint on both languages, write the report."""
+    """The packaged demo recipe end to end on 2 CPU cores, on real speech: fetch the Dutch and Czech actors of
+    Fish Fillets NG from Debian's packages, fine-tune the shipped tiny wav2vec 2.0 that has heard Dutch
+    (tiny-nl-real) with full fine-tuning / from scratch / adapters, continue it on Czech with the four continual
+    methods, probe every checkpoint on Dutch, write the report."""
     import torch
 
     from wavadapt.experiment import load_experiment, recipe_path, run_experiment
