@@ -47,20 +47,19 @@ def prepare_fillets_ng(out: Path, language: str, packages_dir: Path | None = Non
         clips, dropped = _pair(game, language)
         if not clips:
             raise CorpusError(f"fillets-ng: no recordings in language {language!r} in {', '.join(versions)}")
-        splits = _split(clips, language, seed, test_utterances, dev_utterances)
-        for utterances in splits.values():
-            for u in utterances:
-                target = out / "audio" / u.id
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(u.path, target.with_suffix(u.path.suffix))
-        splits = {name: [_moved(u, out) for u in utterances] for name, utterances in splits.items()}
+        splits = {name: [_copied(u, out) for u in utterances]
+                  for name, utterances in _split(clips, language, seed, test_utterances, dev_utterances).items()}
     source = {"corpus": "fillets-ng", "license": "GPL-2 (Fish Fillets NG, Debian main)", "packages": versions,
               "split": "by level (levels sharing a line together), seed " + str(seed)}
     return write_corpus(out, splits, language, source, dropped)
 
 
-def _moved(u: Utterance, out: Path) -> Utterance:
-    return Utterance(u.id, out / "audio" / (u.id + u.path.suffix), u.text, u.language, u.speaker)
+def _copied(u: Utterance, out: Path) -> Utterance:
+    """``u`` with its recording copied out of the unpacked package into ``out/audio/<level>/``."""
+    target = out / "audio" / (u.id + u.path.suffix)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(u.path, target)
+    return Utterance(u.id, target, u.text, u.language, u.speaker)
 
 
 def _pair(game: Path, language: str) -> tuple[list[Utterance], dict[str, list[str]]]:
