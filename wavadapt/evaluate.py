@@ -17,7 +17,7 @@ from torch import nn
 from wavadapt.checkpoint import safe_name
 from wavadapt.data.audio import SAMPLE_RATE, normalize_waveform, read_audio
 from wavadapt.data.batching import AudioDataset, filter_by_length, make_dataloader, transcribed
-from wavadapt.data.corpora import Utterance
+from wavadapt.data.corpora import Utterance, require_unique_ids
 from wavadapt.data.text import normalize_text
 from wavadapt.decoding import DecoderConfig, decode_in_processes, log_probs, texts
 from wavadapt.errors import AudioError, WavadaptError
@@ -187,9 +187,7 @@ def evaluate(
     if task is None:
         raise WavadaptError("no task to evaluate: the model has no active task")
     model.activate(task)
-    ids = [u.id for u in utterances]
-    if len(set(ids)) != len(ids):
-        raise WavadaptError("utterance ids are not unique; hypotheses are matched to references by id")
+    require_unique_ids(utterances)
     # A test line with a foreign word is scored without it (the model cannot spell it): `check` names such lines.
     labeled, no_transcript, _, _ = transcribed(utterances, language, keep_foreign=True)
     if not labeled:

@@ -206,11 +206,13 @@ def _require_unique_ids(manifest: Path, utterances: list[Utterance], lines: list
 
 
 def require_unique_ids(utterances: Sequence[Utterance]) -> None:
-    """Refuse two utterances with one id (a list joined from several corpora), naming both files."""
+    """Refuse two utterances with one id (a list joined from several corpora, or one file listed twice), naming
+    both files: ids key feature caches and match hypotheses to references."""
     seen: dict[str, Path] = {}
     for u in utterances:
-        if (first := seen.setdefault(u.id, Path(u.path))) != Path(u.path):
-            raise CorpusError(f"utterance id {u.id!r} names two files: {first} and {u.path}")
+        if u.id in seen:
+            raise CorpusError(f"utterance id {u.id!r} is given to {seen[u.id]} and again to {u.path}")
+        seen[u.id] = Path(u.path)
 
 
 def letters_to_words(line: str) -> str:
