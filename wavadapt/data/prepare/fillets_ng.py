@@ -67,12 +67,14 @@ def _pair(game: Path, language: str) -> tuple[list[Utterance], dict[str, list[st
     shared = {}
     for script in sorted((game / "script" / SHARED_LEVEL).glob(f"*_dialogs_{language}.lua")):
         shared.update(_lines(script, language))
-    clips, dropped = [], defaultdict(list)
+    clips, dropped, levels = [], defaultdict(list), {}
     recordings = sorted(game.glob(f"sound/*/{language}/*.ogg")) + sorted(game.glob(f"sound/{SHARED_LEVEL}/*/"
                                                                                    f"{language}/*.ogg"))
     for audio in recordings:
         level = audio.parent.parent.relative_to(game / "sound").as_posix()  # a level, or share/<sub>
-        lines = shared if level.startswith(SHARED_LEVEL + "/") else _level_lines(game, level, language)
+        if level not in levels:  # each script read once
+            levels[level] = shared if level.startswith(SHARED_LEVEL + "/") else _level_lines(game, level, language)
+        lines = levels[level]
         name = f"{level}/{audio.stem}"
         tag = audio.stem.split("-")[1] if audio.stem.count("-") >= 2 else ""
         if tag == "x":
