@@ -18,10 +18,10 @@ test: setup
 
 setup: system-packages $(VENV)/.installed
 
-# Re-trains the shipped checkpoint wavadapt/shipped/tiny-nl-real (the demo's model; its README.md records the
+# Re-trains the shipped checkpoint wavadapt/model/shipped/tiny-nl-real (the demo's model; its README.md records the
 # commands and what they gave): the shipped synthetic-English model continued, self-supervised, on the audio of
 # the real Dutch train split. About an hour on one core.
-NL_REAL := wavadapt/shipped/tiny-nl-real
+NL_REAL := wavadapt/model/shipped/tiny-nl-real
 shipped-model: setup
 	rm -rf build/tiny-nl-real
 	$(VENV)/bin/wavadapt prepare fillets-ng --language nl --out build/tiny-nl-real/corpus
@@ -32,11 +32,11 @@ shipped-model: setup
 	cp build/tiny-nl-real/run/pretraining.json build/tiny-nl-real/run/pretraining.safetensors \
 	  build/tiny-nl-real/run/run.json build/tiny-nl-real/run/log.csv $(NL_REAL)/
 
-# Re-trains the synthetic English checkpoint wavadapt/shipped/tiny-en-synth with the tiny recipe tuned in issue 15
+# Re-trains the synthetic English checkpoint wavadapt/model/shipped/tiny-en-synth with the tiny recipe tuned in issue 15
 # (its README.md records the commands that made the files shipped now). Stage 2 alone raises the diversity weight:
 # at 0.2 the first stage stayed at chance; at 0.1 the second one's codebook sank below half its codes.
 # Measured in issue 15: its model fine-tunes worse than the shipped one (README.md), so it was not shipped.
-EN_SYNTH := wavadapt/shipped/tiny-en-synth
+EN_SYNTH := wavadapt/model/shipped/tiny-en-synth
 shipped-model-en-synth: setup
 	rm -rf build/shipped
 	$(VENV)/bin/wavadapt synth build/shipped/corpus --languages en --pretrain-minutes 20 --train-minutes 5 \

@@ -14,7 +14,7 @@ they do the same work but for what trains (their first losses agree). A last, un
 counts its matmul and convolution FLOPs: the device-independent compute ratio.
 
 ``+cache`` variants (the methods whose CNN is frozen) read the CNN features of the batch from a
-``wavadapt.feature_cache`` on disk (fp16 safetensors, as a cached run would) instead of running the CNN;
+``wavadapt.training.feature_cache`` on disk (fp16 safetensors, as a cached run would) instead of running the CNN;
 the rest of the update is the same (their "CNN" stage is the cache read).
 
 Methods run round-robin in a rotating order, so machine noise hits them alike; the median update counts.
@@ -41,13 +41,13 @@ from regions import Regions
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from wavadapt.continual import CONTINUAL_METHODS, ContinualConfig, prepare_continual
 from wavadapt.data.audio import SAMPLE_RATE
 from wavadapt.model.adapters import encoder_of
 from wavadapt.model.pretraining import PretrainingModel
 from wavadapt.objectives.contrastive import sample_negatives
 from wavadapt.objectives.masking import compute_mask_indices
-from wavadapt.pretrain import PretrainingObjective, build_model, recipe
+from wavadapt.training.continual import CONTINUAL_METHODS, ContinualConfig, prepare_continual
+from wavadapt.training.pretrain import PretrainingObjective, build_model, recipe
 
 FIRST, TASK = "en", "es"
 BASELINE = "warm-start"
@@ -83,7 +83,7 @@ class FixedDraws(nn.Module):
     def forward(self, waveforms: torch.Tensor, attention_mask: torch.Tensor | None = None):
         if self.cache is None:
             return self.model(waveforms, attention_mask, **self.draws)
-        from wavadapt.feature_cache import collate_features
+        from wavadapt.training.feature_cache import collate_features
 
         self.mark("CNN")  # the stage the cache replaces: reading the features
         cnn_out, frame_mask = collate_features([self.cache.features(i) for i in self.ids])
@@ -112,7 +112,7 @@ class Setup:
         self.objective = PretrainingObjective(self.model, regularizer=regularizer)
         self.cache = None
         if method.endswith("+cache"):
-            from wavadapt.feature_cache import FeatureCache
+            from wavadapt.training.feature_cache import FeatureCache
 
             self.cache = FeatureCache.open(cache_dir, self.model)  # checks the CNN fingerprint
         self.net = FixedDraws(self.model, draws, self.cache, ids, self.regions.mark)
@@ -162,7 +162,7 @@ def make_batch(model: PretrainingModel, utterances: int, seconds: float, seed: i
 
 def write_cache(first: PretrainingModel, batch: dict, ids: list[str], cache_dir: Path) -> None:
     """The batch's CNN features as a cached run would find them (fp16 safetensors)."""
-    from wavadapt.feature_cache import write_feature_cache
+    from wavadapt.training.feature_cache import write_feature_cache
 
     write_feature_cache(first, zip(ids, batch["waveforms"], strict=True), cache_dir, dtype=torch.float16)
 

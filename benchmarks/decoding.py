@@ -151,13 +151,13 @@ def compare_parallel(config, vocab, emissions, seconds) -> None:
 
 def demo_logits(demo: Path, beam: int, lm_weight: float, word_score: float) -> None:
     """Each English fine-tuning run of a demo: its test logits computed once, then decoded by each decoder."""
-    from wavadapt.checkpoint import load_asr_model
     from wavadapt.data.audio import read_audio
     from wavadapt.data.corpora import open_corpus
     from wavadapt.data.text import normalize_text
     from wavadapt.decoding import log_probs
-    from wavadapt.evaluate import evaluating, window_outputs
-    from wavadapt.experiment import load_experiment, recipe_path
+    from wavadapt.experiments.grid import load_experiment, recipe_path
+    from wavadapt.inference.engine import evaluating, window_outputs
+    from wavadapt.model.checkpoint import load_asr_model
 
     backbone = load_experiment(recipe_path("demo")).backbone
     test = [u for u in open_corpus(demo / "corpus", "test", "en") if u.text]

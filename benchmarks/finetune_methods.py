@@ -15,7 +15,7 @@ it is process-wide, keeps freed blocks, and its high-water mark cannot be reset 
 methods. On CUDA the step's peak allocation above the resident models (torch.cuda.max_memory_allocated)
 is printed as well.
 
-``+cache`` variants read the CNN's output for the batch from a ``wavadapt.feature_cache`` on disk (fp32
+``+cache`` variants read the CNN's output for the batch from a ``wavadapt.training.feature_cache`` on disk (fp32
 safetensors, as ``finetune(..., feature_cache=...)`` writes it) instead of running the frozen CNN; the rest of
 the step is the same (their "CNN" region is the cache read).
 
@@ -38,12 +38,12 @@ from collections import Counter
 import torch
 from regions import Regions
 
-from wavadapt.accounting import placeholder_vocabulary
-from wavadapt.feature_cache import FeatureCache, collate_features, write_feature_cache
-from wavadapt.methods import MethodConfig, prepare
+from wavadapt.experiments.accounting import placeholder_vocabulary
 from wavadapt.model.adapters import encoder_of
 from wavadapt.model.backbone import SAMPLE_RATE, build_backbone
 from wavadapt.model.ctc import CTCModel, CTCOutput
+from wavadapt.training.feature_cache import FeatureCache, collate_features, write_feature_cache
+from wavadapt.training.methods import MethodConfig, prepare
 
 TASK = "asr"
 # fairseq's wav2vec 2.0 Base fine-tuning (base_100h.yaml): mask_prob 0.65, mask_channel_prob 0.5 over 64

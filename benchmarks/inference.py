@@ -33,11 +33,11 @@ from collections.abc import Callable
 
 import torch
 
-from wavadapt.accounting import placeholder_vocabulary
-from wavadapt.methods import MethodConfig, prepare
+from wavadapt.experiments.accounting import placeholder_vocabulary
 from wavadapt.model.adapters import LayerAdapters, TaskLayerNorm, adapter_parameters, grouped_routing
 from wavadapt.model.backbone import SAMPLE_RATE, build_backbone
 from wavadapt.model.ctc import CTCModel
+from wavadapt.training.methods import MethodConfig, prepare
 
 TASKS = 16
 ADAPTER_SIZE = {"tiny": 64, "base": 256}

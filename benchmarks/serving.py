@@ -48,15 +48,15 @@ import soundfile as sf
 import torch
 from transformers import Wav2Vec2ForCTC, Wav2Vec2Processor
 
-from wavadapt.accounting import placeholder_vocabulary
 from wavadapt.data.audio import SAMPLE_RATE
+from wavadapt.experiments.accounting import placeholder_vocabulary
 from wavadapt.inference.registry import Registry
 from wavadapt.inference.server import ServerConfig, create_app, serving
 from wavadapt.inference.transcription import default_batch_seconds
-from wavadapt.methods import MethodConfig, prepare
 from wavadapt.model.adapters import adapter_parameters
 from wavadapt.model.backbone import build_backbone, make_config, quiet_transformers
 from wavadapt.model.ctc import CTCModel
+from wavadapt.training.methods import MethodConfig, prepare
 
 TASKS = 16
 CLIENTS = 16

@@ -9,7 +9,7 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train import DDP_RUN, ctc_objective, make_run  # noqa: E402
 
-from wavadapt.train import Trainer  # noqa: E402
+from wavadapt.training.loop import Trainer  # noqa: E402
 
 corpus, out = Path(sys.argv[1]), Path(sys.argv[2])
 # Half the micro-batches per rank: 2 ranks x 1 == 1 process x update_freq 2.

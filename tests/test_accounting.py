@@ -8,7 +8,9 @@ import torch
 from typer.testing import CliRunner
 
 from wavadapt import cli
-from wavadapt.accounting import (
+from wavadapt.data.text import Vocabulary
+from wavadapt.errors import WavadaptError
+from wavadapt.experiments.accounting import (
     all_accounts,
     backbone_factory,
     count_parameters,
@@ -17,12 +19,10 @@ from wavadapt.accounting import (
     method_account,
     placeholder_vocabulary,
 )
-from wavadapt.data.text import Vocabulary
-from wavadapt.errors import WavadaptError
-from wavadapt.methods import METHODS, MethodConfig, prepare
 from wavadapt.model.adapters import AdapterConfig, add_adapter
 from wavadapt.model.backbone import build_backbone, component_of, describe
 from wavadapt.model.ctc import CTCModel
+from wavadapt.training.methods import METHODS, MethodConfig, prepare
 
 BASE = backbone_factory("base")
 runner = CliRunner()

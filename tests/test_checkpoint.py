@@ -8,7 +8,11 @@ import torch
 from model_probes import LARGE_STYLE, perturb
 from safetensors.torch import load_file, save_file
 
-from wavadapt.checkpoint import (
+from wavadapt.data.text import Vocabulary
+from wavadapt.errors import CheckpointError
+from wavadapt.model.adapters import AdapterConfig, adapter_names, adapter_parameters, add_adapter
+from wavadapt.model.backbone import build_backbone
+from wavadapt.model.checkpoint import (
     backbone_fingerprint,
     load_asr_model,
     load_task,
@@ -17,12 +21,8 @@ from wavadapt.checkpoint import (
     save_task,
     task_tensors,
 )
-from wavadapt.data.text import Vocabulary
-from wavadapt.errors import CheckpointError
-from wavadapt.methods import MethodConfig, prepare
-from wavadapt.model.adapters import AdapterConfig, adapter_names, adapter_parameters, add_adapter
-from wavadapt.model.backbone import build_backbone
 from wavadapt.model.ctc import CTCModel
+from wavadapt.training.methods import MethodConfig, prepare
 
 VOCAB = Vocabulary.build(["the quick brown fox", "el zorro marrón"])
 SIZE = 16

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from wavadapt.continual import ContinualConfig, prepare_continual
 from wavadapt.data.audio import read_audio
 from wavadapt.data.corpora import open_corpus
 from wavadapt.errors import WavadaptError
-from wavadapt.feature_cache import cnn_fingerprint
 from wavadapt.model.backbone import build_backbone
 from wavadapt.model.pretraining import PretrainingConfig, PretrainingModel
-from wavadapt.pretrain import build_model, pretrain, recipe
+from wavadapt.training.continual import ContinualConfig, prepare_continual
+from wavadapt.training.feature_cache import cnn_fingerprint
+from wavadapt.training.pretrain import build_model, pretrain, recipe
 
 UPDATES = 3
 

@@ -13,17 +13,17 @@ from test_server import _post
 from test_transcription import _two_task_model
 from typer.testing import CliRunner
 
-from wavadapt.checkpoint import save_task
 from wavadapt.cli import app
 from wavadapt.data.audio import read_audio
 from wavadapt.data.corpora import open_corpus
 from wavadapt.data.text import normalize_text
 from wavadapt.decoding import DecoderConfig, LanguageModelError, make_decoder, texts
 from wavadapt.decoding.ngram import build_arpa
-from wavadapt.evaluate import evaluate, evaluating, window_outputs
+from wavadapt.inference.engine import evaluate, evaluating, window_outputs
 from wavadapt.inference.registry import Registry, format_tasks
 from wavadapt.inference.server import create_app, serving
 from wavadapt.inference.transcription import Request, transcribe_requests
+from wavadapt.model.checkpoint import save_task
 
 runner = CliRunner()
 

@@ -12,16 +12,16 @@ import torch
 from transformers import Wav2Vec2Model
 from typer.testing import CliRunner
 
-from wavadapt.checkpoint import load_asr_model, save_task
 from wavadapt.cli import app
 from wavadapt.data.audio import read_audio
 from wavadapt.data.batching import collate
 from wavadapt.data.corpora import open_corpus
 from wavadapt.data.text import Vocabulary
-from wavadapt.evaluate import evaluate, forward_padded, score, transcribe
-from wavadapt.methods import MethodConfig, prepare
+from wavadapt.inference.engine import evaluate, forward_padded, score, transcribe
 from wavadapt.model.backbone import build_backbone, load_backbone, make_config
+from wavadapt.model.checkpoint import load_asr_model, save_task
 from wavadapt.model.ctc import CTCModel
+from wavadapt.training.methods import MethodConfig, prepare
 
 runner = CliRunner()
 

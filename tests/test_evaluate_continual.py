@@ -9,10 +9,9 @@ import torch
 from typer.testing import CliRunner
 
 from wavadapt.cli import app
-from wavadapt.continual import ContinualConfig, prepare_continual
 from wavadapt.data.corpora import open_corpus
 from wavadapt.errors import WavadaptError
-from wavadapt.evaluate_continual import (
+from wavadapt.experiments.forgetting import (
     METRICS,
     ProbeConfig,
     Run,
@@ -25,9 +24,10 @@ from wavadapt.evaluate_continual import (
     read_run,
     seconds_at,
 )
-from wavadapt.finetune import AugmentConfig
 from wavadapt.model.pretraining import load_pretraining
-from wavadapt.pretrain import build_model, pretrain, recipe
+from wavadapt.training.continual import ContinualConfig, prepare_continual
+from wavadapt.training.finetune import AugmentConfig
+from wavadapt.training.pretrain import build_model, pretrain, recipe
 
 FIRST_UPDATES, SECOND_UPDATES, EVERY = 2, 4, 2
 

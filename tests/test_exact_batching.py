@@ -5,16 +5,16 @@ import pytest
 import torch
 from torch import nn
 
-from wavadapt.checkpoint import backbone_fingerprint
 from wavadapt.data.audio import read_audio
 from wavadapt.data.batching import collate
 from wavadapt.data.corpora import open_corpus
 from wavadapt.data.text import Vocabulary
-from wavadapt.evaluate import evaluate, transcribe
-from wavadapt.methods import MethodConfig, prepare
+from wavadapt.inference.engine import evaluate, transcribe
 from wavadapt.model.backbone import CTC_MODELS, FAMILIES, build_backbone, load_backbone, make_config
+from wavadapt.model.checkpoint import backbone_fingerprint
 from wavadapt.model.ctc import CTCModel
 from wavadapt.model.masked_group_norm import MaskedGroupNorm
+from wavadapt.training.methods import MethodConfig, prepare
 
 VOCABS = {"en": Vocabulary.build(["the cat sat on the mat"], "en"), "es": Vocabulary.build(["el perro y yo"], "es")}
 LENGTHS = (32_000, 4_800, 700, 20_000)  # 2 s, 0.3 s, one output frame, 1.25 s

@@ -11,14 +11,19 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from wavadapt.checkpoint import load_asr_model
 from wavadapt.cli import app
-from wavadapt.continual import ContinualConfig, prepare_continual
 from wavadapt.data.batching import collate
 from wavadapt.data.corpora import open_corpus
 from wavadapt.data.text import Vocabulary
 from wavadapt.errors import CheckpointError, WavadaptError
-from wavadapt.feature_cache import (
+from wavadapt.model.backbone import build_backbone, conv_geometry
+from wavadapt.model.checkpoint import load_asr_model
+from wavadapt.model.ctc import CTCModel
+from wavadapt.model.pretraining import PretrainingModel
+from wavadapt.objectives.contrastive import sample_negatives
+from wavadapt.objectives.masking import compute_mask_indices
+from wavadapt.training.continual import ContinualConfig, prepare_continual
+from wavadapt.training.feature_cache import (
     CachedFeatureDataset,
     FeatureCache,
     build_feature_cache,
@@ -29,15 +34,10 @@ from wavadapt.feature_cache import (
     frames_of,
     write_feature_cache,
 )
-from wavadapt.finetune import AugmentConfig, finetune
-from wavadapt.methods import MethodConfig, prepare
-from wavadapt.model.backbone import build_backbone, conv_geometry
-from wavadapt.model.ctc import CTCModel
-from wavadapt.model.pretraining import PretrainingModel
-from wavadapt.objectives.contrastive import sample_negatives
-from wavadapt.objectives.masking import compute_mask_indices
-from wavadapt.pretrain import build_model
-from wavadapt.train import TrainConfig
+from wavadapt.training.finetune import AugmentConfig, finetune
+from wavadapt.training.loop import TrainConfig
+from wavadapt.training.methods import MethodConfig, prepare
+from wavadapt.training.pretrain import build_model
 
 
 def continual_model(method="cwav2vec", trainable=False):
@@ -203,7 +203,7 @@ def test_build_from_a_corpus_is_reused_until_the_cnn_changes(synth_corpus, tmp_p
     utterances = open_corpus(synth_corpus, "pretrain", "es")
     cache = build_feature_cache(model, utterances, tmp_path / "cache")
     assert set(cache.ids) == {u.id for u in utterances} and not cache.skipped
-    import wavadapt.feature_cache as fc
+    import wavadapt.training.feature_cache as fc
 
     def no_rebuild(*args, **kwargs):
         raise AssertionError("rebuilt a valid cache")

@@ -4,15 +4,15 @@ identical transcripts; frozen lower layers run without autograd."""
 import pytest
 import torch
 
-from wavadapt.checkpoint import load_asr_model
 from wavadapt.data.corpora import open_corpus
 from wavadapt.data.text import Vocabulary
-from wavadapt.evaluate import evaluate
-from wavadapt.finetune import AugmentConfig, finetune
-from wavadapt.methods import METHODS, MethodConfig, prepare
+from wavadapt.inference.engine import evaluate
 from wavadapt.model.backbone import build_backbone
+from wavadapt.model.checkpoint import load_asr_model
 from wavadapt.model.ctc import CTCModel
-from wavadapt.train import TrainConfig
+from wavadapt.training.finetune import AugmentConfig, finetune
+from wavadapt.training.loop import TrainConfig
+from wavadapt.training.methods import METHODS, MethodConfig, prepare
 
 TOP_N = {"top-n-full": 2, "top-n-adapters": 2}
 

@@ -11,15 +11,15 @@ from model_probes import AUDIO, LARGE_STYLE, task_logits
 from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2ForCTC
 from typer.testing import CliRunner
 
-from wavadapt.checkpoint import backbone_fingerprint, load_asr_model, save_task
 from wavadapt.cli import app
 from wavadapt.data.text import Vocabulary
 from wavadapt.errors import CheckpointError, WavadaptError
 from wavadapt.interop.fairseq import read_fairseq_dictionary
 from wavadapt.interop.hf import TASK
-from wavadapt.methods import MethodConfig, prepare
 from wavadapt.model.backbone import load_backbone, make_config
+from wavadapt.model.checkpoint import backbone_fingerprint, load_asr_model, save_task
 from wavadapt.model.fairseq import to_fairseq_state_dict
+from wavadapt.training.methods import MethodConfig, prepare
 
 # dict.ltr.txt as fairseq's fine-tuning recipes write it: "<symbol> <count>", most frequent first (lowercase letters:
 # the case wavadapt's normalised text has, so both decoders spell the same)

@@ -16,13 +16,13 @@ from transformers import (
 )
 from typer.testing import CliRunner
 
-from wavadapt.checkpoint import backbone_fingerprint, load_asr_model, load_task, save_task
 from wavadapt.cli import app
 from wavadapt.data.text import Vocabulary
 from wavadapt.errors import CheckpointError, WavadaptError
 from wavadapt.interop.hf import TASK
-from wavadapt.methods import MethodConfig, prepare
 from wavadapt.model.backbone import load_backbone, make_config
+from wavadapt.model.checkpoint import backbone_fingerprint, load_asr_model, load_task, save_task
+from wavadapt.training.methods import MethodConfig, prepare
 
 CTC = {"wav2vec2": Wav2Vec2ForCTC, "hubert": HubertForCTC, "wavlm": WavLMForCTC}
 VOCAB = Vocabulary.build(["the quick brown fox jumps", "over the lazy dog"])

@@ -21,15 +21,15 @@ from transformers import (
 )
 from typer.testing import CliRunner
 
-from wavadapt.checkpoint import backbone_fingerprint, load_asr_model, save_task
 from wavadapt.cli import app
 from wavadapt.data.text import Vocabulary
 from wavadapt.errors import CheckpointError, WavadaptError
 from wavadapt.interop.mms import export_mms, load_mms_dir
-from wavadapt.methods import MethodConfig, prepare
 from wavadapt.model.adapters import adapter_config, adapter_names
 from wavadapt.model.backbone import load_backbone
+from wavadapt.model.checkpoint import backbone_fingerprint, load_asr_model, save_task
 from wavadapt.model.ctc import CTCModel
+from wavadapt.training.methods import MethodConfig, prepare
 
 SMALL = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64, conv_dim=(16,) * 7,
              num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=4, do_stable_layer_norm=True,

@@ -137,8 +137,8 @@ def test_pocketsphinx_testdata_is_real_read_english(tmp_path):
 
 
 def test_a_recipe_prepares_its_real_corpora_once_and_the_report_says_they_are_real(fillets_debs, tmp_path):
-    from wavadapt.experiment import _corpus, load_experiment
-    from wavadapt.report import write_report
+    from wavadapt.experiments.grid import _corpus, load_experiment
+    from wavadapt.experiments.report import write_report
 
     recipe = tmp_path / "real.yaml"
     recipe.write_text(f"corpus:\n  prepare:\n    - {{corpus: fillets-ng, language: nl, test_utterances: 3, "

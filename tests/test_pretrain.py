@@ -24,7 +24,14 @@ from wavadapt.model.pretraining import (
 )
 from wavadapt.objectives.contrastive import sample_negatives
 from wavadapt.objectives.masking import compute_mask_indices
-from wavadapt.pretrain import PretrainingObjective, build_model, evaluate_pretraining, maskable, pretrain, recipe
+from wavadapt.training.pretrain import (
+    PretrainingObjective,
+    build_model,
+    evaluate_pretraining,
+    maskable,
+    pretrain,
+    recipe,
+)
 
 CROP = 4.0
 
@@ -159,7 +166,7 @@ def test_codebook_collapse_is_warned_once_after_warm_up(caplog):
         return [r.message for r in caplog.records if "codebook collapse" in r.message]
 
     assert objective.model.heads["en"].quantizer.num_vars == 64
-    with caplog.at_level(logging.WARNING, logger="wavadapt.pretrain"):
+    with caplog.at_level(logging.WARNING, logger="wavadapt.training.pretrain"):
         objective.on_update(objective.model, 50)
         assert warnings(3.0) == []  # still warming up
         objective.on_update(objective.model, 150)

@@ -1,4 +1,5 @@
-"""The packaged recipes (wavadapt/recipes/): each loads strictly into an Experiment and runs end to end at toy scale."""
+"""The packaged recipes (wavadapt/experiments/recipes/): each loads strictly into an Experiment and runs end to end
+at toy scale."""
 
 import json
 import re
@@ -10,8 +11,8 @@ from typer.testing import CliRunner
 
 from wavadapt.cli import app
 from wavadapt.errors import WavadaptError
-from wavadapt.experiment import RECIPES as RECIPE_DIR
-from wavadapt.experiment import Experiment, load_experiment, plan, recipe_path, run_experiment, toy
+from wavadapt.experiments.grid import RECIPES as RECIPE_DIR
+from wavadapt.experiments.grid import Experiment, load_experiment, plan, recipe_path, run_experiment, toy
 
 RECIPES = sorted(RECIPE_DIR.glob("*.yaml"))
 
@@ -146,8 +147,8 @@ def test_evaluate_continual_needs_continual(tmp_path):
 def test_fine_tuning_starts_from_the_pretrained_first_model(tmp_path):
     """With a pretrain section, every fine-tuning run's task file is fingerprinted against the backbone that
     pre-training wrote, not the recipe's fresh preset."""
-    from wavadapt.checkpoint import backbone_fingerprint
     from wavadapt.model.backbone import build_backbone, load_backbone
+    from wavadapt.model.checkpoint import backbone_fingerprint
 
     recipe = tmp_path / "small.yaml"
     recipe.write_text("corpus: {root: nowhere}\npretrain: {language: en}\n"
@@ -160,8 +161,9 @@ def test_fine_tuning_starts_from_the_pretrained_first_model(tmp_path):
 
 
 def test_from_scratch_is_the_same_architecture_with_fresh_seeded_weights():
-    from wavadapt.checkpoint import load_asr_model
-    from wavadapt.experiment import _fresh_like
+    from wavadapt.model.checkpoint import load_asr_model
+
+    from wavadapt.experiments.grid import _fresh_like
 
     pretrained = load_asr_model("tiny-en-synth", []).backbone.state_dict()
     fresh = _fresh_like(load_asr_model("tiny-en-synth", []), seed=0).backbone.state_dict()

@@ -6,15 +6,15 @@ import torch
 from model_probes import perturb
 from typer.testing import CliRunner
 
-from wavadapt.checkpoint import save_adapter, save_task, task_tensors
 from wavadapt.cli import app
 from wavadapt.data.text import Vocabulary
 from wavadapt.errors import CheckpointError, WavadaptError
 from wavadapt.inference.registry import Registry
-from wavadapt.methods import MethodConfig, prepare
 from wavadapt.model.adapters import AdapterConfig, adapter_names, adapter_parameters, add_adapter
 from wavadapt.model.backbone import build_backbone
+from wavadapt.model.checkpoint import save_adapter, save_task, task_tensors
 from wavadapt.model.ctc import CTCModel
+from wavadapt.training.methods import MethodConfig, prepare
 
 AUDIO = torch.randn(2, 8000, generator=torch.Generator().manual_seed(0))
 

@@ -8,13 +8,13 @@ from dataclasses import asdict
 import pytest
 from typer.testing import CliRunner
 
-from wavadapt.accounting import Account
 from wavadapt.cli import app
-from wavadapt.evaluate import EvalResult, Scores
-from wavadapt.evaluate_continual import _write_csv, continual_summaries
-from wavadapt.methods import MethodConfig
-from wavadapt.report import line_figure, updates_to_target, write_report
-from wavadapt.train import TrainConfig
+from wavadapt.experiments.accounting import Account
+from wavadapt.experiments.forgetting import _write_csv, continual_summaries
+from wavadapt.experiments.report import line_figure, updates_to_target, write_report
+from wavadapt.inference.engine import EvalResult, Scores
+from wavadapt.training.loop import TrainConfig
+from wavadapt.training.methods import MethodConfig
 
 # The Trainer's log.csv columns (train.py): a training row, then the validation metrics when validated.
 LOG_COLUMNS = ["update", "loss", "grad_norm", "lr", "items", "audio_seconds", "audio_seconds_per_second",

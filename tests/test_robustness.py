@@ -15,14 +15,14 @@ import pytest
 import torch
 from bad_files import BAD_TRANSCRIPTS, TRANSCRIPT_KINDS, UNUSABLE, WARNED, write_bad_files
 
-from wavadapt.checkpoint import load_asr_model, save_task
 from wavadapt.cli import main
 from wavadapt.data.audio import SAMPLE_RATE, read_audio
 from wavadapt.data.check import check_corpus
 from wavadapt.data.corpora import open_corpus
 from wavadapt.data.text import Vocabulary
-from wavadapt.evaluate import cut_at_pauses, evaluate, transcribe
+from wavadapt.inference.engine import cut_at_pauses, evaluate, transcribe
 from wavadapt.model.backbone import build_backbone
+from wavadapt.model.checkpoint import load_asr_model, save_task
 from wavadapt.model.ctc import CTCModel
 
 

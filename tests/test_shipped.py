@@ -1,4 +1,4 @@
-"""The checkpoints shipped with wavadapt (wavadapt/shipped/tiny-en-synth, tiny-nl-real): loadable by name, what
+"""The checkpoints shipped with wavadapt (wavadapt/model/shipped/tiny-en-synth, tiny-nl-real): loadable by name, what
 their READMEs say they are, and actually pre-trained: the Dutch one on real Dutch held out from its training."""
 
 import json
@@ -11,10 +11,10 @@ import torch
 
 from wavadapt.data.batching import filter_by_length
 from wavadapt.data.corpora import open_corpus
-from wavadapt.experiment import _pretraining_run
+from wavadapt.experiments.grid import _pretraining_run
 from wavadapt.model.backbone import SHIPPED, load_backbone, resolve_checkpoint
 from wavadapt.model.pretraining import load_pretraining, save_pretraining
-from wavadapt.pretrain import build_model, evaluate_pretraining, maskable
+from wavadapt.training.pretrain import build_model, evaluate_pretraining, maskable
 
 TINY_EN = SHIPPED / "tiny-en-synth"
 TINY_NL = SHIPPED / "tiny-nl-real"

@@ -13,11 +13,11 @@ import torch
 from wavadapt.data.batching import AudioDataset, LengthBucketBatchSampler, filter_by_length
 from wavadapt.data.corpora import open_corpus
 from wavadapt.data.text import Vocabulary
-from wavadapt.finetune import ctc_objective
-from wavadapt.methods import MethodConfig, prepare
 from wavadapt.model.backbone import build_backbone
 from wavadapt.model.ctc import CTCModel
-from wavadapt.train import TrainConfig, Trainer, TrainingError, lr_lambda
+from wavadapt.training.finetune import ctc_objective
+from wavadapt.training.loop import TrainConfig, Trainer, TrainingError, lr_lambda
+from wavadapt.training.methods import MethodConfig, prepare
 
 NO_DROPOUT = dict(hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0,
                   layerdrop=0.0, mask_time_prob=0.0)

@@ -11,18 +11,18 @@ import soundfile as sf
 import torch
 from typer.testing import CliRunner
 
-from wavadapt.checkpoint import load_asr_model, save_backbone, save_task
 from wavadapt.cli import app
 from wavadapt.data.audio import SAMPLE_RATE, read_audio
 from wavadapt.data.corpora import open_corpus
 from wavadapt.data.text import Vocabulary
 from wavadapt.errors import WavadaptError
-from wavadapt.evaluate import transcribe
+from wavadapt.inference.engine import transcribe
 from wavadapt.inference.formats import cues, subtitles
 from wavadapt.inference.transcription import Request, Transcript, Word, transcribe_requests
-from wavadapt.methods import MethodConfig, prepare
 from wavadapt.model.backbone import build_backbone
+from wavadapt.model.checkpoint import load_asr_model, save_backbone, save_task
 from wavadapt.model.ctc import CTCModel
+from wavadapt.training.methods import MethodConfig, prepare
 
 LAYER_NORM_CNN = {"feat_extract_norm": "layer", "conv_bias": True, "do_stable_layer_norm": True}
 

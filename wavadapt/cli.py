@@ -249,7 +249,7 @@ def _decoder_config(kind: str | None, beam_size: int, lm: Path | None, lm_weight
 def _asr_model(model: str, adapters: list[Path] | None, task: str | None, family: str | None, trust_pickle: bool,
                vocab: Path | None = None):
     """The backbone with its task files loaded and ``task`` (or the last loaded one) active."""
-    from wavadapt.checkpoint import load_asr_model
+    from wavadapt.model.checkpoint import load_asr_model
 
     asr = load_asr_model(model, adapters or [], trust_pickle=trust_pickle, family=family, task=task, vocab=vocab)
     if asr.active is None:
@@ -285,7 +285,7 @@ def evaluate_corpus(
 
     from wavadapt.data.corpora import open_corpus
     from wavadapt.decoding import make_decoder
-    from wavadapt.evaluate import evaluate
+    from wavadapt.inference.engine import evaluate
 
     config = _decoder_config(decoder, beam_size, lm, lm_weight, word_score, lexicon)
     asr = _asr_model(model, adapter, task, family, trust_pickle, vocab)
@@ -410,7 +410,8 @@ def params(
     """Count the total, trainable and frozen parameters of a fine-tuning method (the paper's percentages)."""
     import json
 
-    from wavadapt.accounting import (
+    from wavadapt.data.text import Vocabulary
+    from wavadapt.experiments.accounting import (
         LIBRISPEECH_VOCAB_SIZE,
         all_accounts,
         backbone_factory,
@@ -418,8 +419,7 @@ def params(
         format_table,
         method_account,
     )
-    from wavadapt.data.text import Vocabulary
-    from wavadapt.methods import MethodConfig
+    from wavadapt.training.methods import MethodConfig
 
     if all_methods and (method is not None or top_n is not None):
         raise WavadaptError("--all lists every method: drop --method and --top-n")
@@ -514,9 +514,9 @@ def export(
     """Write tasks in another toolkit's layout: `--format mms` gives a directory that transformers'
     `Wav2Vec2ForCTC.from_pretrained(DIR, target_lang=...)` and `load_adapter(...)` load; `--format fairseq` a
     checkpoint fairseq's `load_model_ensemble_and_task` loads."""
-    from wavadapt.checkpoint import load_asr_model, load_task
     from wavadapt.interop.fairseq import export_fairseq
     from wavadapt.interop.mms import export_mms
+    from wavadapt.model.checkpoint import load_asr_model, load_task
 
     if fmt not in ("mms", "fairseq"):
         raise WavadaptError(f"--format {fmt!r}: choose mms or fairseq (a Houlsby-form adapter task stays a wavadapt "
@@ -617,12 +617,12 @@ def finetune(
     raw_format: RawFormatOption = None,
 ) -> None:
     """Fine-tune CTC ASR with one of the methods; launch with torchrun to use several processes / GPUs."""
-    from wavadapt.checkpoint import load_asr_model
     from wavadapt.data.corpora import open_corpus
-    from wavadapt.finetune import AugmentConfig
-    from wavadapt.finetune import finetune as run
-    from wavadapt.methods import MethodConfig
-    from wavadapt.train import TrainConfig
+    from wavadapt.model.checkpoint import load_asr_model
+    from wavadapt.training.finetune import AugmentConfig
+    from wavadapt.training.finetune import finetune as run
+    from wavadapt.training.loop import TrainConfig
+    from wavadapt.training.methods import MethodConfig
 
     asr = load_asr_model(model, adapter or [], trust_pickle=trust_pickle)
     method_config = MethodConfig(method, top_n, adapter_size, freeze_updates, stack_on, adapter_form)
@@ -685,8 +685,8 @@ def pretrain(
     from dataclasses import replace
 
     from wavadapt.data.corpora import open_corpus
-    from wavadapt.pretrain import build_model
-    from wavadapt.pretrain import pretrain as run
+    from wavadapt.training.pretrain import build_model
+    from wavadapt.training.pretrain import pretrain as run
 
     name, r = _pretrain_recipe(preset, model, max_updates=max_updates, lr=lr, warmup_updates=warmup_updates,
                                max_seconds_per_batch=max_seconds_per_batch, update_freq=update_freq, amp=amp,
@@ -745,10 +745,10 @@ def continual(
     or a baseline); earlier tasks keep their heads."""
     import torch
 
-    from wavadapt.continual import ContinualConfig, prepare_continual
     from wavadapt.data.corpora import open_corpus
-    from wavadapt.pretrain import build_model
-    from wavadapt.pretrain import pretrain as run
+    from wavadapt.training.continual import ContinualConfig, prepare_continual
+    from wavadapt.training.pretrain import build_model
+    from wavadapt.training.pretrain import pretrain as run
 
     name, r = _pretrain_recipe(preset, "base", max_updates=max_updates, lr=lr, warmup_updates=warmup_updates,
                                max_seconds_per_batch=max_seconds_per_batch, update_freq=update_freq, amp=amp,
@@ -771,7 +771,7 @@ def _pretrain_recipe(preset: str | None, model: str, **options):
     """The name and the pre-training recipe ``preset`` (default: ``model`` if it names a preset, else base)
     with the options given on the command line."""
     from wavadapt.model.backbone import PRESETS
-    from wavadapt.pretrain import recipe
+    from wavadapt.training.pretrain import recipe
 
     name = preset or (model if model in PRESETS else "base")
     return name, recipe(name, **{k: v for k, v in options.items() if v is not None})
@@ -830,8 +830,8 @@ def evaluate_continual_runs(
     import json
 
     from wavadapt.decoding.files import arpa_unigrams
-    from wavadapt.evaluate_continual import ProbeConfig, evaluate_continual
-    from wavadapt.finetune import AugmentConfig
+    from wavadapt.experiments.forgetting import ProbeConfig, evaluate_continual
+    from wavadapt.training.finetune import AugmentConfig
 
     lms = {}
     for item in lm or ():
@@ -864,7 +864,7 @@ def report(
 ) -> None:
     """Markdown report with PNG plots of an experiment: parameters, WER / CER, top-N curves, updates to a target
     CER, forgetting and continual pre-training efficiency; prints the fine-tuning results."""
-    from wavadapt.report import write_report
+    from wavadapt.experiments.report import write_report
 
     typer.echo(write_report(run_dir, out, target_cer).summary)
 
@@ -883,7 +883,7 @@ def run_recipe(
 ) -> None:
     """Run an experiment grid from a YAML recipe: pre-training, fine-tuning sweeps, continual pre-training,
     their evaluation and the report."""
-    from wavadapt.experiment import load_experiment, recipe_path, run_experiment
+    from wavadapt.experiments.grid import load_experiment, recipe_path, run_experiment
 
     run_experiment(load_experiment(recipe_path(recipe)), out, dry_run=dry_run, echo=typer.echo, jobs=jobs)
 
@@ -906,7 +906,7 @@ def demo(
     methods, probe every checkpoint on Dutch, write the report."""
     import torch
 
-    from wavadapt.experiment import load_experiment, recipe_path, run_experiment
+    from wavadapt.experiments.grid import load_experiment, recipe_path, run_experiment
 
     if jobs is None:
         jobs = 1 if torch.cuda.is_available() else len(os.sched_getaffinity(0))

@@ -20,7 +20,7 @@ import numpy as np
 from wavadapt.data.audio import SAMPLE_RATE
 from wavadapt.decoding import DecoderConfig, DecoderPool
 from wavadapt.errors import WavadaptError
-from wavadapt.evaluate import CHUNK_SECONDS
+from wavadapt.inference.engine import CHUNK_SECONDS
 from wavadapt.inference.transcription import Transcript, default_batch_seconds, transcribe_waveforms
 from wavadapt.model.ctc import CTCModel
 

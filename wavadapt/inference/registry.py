@@ -17,10 +17,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from wavadapt.checkpoint import load_asr_model, load_task, safe_name
 from wavadapt.decoding import DecoderConfig, DecoderPool
 from wavadapt.errors import CheckpointError, WavadaptError
 from wavadapt.model.adapters import adapter_config, adapter_names, adapter_parameters, remove_adapter
+from wavadapt.model.checkpoint import load_asr_model, load_task, safe_name
 from wavadapt.model.ctc import CTCModel
 
 

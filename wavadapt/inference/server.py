@@ -29,8 +29,8 @@ from starlette.exceptions import HTTPException
 
 from wavadapt.decoding import DecoderConfig
 from wavadapt.errors import AudioError, WavadaptError
-from wavadapt.evaluate import CHUNK_SECONDS
 from wavadapt.inference.batcher import Batcher, BatcherClosed, QueueFull
+from wavadapt.inference.engine import CHUNK_SECONDS
 from wavadapt.inference.formats import cues, subtitles
 from wavadapt.inference.metrics import ServerMetrics
 from wavadapt.inference.registry import Registry, format_tasks

@@ -23,7 +23,7 @@ from wavadapt.data.audio import SAMPLE_RATE, normalize_waveform, read_audio
 from wavadapt.data.corpora import samples_at_16k
 from wavadapt.decoding import DecoderConfig, DecoderPool
 from wavadapt.errors import AudioError, WavadaptError
-from wavadapt.evaluate import CHUNK_SECONDS, cut_at_pauses, evaluating, forward_padded
+from wavadapt.inference.engine import CHUNK_SECONDS, cut_at_pauses, evaluating, forward_padded
 from wavadapt.model.ctc import CTCModel
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}

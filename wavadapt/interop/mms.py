@@ -30,12 +30,12 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2Processor
 
-from wavadapt.checkpoint import backbone_fingerprint, check_tensors, file_shapes, safe_name, task_tensors
 from wavadapt.data.text import Vocabulary
 from wavadapt.errors import CheckpointError, WavadaptError
 from wavadapt.interop.hf import adapter_attn_dim, is_ctc_dir, read_do_normalize, read_vocabularies, target_lang
 from wavadapt.model.adapters import AdapterConfig, adapter_config, add_adapter, base_state
 from wavadapt.model.backbone import CTC_MODELS, load_ctc_model, quiet_transformers, split_adapter_layers
+from wavadapt.model.checkpoint import backbone_fingerprint, check_tensors, file_shapes, safe_name, task_tensors
 from wavadapt.model.ctc import CTCModel
 
 MAIN_LANGUAGE = "eng"

@@ -133,7 +133,7 @@ _WEIGHT_FILES = (
 )
 
 
-SHIPPED = Path(__file__).parents[1] / "shipped"
+SHIPPED = Path(__file__).parent / "shipped"
 """Checkpoints shipped with wavadapt, loadable by name (``tiny-en-synth``: see its README.md)."""
 
 

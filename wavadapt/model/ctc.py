@@ -133,7 +133,7 @@ class CTCModel(nn.Module):
         """(B, S) 16 kHz waveforms -> (B, T, V) logits of the active task.
 
         Instead of waveforms, the (frozen) CNN's (B, C, T) output can be given as ``cnn_features`` (cached:
-        ``wavadapt.feature_cache``) with the (B, T) bool ``frame_mask`` of its real frames."""
+        ``wavadapt.training.feature_cache``) with the (B, T) bool ``frame_mask`` of its real frames."""
         if self.active is None:
             raise WavadaptError("no active task: call activate(task) first")
         hidden, lengths = self._encode(waveforms, attention_mask, cnn_features, frame_mask)

@@ -9,7 +9,7 @@ The forward pass follows fairseq's ``Wav2Vec2Model.forward`` + ``wav2vec`` crite
 
     extract_features   CNN (gradient x feature_grad_mult) -> (B, C, T), then features_from_cnn:
                        (B, T, C) features, L2 feature penalty, layer norm + projection -> (B, T, D)
-                       (a frozen CNN's output can come from a ``wavadapt.feature_cache`` instead)
+                       (a frozen CNN's output can come from a ``wavadapt.training.feature_cache`` instead)
     mask               span masking (objectives.masking) with the backbone's masked_spec_embed
     encode             transformer encoder (+ adapters of the active task) -> (B, T, D) context
     quantize_and_contrast
@@ -369,7 +369,7 @@ class PretrainingModel(nn.Module):
         with ``generator`` (default: numpy's and torch's global RNGs) unless given.
 
         Instead of waveforms, a frozen CNN's (B, C, T) output can be given as ``cnn_features`` (cached:
-        ``wavadapt.feature_cache``) with the (B, T) bool ``frame_mask`` of its real frames."""
+        ``wavadapt.training.feature_cache``) with the (B, T) bool ``frame_mask`` of its real frames."""
         if self.active is None:
             raise WavadaptError("no active task: call activate(task) first")
         if (waveforms is None) == (cnn_features is None):

@@ -29,7 +29,6 @@ from wavadapt.data.audio import SAMPLE_RATE
 from wavadapt.data.batching import AudioDataset, filter_by_length, make_dataloader
 from wavadapt.data.corpora import Utterance
 from wavadapt.errors import WavadaptError
-from wavadapt.feature_cache import CachedFeatureDataset, cached_dataset
 from wavadapt.model.adapters import adapter_names, adapter_parameters, base_state
 from wavadapt.model.pretraining import (
     PretrainingConfig,
@@ -38,9 +37,10 @@ from wavadapt.model.pretraining import (
     save_pretraining,
 )
 from wavadapt.objectives.contrastive import correct_predictions
-from wavadapt.train import Distributed, TrainConfig, Trainer
+from wavadapt.training.feature_cache import CachedFeatureDataset, cached_dataset
+from wavadapt.training.loop import Distributed, TrainConfig, Trainer
 
-log = logging.getLogger("wavadapt.pretrain")
+log = logging.getLogger("wavadapt.training.pretrain")
 
 _DROPOUT_01 = {"hidden_dropout": 0.1, "attention_dropout": 0.1, "activation_dropout": 0.0,
                "feat_proj_dropout": 0.1, "feat_quantizer_dropout": 0.1}
@@ -288,7 +288,7 @@ def pretrain(model: PretrainingModel, task: str, utterances: Sequence[Utterance]
     ``.json`` (every head and adapter set) and an adapter file per trained adapter set; ``resume``
     continues ``out_dir``'s last checkpoint.
 
-    ``feature_cache`` (a directory) trains on cached CNN output (:mod:`wavadapt.feature_cache`, in
+    ``feature_cache`` (a directory) trains on cached CNN output (:mod:`wavadapt.training.feature_cache`, in
     ``feature_cache_dtype``) instead of decoding audio and running the CNN: built there by rank 0 (or
     reused when made by this CNN for these utterances), crops taken in frame space. Only for a frozen CNN
     (``feature_grad_mult`` 0 or no CNN parameter in ``trainable``); validation still runs on audio.
@@ -358,8 +358,8 @@ def _cached_dataset(model: PretrainingModel, utterances: Sequence[Utterance], ca
 
 def save_run(model: PretrainingModel, task: str, trained: dict[str, nn.Parameter], out_dir: Path) -> None:
     """``model/`` (HF directory of ``task``), the full state, and a task file per trained adapter set."""
-    from wavadapt.checkpoint import save_adapter
     from wavadapt.model.backbone import quiet_transformers
+    from wavadapt.model.checkpoint import save_adapter
 
     model.eval()
     with quiet_transformers():

@@ -13,10 +13,10 @@ from wavadapt.data.batching import AudioDataset, filter_by_length, transcribed
 from wavadapt.data.corpora import Utterance
 from wavadapt.data.text import Vocabulary
 from wavadapt.errors import WavadaptError
-from wavadapt.feature_cache import CachedFeatureDataset, cached_dataset, keyed_dir
-from wavadapt.methods import MethodConfig, prepare
 from wavadapt.model.ctc import CTCModel
-from wavadapt.train import Distributed, TrainConfig, Trainer
+from wavadapt.training.feature_cache import CachedFeatureDataset, cached_dataset, keyed_dir
+from wavadapt.training.loop import Distributed, TrainConfig, Trainer
+from wavadapt.training.methods import MethodConfig, prepare
 
 
 @dataclass
@@ -76,8 +76,8 @@ def finetune(model: CTCModel, task: str, train: list[Utterance], method: MethodC
     rounding, without the CNN's forward pass and the audio decoding: in the demo (``tiny``, one CPU thread) an
     adapter update took 0.06 s instead of 0.13.
     """
-    from wavadapt.checkpoint import save_backbone, save_task
-    from wavadapt.evaluate import evaluate
+    from wavadapt.inference.engine import evaluate
+    from wavadapt.model.checkpoint import save_backbone, save_task
 
     out_dir = Path(out_dir)
     labeled, no_transcript, foreign, dropped = transcribed(train, keep_foreign=keep_foreign)

@@ -74,9 +74,9 @@ from wavadapt.model.backbone import conv_geometry
 from wavadapt.model.pretraining import PretrainingModel
 
 if TYPE_CHECKING:
-    from wavadapt.train import Distributed
+    from wavadapt.training.loop import Distributed
 
-log = logging.getLogger("wavadapt.feature_cache")
+log = logging.getLogger("wavadapt.training.feature_cache")
 
 FORMAT = "wavadapt-feature-cache"
 VERSION = 1

@@ -14,16 +14,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from wavadapt.checkpoint import safe_name
 from wavadapt.data.audio import SAMPLE_RATE, normalize_waveform, read_audio
 from wavadapt.data.batching import AudioDataset, filter_by_length, make_dataloader, transcribed
 from wavadapt.data.corpora import Utterance, require_unique_ids
 from wavadapt.data.text import normalize_text
 from wavadapt.decoding import DecoderConfig, decode_in_processes, log_probs, texts
 from wavadapt.errors import AudioError, WavadaptError
+from wavadapt.model.checkpoint import safe_name
 from wavadapt.model.ctc import CTCModel, CTCOutput
 
-log = logging.getLogger("wavadapt.evaluate")
+log = logging.getLogger("wavadapt.inference.engine")
 
 CHUNK_SECONDS = 30.0
 """Longest audio :func:`transcribe` decodes in one forward pass."""

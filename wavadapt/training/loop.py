@@ -35,7 +35,7 @@ from tqdm import tqdm
 from wavadapt.data.batching import AudioDataset, DataStats, LengthBucketBatchSampler, collate
 from wavadapt.errors import WavadaptError
 
-log = logging.getLogger("wavadapt.train")
+log = logging.getLogger("wavadapt.training.loop")
 
 
 class TrainingError(WavadaptError):

@@ -27,7 +27,7 @@ from torch import nn
 from wavadapt.errors import WavadaptError
 from wavadapt.model.adapters import AdapterConfig, adapter_parameters, add_adapter
 from wavadapt.model.pretraining import PretrainingModel
-from wavadapt.pretrain import default_trainable
+from wavadapt.training.pretrain import default_trainable
 
 CONTINUAL_METHODS = ("warm-start", "multihead", "multihead-l2", "cwav2vec")
 

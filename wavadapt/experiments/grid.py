@@ -32,10 +32,10 @@ from pathlib import Path
 import yaml
 
 from wavadapt.errors import WavadaptError
-from wavadapt.evaluate_continual import ProbeConfig
-from wavadapt.finetune import AugmentConfig
-from wavadapt.train import TrainConfig
-from wavadapt.workers import run_steps
+from wavadapt.experiments.forgetting import ProbeConfig
+from wavadapt.experiments.workers import run_steps
+from wavadapt.training.finetune import AugmentConfig
+from wavadapt.training.loop import TrainConfig
 
 Echo = Callable[[str], None]
 
@@ -388,7 +388,7 @@ def plan(exp: Experiment) -> list[str]:
         lines.append(f"continual {k.language}: {len(k.methods)} runs ({', '.join(k.methods)}) with the {k.preset} "
                      f"recipe, overrides {k.train}")
     if exp.evaluate_continual is not None:
-        from wavadapt.pretrain import recipe
+        from wavadapt.training.pretrain import recipe
 
         k = exp.continual
         updates = recipe(k.preset, **k.train).train.max_updates
@@ -466,7 +466,7 @@ def _resume(run_dir: Path) -> bool:
 
 def _pretrain(exp: Experiment, data: Path, out: Path, echo: Echo) -> Path:
     from wavadapt.data.corpora import open_corpus
-    from wavadapt.pretrain import build_model, pretrain, recipe
+    from wavadapt.training.pretrain import build_model, pretrain, recipe
 
     p = exp.pretrain
     run_dir = out / "pretrain" / p.language
@@ -483,7 +483,7 @@ def _pretrain(exp: Experiment, data: Path, out: Path, echo: Echo) -> Path:
 
 
 def _params(exp: Experiment, out: Path, echo: Echo) -> None:
-    from wavadapt.accounting import all_accounts, backbone_factory
+    from wavadapt.experiments.accounting import all_accounts, backbone_factory
 
     sizes = [m.adapter_size for m in exp.finetune.methods if "adapters" in m.method] if exp.finetune else []
     accounts = all_accounts(backbone_factory(exp.backbone, None, exp.trust_pickle), sizes[0] if sizes else 256)
@@ -522,11 +522,11 @@ def _finetune_one(exp: Experiment, data: Path, start: str | Path, language: str,
                   top_n: int | None, run_dir: Path, cache: Path | None, lms: dict[str, Path], progress: bool) -> None:
     """One `wavadapt finetune` run of the model ``start`` on the train split, validated on dev, then scored on
     test (eval.json)."""
-    from wavadapt.checkpoint import load_asr_model
     from wavadapt.data.corpora import open_corpus
-    from wavadapt.evaluate import evaluate
-    from wavadapt.finetune import finetune
-    from wavadapt.methods import MethodConfig
+    from wavadapt.inference.engine import evaluate
+    from wavadapt.model.checkpoint import load_asr_model
+    from wavadapt.training.finetune import finetune
+    from wavadapt.training.methods import MethodConfig
 
     f, splits = exp.finetune, exp.corpus.splits
     config = TrainConfig(**{"seed": exp.seed, **f.train, **method.train, **({} if progress else {"progress": False})})
@@ -557,7 +557,7 @@ def _fresh_like(model, seed: int):
 
 
 Steps = list[tuple[str, tuple]]
-"""Named independent steps for :func:`wavadapt.workers.run_steps`: ``(name, (function, args))``."""
+"""Named independent steps for :func:`wavadapt.experiments.workers.run_steps`: ``(name, (function, args))``."""
 
 
 def _finetune(exp: Experiment, data: Path, start: str | Path, out: Path, lms: dict[str, Path], jobs: int,
@@ -583,10 +583,10 @@ def _continual_one(exp: Experiment, data: Path, start: str | Path, first: str, m
     """One `wavadapt continual` run of ``method`` from ``start`` (the first task's model)."""
     import torch
 
-    from wavadapt.continual import ContinualConfig, prepare_continual
     from wavadapt.data.corpora import open_corpus
-    from wavadapt.feature_cache import keyed_dir
-    from wavadapt.pretrain import build_model, pretrain, recipe
+    from wavadapt.training.continual import ContinualConfig, prepare_continual
+    from wavadapt.training.feature_cache import keyed_dir
+    from wavadapt.training.pretrain import build_model, pretrain, recipe
 
     c = exp.continual
     r = recipe(c.preset, **{"seed": exp.seed, "checkpoint_every": c.checkpoint_every, **c.train,
@@ -623,7 +623,7 @@ def _continual(exp: Experiment, data: Path, start: str | Path, first: str, out: 
 
 def _evaluate_continual(exp: Experiment, data: Path, runs: list[Path], out: Path, lms: dict[str, Path], jobs: int,
                         echo: Echo) -> None:
-    from wavadapt.evaluate_continual import evaluate_continual
+    from wavadapt.experiments.forgetting import evaluate_continual
 
     e, splits = exp.evaluate_continual, exp.corpus.splits
     probe = {"train_split": splits.train, "test_split": splits.test, "ssl_split": splits.dev, "seed": exp.seed,
@@ -658,8 +658,8 @@ def _pretraining_run(backbone: str) -> Path | None:
 
 def run_experiment(exp: Experiment, out: str | Path, dry_run: bool = False, echo: Echo = print, jobs: int = 1) -> Path:
     """Run every step of ``exp`` into ``out`` (toy scale with ``dry_run``, after printing the full plan), the
-    independent fine-tuning runs, continual runs and probes ``jobs`` at a time (:mod:`wavadapt.workers`); returns
-    ``out``."""
+    independent fine-tuning runs, continual runs and probes ``jobs`` at a time
+    (:mod:`wavadapt.experiments.workers`); returns ``out``."""
     out = Path(out)
     for line in plan(exp):
         echo(("would run " if dry_run else "") + line)
@@ -686,7 +686,7 @@ def run_experiment(exp: Experiment, out: str | Path, dry_run: bool = False, echo
         _evaluate_continual(exp, data, [*([first_model] if first_model else []), *runs], out, lms, jobs, echo)
         _drop_cache(out / "evaluate-continual")
     if exp.report and _main_process():
-        from wavadapt.report import write_report
+        from wavadapt.experiments.report import write_report
 
         echo(write_report(out).summary)
     return out

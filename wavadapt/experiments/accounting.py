@@ -16,7 +16,6 @@ from transformers import PreTrainedModel
 
 from wavadapt.data.text import SPECIAL_TOKENS, WORD_DELIMITER, Vocabulary
 from wavadapt.errors import WavadaptError
-from wavadapt.methods import METHODS, MethodConfig, prepare
 from wavadapt.model.backbone import (
     COMPONENTS,
     PRESETS,
@@ -27,6 +26,7 @@ from wavadapt.model.backbone import (
     resolve_checkpoint,
 )
 from wavadapt.model.ctc import CTCModel
+from wavadapt.training.methods import METHODS, MethodConfig, prepare
 
 BackboneFactory = Callable[[], PreTrainedModel]
 

@@ -31,20 +31,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from wavadapt.accounting import count_parameters
-from wavadapt.checkpoint import safe_name
 from wavadapt.data.batching import filter_by_length
 from wavadapt.data.corpora import open_corpus
 from wavadapt.decoding import DecoderConfig
 from wavadapt.errors import WavadaptError
-from wavadapt.evaluate import EvalResult, evaluate
-from wavadapt.finetune import AugmentConfig, finetune
-from wavadapt.methods import MethodConfig
+from wavadapt.experiments.accounting import count_parameters
+from wavadapt.experiments.workers import run_steps
+from wavadapt.inference.engine import EvalResult, evaluate
+from wavadapt.model.checkpoint import safe_name
 from wavadapt.model.ctc import CTCModel
 from wavadapt.model.pretraining import PretrainingModel, load_pretraining
-from wavadapt.pretrain import evaluate_pretraining, maskable
-from wavadapt.train import TrainConfig
-from wavadapt.workers import run_steps
+from wavadapt.training.finetune import AugmentConfig, finetune
+from wavadapt.training.loop import TrainConfig
+from wavadapt.training.methods import MethodConfig
+from wavadapt.training.pretrain import evaluate_pretraining, maskable
 
 METRICS = ("wer", "cer", "ctc_loss", "ssl_loss")
 """Per language: test WER and CER after fine-tuning, the fine-tuning's last training loss (a finer check of
@@ -79,7 +79,8 @@ class Run:
 
 
 def read_run(path: str | Path) -> Run:
-    """Read a run directory written by :func:`wavadapt.pretrain.pretrain` (``pretraining.json``, ``run.json``)."""
+    """Read a run directory written by :func:`wavadapt.training.pretrain.pretrain` (``pretraining.json``,
+    ``run.json``)."""
     path = Path(path)
     try:
         tasks = list(json.loads((path / "pretraining.json").read_text(encoding="utf-8"))["tasks"])
@@ -302,7 +303,7 @@ def forgetting_and_references(sequences: dict[str, list[Checkpoint]], config: Pr
     """The forgetting matrix, one row per method and checkpoint (``method``, ``task``, ``update``, ``position``,
     ``step`` and each learnt language's :func:`probe` scores), and forward transfer's references (per new language,
     ``{"wer": ..., "cer": ...}`` of :func:`_first_models` fine-tuned on it). All of them are independent fine-tuning
-    runs, so they share one pool, ``jobs`` at a time (:mod:`wavadapt.workers`); ``echo`` hears of each."""
+    runs, so they share one pool, ``jobs`` at a time (:mod:`wavadapt.experiments.workers`); ``echo`` hears of each."""
     fingerprints, todo = _probes(sequences, languages)
     firsts = _first_models(sequences, languages)
     if echo is not None:
