@@ -157,7 +157,7 @@ def demo_logits(demo: Path, beam: int, lm_weight: float, word_score: float) -> N
     from wavadapt.decoding import log_probs
     from wavadapt.experiments.grid import load_experiment, recipe_path
     from wavadapt.inference.engine import evaluating, window_outputs
-    from wavadapt.model.checkpoint import load_asr_model
+    from wavadapt.interop.loading import load_asr_model
 
     backbone = load_experiment(recipe_path("demo")).backbone
     test = [u for u in open_corpus(demo / "corpus", "test", "en") if u.text]

@@ -33,8 +33,8 @@ from wavadapt.data.audio import SAMPLE_RATE, read_audio
 from wavadapt.data.text import Vocabulary
 from wavadapt.inference.engine import transcribe
 from wavadapt.inference.transcription import Request, default_batch_seconds, transcribe_requests
+from wavadapt.interop.loading import load_asr_model
 from wavadapt.model.backbone import make_config
-from wavadapt.model.checkpoint import load_asr_model
 
 NORMS = {"layer": {"feat_extract_norm": "layer", "conv_bias": True, "do_stable_layer_norm": True}, "group": {}}
 VOCAB = Vocabulary.build(["the quick brown fox jumps over the lazy dog"])

@@ -10,11 +10,11 @@ from safetensors.torch import load_file, save_file
 
 from wavadapt.data.text import Vocabulary
 from wavadapt.errors import CheckpointError
+from wavadapt.interop.loading import load_asr_model
 from wavadapt.model.adapters import AdapterConfig, adapter_names, adapter_parameters, add_adapter
 from wavadapt.model.backbone import build_backbone
 from wavadapt.model.checkpoint import (
     backbone_fingerprint,
-    load_asr_model,
     load_task,
     save_adapter,
     save_backbone,

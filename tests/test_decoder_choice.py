@@ -19,7 +19,8 @@ from wavadapt.data.corpora import open_corpus
 from wavadapt.data.text import normalize_text
 from wavadapt.decoding import DecoderConfig, LanguageModelError, make_decoder, texts
 from wavadapt.decoding.ngram import build_arpa
-from wavadapt.inference.engine import evaluate, evaluating, window_outputs
+from wavadapt.evaluation.corpus import evaluate
+from wavadapt.inference.engine import evaluating, window_outputs
 from wavadapt.inference.registry import Registry, format_tasks
 from wavadapt.inference.server import create_app, serving
 from wavadapt.inference.transcription import Request, transcribe_requests

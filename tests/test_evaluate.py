@@ -17,9 +17,11 @@ from wavadapt.data.audio import read_audio
 from wavadapt.data.batching import collate
 from wavadapt.data.corpora import open_corpus
 from wavadapt.data.text import Vocabulary
-from wavadapt.inference.engine import evaluate, forward_padded, score, transcribe
+from wavadapt.evaluation.corpus import evaluate, score
+from wavadapt.inference.engine import forward_padded, transcribe
+from wavadapt.interop.loading import load_asr_model
 from wavadapt.model.backbone import build_backbone, load_backbone, make_config
-from wavadapt.model.checkpoint import load_asr_model, save_task
+from wavadapt.model.checkpoint import save_task
 from wavadapt.model.ctc import CTCModel
 from wavadapt.training.methods import MethodConfig, prepare
 

@@ -9,7 +9,8 @@ from wavadapt.data.audio import read_audio
 from wavadapt.data.batching import collate
 from wavadapt.data.corpora import open_corpus
 from wavadapt.data.text import Vocabulary
-from wavadapt.inference.engine import evaluate, transcribe
+from wavadapt.evaluation.corpus import evaluate
+from wavadapt.inference.engine import transcribe
 from wavadapt.model.backbone import CTC_MODELS, FAMILIES, build_backbone, load_backbone, make_config
 from wavadapt.model.checkpoint import backbone_fingerprint
 from wavadapt.model.ctc import CTCModel

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 from wavadapt.cli import app
 from wavadapt.data.text import Vocabulary
 from wavadapt.errors import CheckpointError, WavadaptError
+from wavadapt.interop.loading import load_asr_model
 from wavadapt.model.backbone import build_pretraining_model, load_backbone, load_pretraining_model, make_config
-from wavadapt.model.checkpoint import load_asr_model
 from wavadapt.model.fairseq import (
     format_conv_spec,
     parse_conv_spec,

@@ -16,8 +16,8 @@ from wavadapt.data.batching import collate
 from wavadapt.data.corpora import open_corpus
 from wavadapt.data.text import Vocabulary
 from wavadapt.errors import CheckpointError, WavadaptError
+from wavadapt.interop.loading import load_asr_model
 from wavadapt.model.backbone import build_backbone, conv_geometry
-from wavadapt.model.checkpoint import load_asr_model
 from wavadapt.model.ctc import CTCModel
 from wavadapt.model.pretraining import PretrainingModel
 from wavadapt.objectives.contrastive import sample_negatives

@@ -6,9 +6,9 @@ import torch
 
 from wavadapt.data.corpora import open_corpus
 from wavadapt.data.text import Vocabulary
-from wavadapt.inference.engine import evaluate
+from wavadapt.evaluation.corpus import evaluate
+from wavadapt.interop.loading import load_asr_model
 from wavadapt.model.backbone import build_backbone
-from wavadapt.model.checkpoint import load_asr_model
 from wavadapt.model.ctc import CTCModel
 from wavadapt.training.finetune import AugmentConfig, finetune
 from wavadapt.training.loop import TrainConfig

@@ -16,8 +16,9 @@ from wavadapt.data.text import Vocabulary
 from wavadapt.errors import CheckpointError, WavadaptError
 from wavadapt.interop.fairseq import read_fairseq_dictionary
 from wavadapt.interop.hf import TASK
+from wavadapt.interop.loading import load_asr_model
 from wavadapt.model.backbone import load_backbone, make_config
-from wavadapt.model.checkpoint import backbone_fingerprint, load_asr_model, save_task
+from wavadapt.model.checkpoint import backbone_fingerprint, save_task
 from wavadapt.model.fairseq import to_fairseq_state_dict
 from wavadapt.training.methods import MethodConfig, prepare
 

@@ -20,8 +20,9 @@ from wavadapt.cli import app
 from wavadapt.data.text import Vocabulary
 from wavadapt.errors import CheckpointError, WavadaptError
 from wavadapt.interop.hf import TASK
+from wavadapt.interop.loading import load_asr_model
 from wavadapt.model.backbone import load_backbone, make_config
-from wavadapt.model.checkpoint import backbone_fingerprint, load_asr_model, load_task, save_task
+from wavadapt.model.checkpoint import backbone_fingerprint, load_task, save_task
 from wavadapt.training.methods import MethodConfig, prepare
 
 CTC = {"wav2vec2": Wav2Vec2ForCTC, "hubert": HubertForCTC, "wavlm": WavLMForCTC}

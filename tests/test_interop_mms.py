@@ -24,10 +24,11 @@ from typer.testing import CliRunner
 from wavadapt.cli import app
 from wavadapt.data.text import Vocabulary
 from wavadapt.errors import CheckpointError, WavadaptError
+from wavadapt.interop.loading import load_asr_model
 from wavadapt.interop.mms import export_mms, load_mms_dir
 from wavadapt.model.adapters import adapter_config, adapter_names
 from wavadapt.model.backbone import load_backbone
-from wavadapt.model.checkpoint import backbone_fingerprint, load_asr_model, save_task
+from wavadapt.model.checkpoint import backbone_fingerprint, save_task
 from wavadapt.model.ctc import CTCModel
 from wavadapt.training.methods import MethodConfig, prepare
 

@@ -161,9 +161,8 @@ def test_fine_tuning_starts_from_the_pretrained_first_model(tmp_path):
 
 
 def test_from_scratch_is_the_same_architecture_with_fresh_seeded_weights():
-    from wavadapt.model.checkpoint import load_asr_model
-
     from wavadapt.experiments.grid import _fresh_like
+    from wavadapt.interop.loading import load_asr_model
 
     pretrained = load_asr_model("tiny-en-synth", []).backbone.state_dict()
     fresh = _fresh_like(load_asr_model("tiny-en-synth", []), seed=0).backbone.state_dict()

@@ -9,10 +9,10 @@ import pytest
 from typer.testing import CliRunner
 
 from wavadapt.cli import app
+from wavadapt.evaluation.corpus import EvalResult, Scores
 from wavadapt.experiments.accounting import Account
 from wavadapt.experiments.forgetting import _write_csv, continual_summaries
 from wavadapt.experiments.report import line_figure, updates_to_target, write_report
-from wavadapt.inference.engine import EvalResult, Scores
 from wavadapt.training.loop import TrainConfig
 from wavadapt.training.methods import MethodConfig
 

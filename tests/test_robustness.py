@@ -20,9 +20,11 @@ from wavadapt.data.audio import SAMPLE_RATE, read_audio
 from wavadapt.data.check import check_corpus
 from wavadapt.data.corpora import open_corpus
 from wavadapt.data.text import Vocabulary
-from wavadapt.inference.engine import cut_at_pauses, evaluate, transcribe
+from wavadapt.evaluation.corpus import evaluate
+from wavadapt.inference.engine import cut_at_pauses, transcribe
+from wavadapt.interop.loading import load_asr_model
 from wavadapt.model.backbone import build_backbone
-from wavadapt.model.checkpoint import load_asr_model, save_task
+from wavadapt.model.checkpoint import save_task
 from wavadapt.model.ctc import CTCModel
 
 

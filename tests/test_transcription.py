@@ -19,8 +19,9 @@ from wavadapt.errors import WavadaptError
 from wavadapt.inference.engine import transcribe
 from wavadapt.inference.formats import cues, subtitles
 from wavadapt.inference.transcription import Request, Transcript, Word, transcribe_requests
+from wavadapt.interop.loading import load_asr_model
 from wavadapt.model.backbone import build_backbone
-from wavadapt.model.checkpoint import load_asr_model, save_backbone, save_task
+from wavadapt.model.checkpoint import save_backbone, save_task
 from wavadapt.model.ctc import CTCModel
 from wavadapt.training.methods import MethodConfig, prepare
 

@@ -249,7 +249,7 @@ def _decoder_config(kind: str | None, beam_size: int, lm: Path | None, lm_weight
 def _asr_model(model: str, adapters: list[Path] | None, task: str | None, family: str | None, trust_pickle: bool,
                vocab: Path | None = None):
     """The backbone with its task files loaded and ``task`` (or the last loaded one) active."""
-    from wavadapt.model.checkpoint import load_asr_model
+    from wavadapt.interop.loading import load_asr_model
 
     asr = load_asr_model(model, adapters or [], trust_pickle=trust_pickle, family=family, task=task, vocab=vocab)
     if asr.active is None:
@@ -285,7 +285,7 @@ def evaluate_corpus(
 
     from wavadapt.data.corpora import open_corpus
     from wavadapt.decoding import make_decoder
-    from wavadapt.inference.engine import evaluate
+    from wavadapt.evaluation.corpus import evaluate
 
     config = _decoder_config(decoder, beam_size, lm, lm_weight, word_score, lexicon)
     asr = _asr_model(model, adapter, task, family, trust_pickle, vocab)
@@ -515,8 +515,9 @@ def export(
     `Wav2Vec2ForCTC.from_pretrained(DIR, target_lang=...)` and `load_adapter(...)` load; `--format fairseq` a
     checkpoint fairseq's `load_model_ensemble_and_task` loads."""
     from wavadapt.interop.fairseq import export_fairseq
+    from wavadapt.interop.loading import load_asr_model
     from wavadapt.interop.mms import export_mms
-    from wavadapt.model.checkpoint import load_asr_model, load_task
+    from wavadapt.model.checkpoint import load_task
 
     if fmt not in ("mms", "fairseq"):
         raise WavadaptError(f"--format {fmt!r}: choose mms or fairseq (a Houlsby-form adapter task stays a wavadapt "
@@ -618,7 +619,7 @@ def finetune(
 ) -> None:
     """Fine-tune CTC ASR with one of the methods; launch with torchrun to use several processes / GPUs."""
     from wavadapt.data.corpora import open_corpus
-    from wavadapt.model.checkpoint import load_asr_model
+    from wavadapt.interop.loading import load_asr_model
     from wavadapt.training.finetune import AugmentConfig
     from wavadapt.training.finetune import finetune as run
     from wavadapt.training.loop import TrainConfig

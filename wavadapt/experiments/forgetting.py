@@ -35,9 +35,9 @@ from wavadapt.data.batching import filter_by_length
 from wavadapt.data.corpora import open_corpus
 from wavadapt.decoding import DecoderConfig
 from wavadapt.errors import WavadaptError
+from wavadapt.evaluation.corpus import EvalResult, evaluate
 from wavadapt.experiments.accounting import count_parameters
 from wavadapt.experiments.workers import run_steps
-from wavadapt.inference.engine import EvalResult, evaluate
 from wavadapt.model.checkpoint import safe_name
 from wavadapt.model.ctc import CTCModel
 from wavadapt.model.pretraining import PretrainingModel, load_pretraining

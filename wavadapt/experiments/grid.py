@@ -523,8 +523,8 @@ def _finetune_one(exp: Experiment, data: Path, start: str | Path, language: str,
     """One `wavadapt finetune` run of the model ``start`` on the train split, validated on dev, then scored on
     test (eval.json)."""
     from wavadapt.data.corpora import open_corpus
-    from wavadapt.inference.engine import evaluate
-    from wavadapt.model.checkpoint import load_asr_model
+    from wavadapt.evaluation.corpus import evaluate
+    from wavadapt.interop.loading import load_asr_model
     from wavadapt.training.finetune import finetune
     from wavadapt.training.methods import MethodConfig
 

@@ -19,8 +19,9 @@ from pathlib import Path
 
 from wavadapt.decoding import DecoderConfig, DecoderPool
 from wavadapt.errors import CheckpointError, WavadaptError
+from wavadapt.interop.loading import load_asr_model
 from wavadapt.model.adapters import adapter_config, adapter_names, adapter_parameters, remove_adapter
-from wavadapt.model.checkpoint import load_asr_model, load_task, safe_name
+from wavadapt.model.checkpoint import load_task, safe_name
 from wavadapt.model.ctc import CTCModel
 
 

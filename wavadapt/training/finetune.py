@@ -76,7 +76,7 @@ def finetune(model: CTCModel, task: str, train: list[Utterance], method: MethodC
     rounding, without the CNN's forward pass and the audio decoding: in the demo (``tiny``, one CPU thread) an
     adapter update took 0.06 s instead of 0.13.
     """
-    from wavadapt.inference.engine import evaluate
+    from wavadapt.evaluation.corpus import evaluate
     from wavadapt.model.checkpoint import save_backbone, save_task
 
     out_dir = Path(out_dir)
