@@ -14,6 +14,7 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/ruff check wavadapt tests benchmarks
+	$(VENV)/bin/lint-imports  # the layers and no-cycles contracts of pyproject.toml
 	$(VENV)/bin/pytest -q
 
 setup: system-packages $(VENV)/.installed

@@ -1,0 +1,84 @@
+"""The options several commands share, and the model and decoder they build."""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from wavadapt.errors import WavadaptError
+
+CorpusArgument = Annotated[Path, typer.Argument(help="A corpus: a folder (written by `wavadapt prepare` or `wavadapt "
+                                                "synth`, LibriSpeech or Common Voice) or a manifest (.tsv or .jsonl "
+                                                "with path and text columns, paths relative to the manifest; or "
+                                                "fairseq's .tsv with its .ltr).")]
+Jobs = Annotated[int, typer.Option(help="Independent runs (fine-tuning runs, continual runs, probes) at a time, each a "
+                                   "process of one thread: on a CPU, one per core trains small models fastest.")]
+Amp = Annotated[str, typer.Option(help="auto | bf16 | fp16 | none")]
+ValidateEvery = Annotated[int, typer.Option(help="Validate every N updates (0: at the end).")]
+CheckpointEvery = Annotated[int, typer.Option(help="Checkpoint every N updates (0: at the end).")]
+Seed = Annotated[int, typer.Option(help="Seed of new weights, data order, masking and dropout: the same seed, the "
+                                    "same run.")]
+NumWorkers = Annotated[int, typer.Option(help="Data-loading worker processes.")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its checkpoint.")]
+TrustPickle = Annotated[
+    bool, typer.Option("--trust-pickle", help="Allow reading a fairseq .pt: a pickle, which can run code.")
+]
+Family = Annotated[str | None, typer.Option(help="Family of a preset: wav2vec2 (default), hubert or wavlm.")]
+KeepSnapshots = Annotated[bool, typer.Option("--keep-snapshots", help="Keep the full state of every checkpoint "
+                                             "in snapshots/ (learning curves).")]
+FeatureCache = Annotated[bool, typer.Option("--feature-cache", help="Train on the frozen CNN's output, computed once "
+                                            "and cached in OUT/feature_cache (needs a frozen CNN; validation still "
+                                            "reads audio).")]
+FeatureCacheDir = Annotated[Path | None, typer.Option(help="Where --feature-cache keeps the cache (implies "
+                                                      "--feature-cache; default OUT/feature_cache).")]
+WarmupUpdates = Annotated[int | None, typer.Option(help="Warm-up updates (default: 8% of the updates).")]
+SslValidSplit = Annotated[str | None, typer.Option(help="Validation split (loss, accuracy).")]
+AdapterForm = Annotated[str, typer.Option(help="houlsby (the papers': two bottlenecks per layer) or mms (MMS's one "
+                                           "adapter per pre-LN layer, exportable to transformers' MMS layout).")]
+RawFormatOption = Annotated[str | None, typer.Option(help="How to read headerless PCM files (.raw, .pcm): "
+                                                     "ENCODING:RATE[:CHANNELS], e.g. s16le:16000 (a manifest's "
+                                                     "raw_format column overrides it per file).")]
+
+
+ModelOption = Annotated[
+    str,
+    typer.Option(help="A preset (tiny, base, large: random weights, seed 0), a Hugging Face checkpoint directory "
+                 "(e.g. a run's backbone/) or a fairseq .pt."),
+]
+AdapterOption = Annotated[
+    list[Path] | None,
+    typer.Option(help="A task file (adapter.<task>.json); repeat to stack, the language adapter first."),
+]
+TaskOption = Annotated[str | None, typer.Option(help="Task to run (default: the last task file's).")]
+VocabOption = Annotated[Path | None, typer.Option(help="The dict.ltr.txt of a fine-tuned fairseq checkpoint, where "
+                                                 "it is not beside the .pt.")]
+# The decoder: greedy, or flashlight's beam search with a KenLM word LM and a lexicon (DecoderConfig).
+DecoderKind = Annotated[str | None, typer.Option("--decoder", help="greedy, or beam (CTC beam search; the default "
+                                                 "when --lm or --lexicon is given).")]
+BeamSize = Annotated[int, typer.Option(help="Beam search: hypotheses kept per frame.")]
+LmOption = Annotated[Path | None, typer.Option("--lm", help="Beam search with this KenLM word n-gram LM (.arpa, "
+                                               "or a .bin with --lexicon; `wavadapt lm` builds one).")]
+LmWeight = Annotated[float, typer.Option(help="Beam search: weight of the LM's log10 probabilities.")]
+WordScore = Annotated[float, typer.Option(help="Beam search: added per word (insertion bonus).")]
+LexiconOption = Annotated[Path | None, typer.Option(help="Beam search emits only this lexicon's words (lines of "
+                                                    "`word` or `word  s p e l l i n g`).")]
+
+
+def decoder_config(kind: str | None, beam_size: int, lm: Path | None, lm_weight: float, word_score: float,
+                    lexicon: Path | None):
+    from wavadapt.decoding import DecoderConfig
+
+    kind = kind or ("beam" if lm or lexicon else "greedy")
+    return DecoderConfig(kind, beam_size=beam_size, lm=lm, lm_weight=lm_weight, word_score=word_score,
+                         lexicon=lexicon)
+
+
+def asr_model(model: str, adapters: list[Path] | None, task: str | None, family: str | None, trust_pickle: bool,
+               vocab: Path | None = None):
+    """The backbone with its task files loaded and ``task`` (or the last loaded one) active."""
+    from wavadapt.interop.loading import load_asr_model
+
+    asr = load_asr_model(model, adapters or [], trust_pickle=trust_pickle, family=family, task=task, vocab=vocab)
+    if asr.active is None:
+        raise WavadaptError("no task to run: pass a task file with --adapter")
+    return asr

@@ -1,0 +1,251 @@
+"""Commands that train: finetune (CTC ASR), pretrain (wav2vec 2.0), continual (a new language)."""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from wavadapt.cli.options import (
+    AdapterForm,
+    Amp,
+    CheckpointEvery,
+    FeatureCache,
+    FeatureCacheDir,
+    KeepSnapshots,
+    NumWorkers,
+    RawFormatOption,
+    Resume,
+    Seed,
+    SslValidSplit,
+    TrustPickle,
+    ValidateEvery,
+    WarmupUpdates,
+)
+from wavadapt.cli.program import app
+
+
+@app.command()
+def finetune(
+    data: Annotated[Path, typer.Argument(help="Labeled corpus: synth root, LibriSpeech / Common Voice dir, manifest.")],
+    language: Annotated[str, typer.Option(help="Language of the data (text normalisation, corpus folder).")],
+    out: Annotated[Path, typer.Option(help="Run directory: checkpoints, logs, task file, backbone if changed.")],
+    model: Annotated[str, typer.Option(help="Backbone: preset (fresh weights), HF checkpoint dir, fairseq .pt.")] = (
+        "tiny"
+    ),
+    method: Annotated[str, typer.Option(help="full | top-n-full | adapters | top-n-adapters | head-only")] = "adapters",
+    top_n: Annotated[int | None, typer.Option(help="N of the top-n methods.")] = None,
+    adapter_size: Annotated[int, typer.Option(help="Adapter bottleneck size (papers: 256).")] = 256,
+    adapter_form: AdapterForm = "houlsby",
+    task: Annotated[str | None, typer.Option(help="Task name (default: the language; e.g. es/asr).")] = None,
+    adapter: Annotated[list[Path] | None, typer.Option(help="Adapter files to load first.")] = None,
+    stack_on: Annotated[str | None, typer.Option(help="Stack the new task adapter on this loaded adapter set.")] = None,
+    split: Annotated[str, typer.Option(help="Training split.")] = "train",
+    valid_split: Annotated[str | None, typer.Option(help="Validation split (WER/CER); '' for none.")] = "dev",
+    max_updates: Annotated[int, typer.Option(help="Updates to train.")] = 20000,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 5e-5,
+    update_freq: Annotated[int, typer.Option(help="Micro-batches per update (gradient accumulation).")] = 1,
+    max_seconds_per_batch: Annotated[float, typer.Option(help="Audio seconds per micro-batch per process.")] = 200.0,
+    freeze_updates: Annotated[int, typer.Option(help="full: updates that train only the head first.")] = 0,
+    clip_norm: Annotated[float, typer.Option(help="Gradient-norm clipping (0: none).")] = 0.0,
+    mask_time_prob: Annotated[float, typer.Option(help="SpecAugment time-mask probability.")] = 0.65,
+    mask_feature_prob: Annotated[float, typer.Option(help="SpecAugment channel-mask probability.")] = 0.5,
+    layerdrop: Annotated[float, typer.Option(help="Probability of skipping a transformer layer.")] = 0.05,
+    amp: Amp = "auto",
+    validate_every: ValidateEvery = 0,
+    checkpoint_every: CheckpointEvery = 0,
+    num_workers: NumWorkers = 0,
+    seed: Seed = 0,
+    feature_cache: FeatureCache = False,
+    feature_cache_dir: Annotated[Path | None, typer.Option(help="Root of --feature-cache's caches (implies "
+                                                           "--feature-cache; default OUT/feature_cache): one per CNN "
+                                                           "and utterance set, shared by the runs given one root.")
+                                 ] = None,
+    keep_foreign_letters: Annotated[bool, typer.Option("--keep-foreign-letters", help="Train on transcripts with "
+                                                       "letters outside the language's alphabet too, without those "
+                                                       "letters (default: skipped and counted).")] = False,
+    resume: Resume = False,
+    trust_pickle: TrustPickle = False,
+    raw_format: RawFormatOption = None,
+) -> None:
+    """Fine-tune CTC ASR with adapters or fully.
+
+    The papers' methods: full, top-n-full, adapters, top-n-adapters, head-only. Launch with torchrun for several
+    processes or GPUs.
+    """
+    from wavadapt.data.corpora import open_corpus
+    from wavadapt.interop.loading import load_asr_model
+    from wavadapt.training.finetune import AugmentConfig
+    from wavadapt.training.finetune import finetune as run
+    from wavadapt.training.loop import TrainConfig
+    from wavadapt.training.methods import MethodConfig
+
+    asr = load_asr_model(model, adapter or [], trust_pickle=trust_pickle)
+    method_config = MethodConfig(method, top_n, adapter_size, freeze_updates, stack_on, adapter_form)
+    config = TrainConfig(max_updates=max_updates, lr=lr, update_freq=update_freq, clip_norm=clip_norm,
+                         max_seconds_per_batch=max_seconds_per_batch, amp=amp, validate_every=validate_every,
+                         checkpoint_every=checkpoint_every, num_workers=num_workers, seed=seed)
+    augment = AugmentConfig(mask_time_prob=mask_time_prob, mask_feature_prob=mask_feature_prob, layerdrop=layerdrop)
+    valid = open_corpus(data, valid_split, language, raw_format) if valid_split else None
+    history = run(asr, task or language, open_corpus(data, split, language, raw_format), method_config, config, out,
+                  valid=valid, augment=augment, resume=resume,
+                  feature_cache=_cache_dir(out, feature_cache, feature_cache_dir), keep_foreign=keep_foreign_letters)
+    _echo_last(history)
+
+
+@app.command()
+def pretrain(
+    data: Annotated[Path, typer.Argument(help="Unlabeled corpus: synth root, LibriSpeech / Common Voice, manifest.")],
+    language: Annotated[str, typer.Option(help="Language(s) of the data, comma-separated for joint multilingual "
+                                          "pre-training on mixed-language batches (the default task name).")],
+    out: Annotated[Path, typer.Option(help="Run directory: checkpoints, logs, model/ (HF), pretraining.safetensors.")],
+    model: Annotated[str, typer.Option(help="tiny | base | large (fresh weights), HF pre-training dir, fairseq .pt, "
+                                       "or a run directory (pretraining.json).")] = "tiny",
+    preset: Annotated[str | None, typer.Option(help="Recipe tiny | base | large (default: --model's preset, "
+                                               "else base); the options below override it.")] = None,
+    task: Annotated[str | None, typer.Option(help="Head to train (default: the language).")] = None,
+    split: Annotated[str, typer.Option(help="Training split.")] = "pretrain",
+    valid_split: SslValidSplit = None,
+    max_updates: Annotated[int | None, typer.Option(help="Updates to train.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    warmup_updates: WarmupUpdates = None,
+    update_freq: Annotated[int | None, typer.Option(help="Micro-batches per update (default: the recipe's GPUs / "
+                                                    "processes, e.g. 64 for Base on one GPU).")] = None,
+    max_seconds_per_batch: Annotated[float | None, typer.Option(help="Audio seconds per micro-batch per process.")] = (
+        None
+    ),
+    crop_seconds: Annotated[float | None, typer.Option(help="Random crop of longer utterances (Base: 15.6 s).")] = None,
+    min_seconds: Annotated[float | None, typer.Option(help="Skip shorter utterances (Base: 2 s).")] = None,
+    feature_grad_mult: Annotated[float | None, typer.Option(help="CNN gradient scale (0 freezes the CNN).")] = None,
+    diversity_weight: Annotated[float | None, typer.Option(help="Weight of the codebook diversity loss (alpha; "
+                                                           "Base: 0.1).")] = None,
+    feature_penalty_weight: Annotated[float | None, typer.Option(help="Weight of the CNN feature L2 penalty "
+                                                                 "(Base: 10; tiny: 0).")] = None,
+    codevectors_per_group: Annotated[int | None, typer.Option(help="Entries per quantizer codebook of a fresh "
+                                                              "--model preset (V; Base: 320, tiny: 64).")] = None,
+    amp: Amp = "auto",
+    validate_every: ValidateEvery = 0,
+    checkpoint_every: CheckpointEvery = 0,
+    num_workers: NumWorkers = 0,
+    seed: Seed = 0,
+    keep_snapshots: KeepSnapshots = False,
+    feature_cache: FeatureCache = False,
+    feature_cache_dir: FeatureCacheDir = None,
+    resume: Resume = False,
+    trust_pickle: TrustPickle = False,
+    raw_format: RawFormatOption = None,
+) -> None:
+    """Pre-train wav2vec 2.0 self-supervised.
+
+    The contrastive and diversity losses of wav2vec 2.0, as fairseq trains them. Launch with torchrun for several
+    processes or GPUs.
+    """
+    from dataclasses import replace
+
+    from wavadapt.data.corpora import open_corpus
+    from wavadapt.training.pretrain import build_model
+    from wavadapt.training.pretrain import pretrain as run
+
+    name, r = _pretrain_recipe(preset, model, max_updates=max_updates, lr=lr, warmup_updates=warmup_updates,
+                               max_seconds_per_batch=max_seconds_per_batch, update_freq=update_freq, amp=amp,
+                               validate_every=validate_every, checkpoint_every=checkpoint_every,
+                               num_workers=num_workers, seed=seed)
+    languages = [lang.strip() for lang in language.split(",") if lang.strip()]
+    task = task or "+".join(languages)
+    pt = build_model(model, task, name, trust_pickle=trust_pickle, seed=seed,
+                     codevectors_per_group=codevectors_per_group)
+    objective = {"feature_grad_mult": feature_grad_mult, "diversity_weight": diversity_weight,
+                 "feature_penalty_weight": feature_penalty_weight}
+    pt.config = replace(pt.config, **{k: v for k, v in objective.items() if v is not None})
+    valid = [u for lang in languages for u in open_corpus(data, valid_split, lang, raw_format)] if valid_split else None
+    history = run(pt, task, [u for lang in languages for u in open_corpus(data, split, lang, raw_format)], r.train,
+                  out,
+                  crop_seconds=r.crop_seconds if crop_seconds is None else crop_seconds,
+                  min_seconds=r.min_seconds if min_seconds is None else min_seconds, valid=valid, resume=resume,
+                  keep_snapshots=keep_snapshots, feature_cache=_cache_dir(out, feature_cache, feature_cache_dir))
+    _echo_last(history)
+
+
+@app.command()
+def continual(
+    data: Annotated[Path, typer.Argument(help="Unlabeled corpus of the new language.")],
+    language: Annotated[str, typer.Option(help="Language of the data (corpus folder; the default task name).")],
+    out: Annotated[Path, typer.Option(help="Run directory (as for pretrain).")],
+    model: Annotated[str, typer.Option(help="The model so far: a pretrain/continual run directory, an HF "
+                                       "pre-training dir or a fairseq .pt.")],
+    method: Annotated[str, typer.Option(help="warm-start | multihead | multihead-l2 | cwav2vec")] = "cwav2vec",
+    task: Annotated[str | None, typer.Option(help="The new task (default: the language).")] = None,
+    from_task: Annotated[str, typer.Option(help="Name of the task an HF / fairseq model has learnt.")] = "en",
+    l2_weight: Annotated[float, typer.Option(help="eta of multihead-l2.")] = 1.0,
+    adapter_size: Annotated[int, typer.Option(help="cwav2vec language adapter size.")] = 256,
+    preset: Annotated[str | None, typer.Option(help="Recipe tiny | base | large (default: base).")] = None,
+    split: Annotated[str, typer.Option(help="Training split.")] = "pretrain",
+    valid_split: SslValidSplit = None,
+    max_updates: Annotated[int | None, typer.Option(help="Updates to train.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (the method's own).")] = None,
+    warmup_updates: WarmupUpdates = None,
+    update_freq: Annotated[int | None, typer.Option(help="Micro-batches per update.")] = None,
+    max_seconds_per_batch: Annotated[float | None, typer.Option(help="Audio seconds per micro-batch.")] = None,
+    crop_seconds: Annotated[float | None, typer.Option(help="Random crop of longer utterances.")] = None,
+    amp: Amp = "auto",
+    validate_every: ValidateEvery = 0,
+    checkpoint_every: CheckpointEvery = 0,
+    num_workers: NumWorkers = 0,
+    seed: Seed = 0,
+    keep_snapshots: KeepSnapshots = False,
+    feature_cache: FeatureCache = False,
+    feature_cache_dir: FeatureCacheDir = None,
+    resume: Resume = False,
+    trust_pickle: TrustPickle = False,
+    raw_format: RawFormatOption = None,
+) -> None:
+    """Learn a new language on a pre-trained model.
+
+    cwav2vec 2.0 (language adapters on a frozen model) or a baseline (warm-start, multihead, multihead-l2); earlier
+    languages keep their heads.
+    """
+    import torch
+
+    from wavadapt.data.corpora import open_corpus
+    from wavadapt.training.continual import ContinualConfig, prepare_continual
+    from wavadapt.training.pretrain import build_model
+    from wavadapt.training.pretrain import pretrain as run
+
+    name, r = _pretrain_recipe(preset, "base", max_updates=max_updates, lr=lr, warmup_updates=warmup_updates,
+                               max_seconds_per_batch=max_seconds_per_batch, update_freq=update_freq, amp=amp,
+                               validate_every=validate_every, checkpoint_every=checkpoint_every,
+                               num_workers=num_workers, seed=seed)
+    pt = build_model(model, from_task, name, trust_pickle=trust_pickle, seed=seed)
+    task = task or language
+    torch.manual_seed(seed)  # the new adapters and heads
+    trainable, regularizer = prepare_continual(pt, task, ContinualConfig(method, l2_weight, adapter_size))
+    r.train.extra = {"continual_method": method, "l2_weight": l2_weight, "adapter_size": adapter_size}
+    valid = open_corpus(data, valid_split, language, raw_format) if valid_split else None
+    history = run(pt, task, open_corpus(data, split, language, raw_format), r.train, out, trainable=trainable,
+                  crop_seconds=r.crop_seconds if crop_seconds is None else crop_seconds, min_seconds=r.min_seconds,
+                  valid=valid, resume=resume, regularizer=regularizer, keep_snapshots=keep_snapshots,
+                  feature_cache=_cache_dir(out, feature_cache, feature_cache_dir))
+    _echo_last(history)
+
+
+def _pretrain_recipe(preset: str | None, model: str, **options):
+    """The name and the pre-training recipe ``preset`` (default: ``model`` if it names a preset, else base)
+    with the options given on the command line."""
+    from wavadapt.model.backbone import PRESETS
+    from wavadapt.training.pretrain import recipe
+
+    name = preset or (model if model in PRESETS else "base")
+    return name, recipe(name, **{k: v for k, v in options.items() if v is not None})
+
+
+def _cache_dir(out: Path, enabled: bool, directory: Path | None) -> Path | None:
+    """The feature cache directory of --feature-cache / --feature-cache-dir, or None."""
+    if directory is not None:
+        return directory
+    return out / "feature_cache" if enabled else None
+
+
+def _echo_last(history: list[dict]) -> None:
+    """The last logged row of a run's training log."""
+    if history:
+        last = history[-1]
+        typer.echo(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in last.items()))
