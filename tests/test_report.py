@@ -16,7 +16,7 @@ from wavadapt.experiments.report import line_figure, updates_to_target, write_re
 from wavadapt.training.loop import TrainConfig
 from wavadapt.training.methods import MethodConfig
 
-# The Trainer's log.csv columns (train.py): a training row, then the validation metrics when validated.
+# The Trainer's log.csv columns (training/loop.py): a training row, then the validation metrics when validated.
 LOG_COLUMNS = ["update", "loss", "grad_norm", "lr", "items", "audio_seconds", "audio_seconds_per_second",
                "update_seconds", "skipped_updates", "skipped_files", "skipped_batches", "valid_wer", "valid_cer"]
 PNGS = ["finetune_error_rates", "top_n", "valid_cer", "continual_loss", "forgetting_wer_en", "forgetting_cer_en",

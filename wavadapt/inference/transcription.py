@@ -3,7 +3,7 @@
 Files are measured from their headers, sorted by length and packed into batches under a cap of padded audio
 seconds (little padding, so batching pays); each batch is one forward with every row on its own task
 (``CTCModel.forward_mixed``). Audio longer than ``chunk_seconds`` is cut into windows at pauses
-(``evaluate.cut_at_pauses``) that batch like files and are joined back. Each request names its decoder (greedy
+(``engine.cut_at_pauses``) that batch like files and are joined back. Each request names its decoder (greedy
 by default, or a beam search with its LM: :mod:`wavadapt.decoding`); words carry times from the frames of the
 decoded path (20 ms for the papers' encoder). Results come back in input order; a bad file is a result with an
 ``error``.
