@@ -269,7 +269,7 @@ def test_fine_tuning_on_the_cache_trains_as_on_audio_and_shares_one_cache(synth_
     assert [p.name for p in (tmp_path / "cache").iterdir() if p.is_dir()] == [Path(info["path"]).name]
 
     built = (Path(info["path"]) / "feature_cache.json").stat().st_mtime_ns
-    result = CliRunner().invoke(app, ["finetune", str(synth_corpus), "--language", "en", "--out",
+    result = CliRunner().invoke(app, ["finetune", str(synth_corpus), "--language", "en", "--model", "tiny", "--out",
                                       str(tmp_path / "again"), "--method", "top-n-adapters", "--top-n", "1",
                                       "--adapter-size", "16", "--max-updates", "1", "--max-seconds-per-batch", "8",
                                       "--valid-split", "", "--feature-cache-dir", str(tmp_path / "cache")])

@@ -206,17 +206,18 @@ def test_language_adapter_pretraining_trains_only_the_adapter_and_head(synth_cor
 
 
 def test_cli_overrides_the_recipes_loss_weights(synth_corpus, tmp_path):
-    result = CliRunner().invoke(app, ["pretrain", str(synth_corpus), "--language", "en", "--out", str(tmp_path),
-                                      "--preset", "tiny", "--max-updates", "1", "--max-seconds-per-batch", "8",
-                                      "--diversity-weight", "0.2", "--feature-penalty-weight", "1.5"])
+    result = CliRunner().invoke(app, ["pretrain", str(synth_corpus), "--language", "en", "--model", "tiny", "--out",
+                                      str(tmp_path), "--preset", "tiny", "--max-updates", "1",
+                                      "--max-seconds-per-batch", "8", "--diversity-weight", "0.2",
+                                      "--feature-penalty-weight", "1.5"])
     assert result.exit_code == 0, result.output
     objective = json.loads((tmp_path / "run.json").read_text())["objective"]
     assert objective["diversity_weight"] == 0.2 and objective["feature_penalty_weight"] == 1.5
 
 
 def test_a_fresh_preset_takes_another_codebook_size_and_a_trained_model_keeps_its_own(synth_corpus, tmp_path):
-    args = ["pretrain", str(synth_corpus), "--language", "en", "--preset", "tiny", "--max-updates", "1",
-            "--max-seconds-per-batch", "8", "--codevectors-per-group", "32"]
+    args = ["pretrain", str(synth_corpus), "--language", "en", "--model", "tiny", "--preset", "tiny", "--max-updates",
+            "1", "--max-seconds-per-batch", "8", "--codevectors-per-group", "32"]
     result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "a")])
     assert result.exit_code == 0, result.output
     trained = load_pretraining(tmp_path / "a")

@@ -9,6 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import wavadapt
 from wavadapt.cli import app
 from wavadapt.errors import WavadaptError
 from wavadapt.experiments.grid import RECIPES as RECIPE_DIR
@@ -124,17 +125,31 @@ def test_run_command_dry_run_and_resume(tmp_path):
     recipe.write_text("corpus: {root: nowhere}\nfinetune: {languages: [en], methods: [{method: adapters}]}\n"
                       "report: true\n")
     runner = CliRunner()
-    first = runner.invoke(app, ["run", str(recipe), "--out", str(tmp_path / "out"), "--dry-run"])
+    out = tmp_path / "out"
+    first = runner.invoke(app, ["run", str(recipe), "--out", str(out), "--dry-run"])
     assert first.exit_code == 0, first.output
     assert "finetune: 1 languages x 1 runs = 1 runs" in first.output
-    assert (tmp_path / "out" / "finetune" / "en" / "adapters" / "eval.json").is_file()
-    again = runner.invoke(app, ["run", str(recipe), "--out", str(tmp_path / "out"), "--dry-run"])
+    assert (out / "finetune" / "en" / "adapters" / "eval.json").is_file()
+    recorded = json.loads((out / "experiment.json").read_text())
+    assert recorded["experiment"]["finetune"]["languages"] == ["en"] and recorded["wavadapt"] == wavadapt.__version__
+    # the folder holds an experiment: refused unless resumed or replaced
+    refused = runner.invoke(app, ["run", str(recipe), "--out", str(out), "--dry-run"])
+    assert refused.exit_code == 1 and "--resume" in str(refused.exception) and "--overwrite" in str(refused.exception)
+    again = runner.invoke(app, ["run", str(recipe), "--out", str(out), "--dry-run", "--resume"])
     assert "done, kept" in again.output
     # cut after training, before the test split was scored: the run continues from its checkpoint
-    (tmp_path / "out" / "finetune" / "en" / "adapters" / "eval.json").unlink()
-    resumed = runner.invoke(app, ["run", str(recipe), "--out", str(tmp_path / "out"), "--dry-run"])
+    (out / "finetune" / "en" / "adapters" / "eval.json").unlink()
+    resumed = runner.invoke(app, ["run", str(recipe), "--out", str(out), "--dry-run", "--resume"])
     assert resumed.exit_code == 0, resumed.output
-    assert (tmp_path / "out" / "finetune" / "en" / "adapters" / "eval.json").is_file()
+    assert (out / "finetune" / "en" / "adapters" / "eval.json").is_file()
+    # another recipe does not resume this one's runs
+    recipe.write_text("corpus: {root: nowhere}\nfinetune: {languages: [en], methods: [{method: head-only}]}\n")
+    other = runner.invoke(app, ["run", str(recipe), "--out", str(out), "--dry-run", "--resume"])
+    assert other.exit_code == 1 and "holds another experiment" in str(other.exception)
+    assert "finetune" in str(other.exception) and "report" in str(other.exception)
+    replaced = runner.invoke(app, ["run", str(recipe), "--out", str(out), "--dry-run", "--overwrite"])
+    assert replaced.exit_code == 0, replaced.output
+    assert not (out / "finetune" / "en" / "adapters").exists() and (out / "finetune" / "en" / "head-only").is_dir()
 
 
 def test_evaluate_continual_needs_continual(tmp_path):

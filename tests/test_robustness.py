@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 from bad_files import BAD_TRANSCRIPTS, TRANSCRIPT_KINDS, UNUSABLE, WARNED, write_bad_files
+from cli_runner import run_cli
 
-from wavadapt.cli import main
 from wavadapt.data.audio import SAMPLE_RATE, read_audio
 from wavadapt.data.check import check_corpus
 from wavadapt.data.corpora import open_corpus
@@ -26,18 +26,6 @@ from wavadapt.interop.loading import load_asr_model
 from wavadapt.model.backbone import build_backbone
 from wavadapt.model.checkpoint import save_task
 from wavadapt.model.ctc import CTCModel
-
-
-def run_cli(capsys, monkeypatch, *args) -> tuple[int, str, str]:
-    """``wavadapt ARGS`` through the real entry point (main), in this process: (exit status, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["wavadapt", *map(str, args)])
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else int(e.code is not None)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def bad_id(name: str) -> str:
@@ -80,8 +68,8 @@ def test_the_bad_set_holds_every_class_of_the_issue(mixed):
     assert not mixed.bad["missing.wav"].exists() and mixed.bad["directory.wav"].is_dir()
 
 
-def test_check_names_every_bad_file_once_and_exits_1(mixed, capsys, monkeypatch):
-    code, out, err = run_cli(capsys, monkeypatch, "check", mixed.manifest)
+def test_check_names_every_bad_file_once_and_exits_1(mixed, capsys):
+    code, out, err = run_cli(capsys, "check", mixed.manifest)
     assert code == 1 and "Traceback" not in err
     problem_lines = [line for line in out.splitlines() if "\t" in line]  # path<TAB>problems
     expected = {**{f"bad/{n}": kind for n, kind in {**UNUSABLE, **WARNED}.items()},
@@ -105,30 +93,30 @@ def test_check_gives_causes_in_plain_words(mixed):
     assert "dBFS" in detail["silent.wav"] and "full scale" in detail["clipped.wav"]
 
 
-def test_headerless_pcm_reads_only_with_an_explicit_format(mixed, capsys, monkeypatch, tmp_path):
+def test_headerless_pcm_reads_only_with_an_explicit_format(mixed, capsys, tmp_path):
     raw = mixed.bad["headerless.raw"]
     x = read_audio(raw, raw="s16le:16000")
     np.testing.assert_allclose(x, np.clip(mixed.speech, -1, 1), atol=1 / 32767)
     manifest = tmp_path / "raw.tsv"
     manifest.write_text(f"path\ttext\n{raw}\thello\n", encoding="utf-8")
-    assert run_cli(capsys, monkeypatch, "check", manifest)[0] == 1
-    code, out, _ = run_cli(capsys, monkeypatch, "check", manifest, "--raw-format", "s16le:16000")
+    assert run_cli(capsys, "check", manifest)[0] == 1
+    code, out, _ = run_cli(capsys, "check", manifest, "--raw-format", "s16le:16000")
     assert code == 0 and str(raw) not in out
     manifest.write_text(f"path\ttext\traw_format\n{raw}\thello\ts16le:16000\n", encoding="utf-8")  # per file
-    assert run_cli(capsys, monkeypatch, "check", manifest)[0] == 0
+    assert run_cli(capsys, "check", manifest)[0] == 0
     # Big-endian is a different signal: the format is taken as given, never guessed.
     assert not np.allclose(read_audio(raw, raw="s16be:16000"), x, atol=1e-3)
 
 
-def test_check_accepts_a_task_file_as_vocabulary(mixed, capsys, monkeypatch):
+def test_check_accepts_a_task_file_as_vocabulary(mixed, capsys):
     for vocab in (mixed.task_file, mixed.task_file.with_suffix(".safetensors")):
-        code, out, err = run_cli(capsys, monkeypatch, "check", mixed.manifest, "--vocab", vocab)
+        code, out, err = run_cli(capsys, "check", mixed.manifest, "--vocab", vocab)
         assert code == 1 and "error:" not in err and "oov characters" not in out
 
 
-def test_transcribe_prints_every_readable_file_and_names_each_bad_one(mixed, capsys, monkeypatch):
+def test_transcribe_prints_every_readable_file_and_names_each_bad_one(mixed, capsys):
     files = [*mixed.good, *mixed.bad.values()]
-    code, out, err = run_cli(capsys, monkeypatch, "transcribe", "--model", "tiny", "--adapter", mixed.task_file, *files)
+    code, out, err = run_cli(capsys, "transcribe", "--model", "tiny", "--adapter", mixed.task_file, *files)
     assert code == 1 and "Traceback" not in err
     readable = [*mixed.good, *(mixed.bad[n] for n in WARNED)]
     assert [line.split("\t")[0] for line in out.splitlines()] == [str(f) for f in readable]
@@ -166,9 +154,9 @@ def test_evaluate_scores_the_readable_files_and_lists_the_rest(mixed, caplog):
         assert sum(str(mixed.bad[name]) in r.getMessage() for r in caplog.records) == 1, name
 
 
-def test_finetuning_completes_with_the_bad_files_skipped(mixed, capsys, monkeypatch, tmp_path):
+def test_finetuning_completes_with_the_bad_files_skipped(mixed, capsys, tmp_path):
     out_dir = tmp_path / "run"
-    code, out, err = run_cli(capsys, monkeypatch, "finetune", mixed.manifest, "--language", "en", "--model", "tiny",
+    code, out, err = run_cli(capsys, "finetune", mixed.manifest, "--language", "en", "--model", "tiny",
                              "--method", "adapters", "--adapter-size", "16", "--out", out_dir, "--max-updates", "2",
                              "--valid-split", "", "--max-seconds-per-batch", "200", "--lr", "1e-3")  # an epoch a batch
     assert code == 0 and "Traceback" not in err, err[-2000:]
@@ -204,7 +192,7 @@ def other_task(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("case", ["bad path", "flags", "not a model", "other backbone", "raw format", "vocab",
                                   "not a corpus", "no adapter"])
-def test_a_user_mistake_is_one_error_line_naming_the_file(case, mixed, other_task, capsys, monkeypatch, tmp_path):
+def test_a_user_mistake_is_one_error_line_naming_the_file(case, mixed, other_task, capsys, tmp_path):
     empty = tmp_path / "not-a-model"
     empty.mkdir()
     wav = mixed.good[0]
@@ -218,7 +206,7 @@ def test_a_user_mistake_is_one_error_line_naming_the_file(case, mixed, other_tas
         "not a corpus": (["evaluate", empty, "--model", "tiny", "--adapter", mixed.task_file], empty),
         "no adapter": (["transcribe", "--model", "tiny", wav], "--adapter"),
     }[case]
-    code, out, err = run_cli(capsys, monkeypatch, *args)
+    code, out, err = run_cli(capsys, *args)
     lines = [line for line in err.splitlines() if line.strip()]
     assert code != 0 and "Traceback" not in out + err
     assert lines[-1].startswith("error: ") and str(named) in lines[-1], lines

@@ -102,6 +102,8 @@ def evaluate_continual_runs(
     feature_cache: Annotated[bool, typer.Option("--feature-cache", help="Fine-tune on the frozen CNN's output, "
                                                 "computed once per CNN and language in OUT/feature_cache (the "
                                                 "checkpoints of methods that freeze the CNN share it).")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the evaluation in --out (its probes are "
+                                            "deleted).")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Measure forgetting and efficiency of continual runs.
@@ -129,6 +131,6 @@ def evaluate_continual_runs(
                          augment=AugmentConfig(mask_time_prob=mask_time_prob, mask_feature_prob=mask_feature_prob),
                          decoder=beam if beam.kind == "beam" else None, lms=lms,
                          feature_cache=out / "feature_cache" if feature_cache else None)
-    report = evaluate_continual(runs, config, out, target_loss, language or None,
+    report = evaluate_continual(runs, config, out, target_loss, language or None, overwrite=overwrite,
                                 echo=lambda line: typer.echo(line, err=True), jobs=jobs)  # stdout stays JSON
     typer.echo(json.dumps(report.to_dict(), indent=2) if json_output else report.summary())

@@ -11,6 +11,11 @@ from wavadapt.cli.options import (
 )
 from wavadapt.cli.program import app
 
+ResumeExperiment = Annotated[bool, typer.Option("--resume", help="Continue the experiment in --out: finished runs "
+                                                "are kept, interrupted ones continue (the same recipe only).")]
+OverwriteExperiment = Annotated[bool, typer.Option("--overwrite", help="Replace the experiment in --out: its runs "
+                                                   "are deleted.")]
+
 
 @app.command()
 def report(
@@ -37,21 +42,23 @@ def run_recipe(
     recipe: Annotated[str, typer.Argument(help="A YAML recipe file, or the name of a packaged one (demo, "
                                           "thomas2022_adapters, kessler2022_cwav2vec): corpus, backbone, pretrain, "
                                           "params, finetune, continual, evaluate_continual, report.")],
-    out: Annotated[Path, typer.Option(help="Experiment directory (the layout `wavadapt report` reads); finished "
-                                      "runs in it are kept, so running again resumes.")],
+    out: Annotated[Path, typer.Option(help="Experiment directory (the layout `wavadapt report` reads).")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the full plan, then run every step at toy "
                                           "scale (synthetic corpus, tiny backbone, 1 update) to check the "
                                           "wiring.")] = False,
     jobs: Jobs = 1,
+    resume: ResumeExperiment = False,
+    overwrite: OverwriteExperiment = False,
 ) -> None:
     """Run an experiment grid from a YAML recipe.
 
     Pre-training, fine-tuning sweeps, continual pre-training, their evaluation and the report, as the recipe lists
-    them. Finished runs are kept, so running it again resumes.
+    them. An interrupted experiment continues with --resume: finished runs are kept.
     """
     from wavadapt.experiments.grid import load_experiment, recipe_path, run_experiment
 
-    run_experiment(load_experiment(recipe_path(recipe)), out, dry_run=dry_run, echo=typer.echo, jobs=jobs)
+    run_experiment(load_experiment(recipe_path(recipe)), out, dry_run=dry_run, echo=typer.echo, jobs=jobs,
+                   resume=resume, overwrite=overwrite)
 
 
 # --- demo ---
@@ -65,6 +72,8 @@ def demo(
                                        "or hours of CPU.")] = False,
     jobs: Annotated[int | None, typer.Option(help="Runs at a time, each a process of one thread (default: one per "
                                              "CPU core; one on a GPU).")] = None,
+    resume: ResumeExperiment = False,
+    overwrite: OverwriteExperiment = False,
 ) -> None:
     """Run the packaged demo on real speech, end to end.
 
@@ -78,4 +87,5 @@ def demo(
 
     if jobs is None:
         jobs = 1 if torch.cuda.is_available() else len(os.sched_getaffinity(0))
-    run_experiment(load_experiment(recipe_path("demo_full" if full else "demo")), out, echo=typer.echo, jobs=jobs)
+    run_experiment(load_experiment(recipe_path("demo_full" if full else "demo")), out, echo=typer.echo, jobs=jobs,
+                   resume=resume, overwrite=overwrite)

@@ -20,6 +20,8 @@ Seed = Annotated[int, typer.Option(help="Seed of new weights, data order, maskin
                                     "same run.")]
 NumWorkers = Annotated[int, typer.Option(help="Data-loading worker processes.")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its checkpoint.")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace the run in --out: its files are deleted "
+                                         "(a feature cache is kept).")]
 TrustPickle = Annotated[
     bool, typer.Option("--trust-pickle", help="Allow reading a fairseq .pt: a pickle, which can run code.")
 ]

@@ -9,10 +9,12 @@ from wavadapt.cli.options import (
     AdapterForm,
     Amp,
     CheckpointEvery,
+    CorpusArgument,
     FeatureCache,
     FeatureCacheDir,
     KeepSnapshots,
     NumWorkers,
+    Overwrite,
     RawFormatOption,
     Resume,
     Seed,
@@ -26,12 +28,12 @@ from wavadapt.cli.program import app
 
 @app.command()
 def finetune(
-    data: Annotated[Path, typer.Argument(help="Labeled corpus: synth root, LibriSpeech / Common Voice dir, manifest.")],
+    data: CorpusArgument,
     language: Annotated[str, typer.Option(help="Language of the data (text normalisation, corpus folder).")],
     out: Annotated[Path, typer.Option(help="Run directory: checkpoints, logs, task file, backbone if changed.")],
-    model: Annotated[str, typer.Option(help="Backbone: preset (fresh weights), HF checkpoint dir, fairseq .pt.")] = (
-        "tiny"
-    ),
+    model: Annotated[str, typer.Option(help="The model to start from: a shipped one (tiny-nl-real), a pretrain or "
+                                       "fine-tuning run's folder, a Hugging Face checkpoint directory, a fairseq .pt, "
+                                       "or a preset (tiny, base, large: random weights, for tests).")],
     method: Annotated[str, typer.Option(help="full | top-n-full | adapters | top-n-adapters | head-only")] = "adapters",
     top_n: Annotated[int | None, typer.Option(help="N of the top-n methods.")] = None,
     adapter_size: Annotated[int, typer.Option(help="Adapter bottleneck size (papers: 256).")] = 256,
@@ -64,6 +66,7 @@ def finetune(
                                                        "letters outside the language's alphabet too, without those "
                                                        "letters (default: skipped and counted).")] = False,
     resume: Resume = False,
+    overwrite: Overwrite = False,
     trust_pickle: TrustPickle = False,
     raw_format: RawFormatOption = None,
 ) -> None:
@@ -78,7 +81,9 @@ def finetune(
     from wavadapt.training.finetune import finetune as run
     from wavadapt.training.loop import TrainConfig
     from wavadapt.training.methods import MethodConfig
+    from wavadapt.training.run_folder import claim
 
+    claim(out, resume=resume, overwrite=overwrite)  # before a model loads for minutes
     asr = load_asr_model(model, adapter or [], trust_pickle=trust_pickle)
     method_config = MethodConfig(method, top_n, adapter_size, freeze_updates, stack_on, adapter_form)
     config = TrainConfig(max_updates=max_updates, lr=lr, update_freq=update_freq, clip_norm=clip_norm,
@@ -88,7 +93,8 @@ def finetune(
     valid = open_corpus(data, valid_split, language, raw_format) if valid_split else None
     history = run(asr, task or language, open_corpus(data, split, language, raw_format), method_config, config, out,
                   valid=valid, augment=augment, resume=resume,
-                  feature_cache=_cache_dir(out, feature_cache, feature_cache_dir), keep_foreign=keep_foreign_letters)
+                  feature_cache=_cache_dir(out, feature_cache, feature_cache_dir), keep_foreign=keep_foreign_letters,
+                  overwrite=overwrite, data_source=_data_source(data, split, language))
     _echo_last(history)
 
 
@@ -99,7 +105,7 @@ def pretrain(
                                           "pre-training on mixed-language batches (the default task name).")],
     out: Annotated[Path, typer.Option(help="Run directory: checkpoints, logs, model/ (HF), pretraining.safetensors.")],
     model: Annotated[str, typer.Option(help="tiny | base | large (fresh weights), HF pre-training dir, fairseq .pt, "
-                                       "or a run directory (pretraining.json).")] = "tiny",
+                                       "or a pretrain run's folder to continue from.")],
     preset: Annotated[str | None, typer.Option(help="Recipe tiny | base | large (default: --model's preset, "
                                                "else base); the options below override it.")] = None,
     task: Annotated[str | None, typer.Option(help="Head to train (default: the language).")] = None,
@@ -131,6 +137,7 @@ def pretrain(
     feature_cache: FeatureCache = False,
     feature_cache_dir: FeatureCacheDir = None,
     resume: Resume = False,
+    overwrite: Overwrite = False,
     trust_pickle: TrustPickle = False,
     raw_format: RawFormatOption = None,
 ) -> None:
@@ -144,7 +151,9 @@ def pretrain(
     from wavadapt.data.corpora import open_corpus
     from wavadapt.training.pretrain import build_model
     from wavadapt.training.pretrain import pretrain as run
+    from wavadapt.training.run_folder import claim
 
+    claim(out, resume=resume, overwrite=overwrite)
     name, r = _pretrain_recipe(preset, model, max_updates=max_updates, lr=lr, warmup_updates=warmup_updates,
                                max_seconds_per_batch=max_seconds_per_batch, update_freq=update_freq, amp=amp,
                                validate_every=validate_every, checkpoint_every=checkpoint_every,
@@ -161,7 +170,8 @@ def pretrain(
                   out,
                   crop_seconds=r.crop_seconds if crop_seconds is None else crop_seconds,
                   min_seconds=r.min_seconds if min_seconds is None else min_seconds, valid=valid, resume=resume,
-                  keep_snapshots=keep_snapshots, feature_cache=_cache_dir(out, feature_cache, feature_cache_dir))
+                  keep_snapshots=keep_snapshots, feature_cache=_cache_dir(out, feature_cache, feature_cache_dir),
+                  overwrite=overwrite, data_source=_data_source(data, split, language))
     _echo_last(history)
 
 
@@ -195,6 +205,7 @@ def continual(
     feature_cache: FeatureCache = False,
     feature_cache_dir: FeatureCacheDir = None,
     resume: Resume = False,
+    overwrite: Overwrite = False,
     trust_pickle: TrustPickle = False,
     raw_format: RawFormatOption = None,
 ) -> None:
@@ -209,7 +220,9 @@ def continual(
     from wavadapt.training.continual import ContinualConfig, prepare_continual
     from wavadapt.training.pretrain import build_model
     from wavadapt.training.pretrain import pretrain as run
+    from wavadapt.training.run_folder import claim
 
+    claim(out, resume=resume, overwrite=overwrite)
     name, r = _pretrain_recipe(preset, "base", max_updates=max_updates, lr=lr, warmup_updates=warmup_updates,
                                max_seconds_per_batch=max_seconds_per_batch, update_freq=update_freq, amp=amp,
                                validate_every=validate_every, checkpoint_every=checkpoint_every,
@@ -223,7 +236,8 @@ def continual(
     history = run(pt, task, open_corpus(data, split, language, raw_format), r.train, out, trainable=trainable,
                   crop_seconds=r.crop_seconds if crop_seconds is None else crop_seconds, min_seconds=r.min_seconds,
                   valid=valid, resume=resume, regularizer=regularizer, keep_snapshots=keep_snapshots,
-                  feature_cache=_cache_dir(out, feature_cache, feature_cache_dir))
+                  feature_cache=_cache_dir(out, feature_cache, feature_cache_dir), overwrite=overwrite,
+                  data_source=_data_source(data, split, language))
     _echo_last(history)
 
 
@@ -242,6 +256,11 @@ def _cache_dir(out: Path, enabled: bool, directory: Path | None) -> Path | None:
     if directory is not None:
         return directory
     return out / "feature_cache" if enabled else None
+
+
+def _data_source(data: Path, split: str, language: str) -> dict:
+    """Where a run's training data came from, for its run.json."""
+    return {"corpus": str(data.resolve()), "split": split, "language": language}
 
 
 def _echo_last(history: list[dict]) -> None:

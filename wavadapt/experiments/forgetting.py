@@ -45,6 +45,7 @@ from wavadapt.training.finetune import AugmentConfig, finetune
 from wavadapt.training.loop import TrainConfig
 from wavadapt.training.methods import MethodConfig
 from wavadapt.training.pretrain import evaluate_pretraining, maskable
+from wavadapt.training.run_folder import claim
 
 METRICS = ("wer", "cer", "ctc_loss", "ssl_loss")
 """Per language: test WER and CER after fine-tuning, the fine-tuning's last training loss (a finer check of
@@ -473,11 +474,14 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 def evaluate_continual(run_dirs: Sequence[str | Path], config: ProbeConfig, out_dir: str | Path,
                        target_loss: float | None = None, languages: Sequence[str] | None = None,
-                       echo: Callable[[str], None] | None = None, jobs: int = 1) -> ContinualReport:
+                       echo: Callable[[str], None] | None = None, jobs: int = 1, overwrite: bool = False
+                       ) -> ContinualReport:
     """Probe every checkpoint of every method's sequence (:func:`checkpoint_sequences`), summarise each method
     (:func:`continual_summaries`) and time the runs; write ``forgetting``, ``continual_learning`` and ``efficiency``
     as .csv and .json (and the fine-tuning runs under ``finetune/`` and ``reference/``) into ``out_dir``.
-    ``languages`` restricts the probed languages; each must be known to some run."""
+    ``languages`` restricts the probed languages; each must be known to some run. A folder that holds an
+    evaluation already is refused unless ``overwrite`` (the probes are redone from scratch either way)."""
+    claim(out_dir, ("forgetting.json", "finetune", "reference"), overwrite=overwrite, can_resume=False)
     runs = [read_run(d) for d in run_dirs]
     if not runs:
         raise WavadaptError("no run directories given")

@@ -12,9 +12,10 @@ The run writes the experiment directory `wavadapt report` reads::
     evaluate-continual/              forgetting and efficiency tables
     report/                          report.md and its plots
 
-Finished steps (a run directory holding its final files) are skipped and interrupted runs continue from their
-last checkpoint, so an interrupted grid resumes by running the recipe again. ``dry_run`` runs the same grid at
-toy scale (:func:`toy`) to check the wiring.
+With ``resume``, finished steps (a run directory holding its final files) are skipped and interrupted runs
+continue from their last checkpoint, so an interrupted grid resumes by running the recipe again; ``experiment.json``
+records the recipe, and a folder holding another experiment is refused. ``dry_run`` runs the same grid at toy
+scale (:func:`toy`) to check the wiring.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import shutil
 import types
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields, is_dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 
 import yaml
@@ -36,6 +37,7 @@ from wavadapt.experiments.forgetting import ProbeConfig
 from wavadapt.experiments.workers import run_steps
 from wavadapt.training.finetune import AugmentConfig
 from wavadapt.training.loop import TrainConfig
+from wavadapt.training.run_folder import claim, provenance
 
 Echo = Callable[[str], None]
 
@@ -631,7 +633,7 @@ def _evaluate_continual(exp: Experiment, data: Path, runs: list[Path], out: Path
              "decoder": _decoder(exp) if exp.decoding and exp.decoding.probes else None,
              "feature_cache": _cache_root(out / "evaluate-continual") if e.feature_cache else None}
     report = evaluate_continual(runs, ProbeConfig(data, **probe), out / "evaluate-continual", e.target_loss,
-                                e.languages, echo=echo, jobs=jobs)
+                                e.languages, echo=echo, jobs=jobs, overwrite=True)  # the stage is redone each time
     echo(report.summary())
 
 
@@ -656,17 +658,43 @@ def _pretraining_run(backbone: str) -> Path | None:
     return path if (path / "run.json").is_file() and (path / "pretraining.json").is_file() else None
 
 
-def run_experiment(exp: Experiment, out: str | Path, dry_run: bool = False, echo: Echo = print, jobs: int = 1) -> Path:
+EXPERIMENT_FILE = "experiment.json"
+"""The recipe an experiment folder was run with, with wavadapt's version and the command line."""
+
+
+def _claim(exp: Experiment, out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse a folder holding an experiment unless resumed (the same one) or overwritten; then record ``exp``."""
+    steps = (EXPERIMENT_FILE, "corpus", "pretrain", "finetune", "continual", "evaluate-continual", "report")
+    if _main_process():
+        claim(out, steps, resume=resume, overwrite=overwrite)
+    recipe = json.loads(json.dumps(asdict(exp), default=str))
+    if resume and (out / EXPERIMENT_FILE).is_file():
+        before = json.loads((out / EXPERIMENT_FILE).read_text(encoding="utf-8")).get("experiment", {})
+        changed = sorted(k for k in recipe.keys() | before.keys() if recipe.get(k) != before.get(k))
+        if changed:
+            raise WavadaptError(f"{out} holds another experiment (its {EXPERIMENT_FILE} differs in "
+                                f"{', '.join(changed)}): --overwrite replaces it, or choose another folder")
+    if _main_process():
+        out.mkdir(parents=True, exist_ok=True)
+        (out / EXPERIMENT_FILE).write_text(json.dumps({**provenance(), "experiment": recipe}, indent=2) + "\n",
+                                           encoding="utf-8")
+
+
+def run_experiment(exp: Experiment, out: str | Path, dry_run: bool = False, echo: Echo = print, jobs: int = 1,
+                   resume: bool = False, overwrite: bool = False) -> Path:
     """Run every step of ``exp`` into ``out`` (toy scale with ``dry_run``, after printing the full plan), the
     independent fine-tuning runs, continual runs and probes ``jobs`` at a time
-    (:mod:`wavadapt.experiments.workers`); returns ``out``."""
+    (:mod:`wavadapt.experiments.workers`); returns ``out``.
+
+    A folder that holds an experiment is refused unless ``resume`` (finished runs are kept, interrupted ones
+    continue; only the same experiment, as its ``experiment.json`` records it) or ``overwrite``."""
     out = Path(out)
     for line in plan(exp):
         echo(("would run " if dry_run else "") + line)
     if dry_run:
         exp = toy(exp)
         echo(f"dry run at toy scale into {out}")
-    out.mkdir(parents=True, exist_ok=True)
+    _claim(exp, out, resume, overwrite)
     needs_data = exp.pretrain or exp.finetune or exp.continual
     data = _corpus(exp, out, echo) if needs_data else None
     lms = _language_models(exp, data, out, echo) if exp.decoding and needs_data else {}

@@ -46,6 +46,9 @@ class CTCModel(nn.Module):
         self.do_normalize: bool | None = None
         """A checkpoint's own choice (its feature extractor's ``do_normalize``), set by its loader; None when it
         came without one."""
+        self.source: dict | None = None
+        """Where the model came from (``model``, and ``adapters`` loaded onto it), set by its loader: training
+        records it in run.json, so a run folder can be loaded as a model."""
 
     @property
     def hidden_size(self) -> int:

@@ -211,6 +211,8 @@ class PretrainingModel(nn.Module):
         self.config = config or PretrainingConfig()
         self.stacks: dict[str, tuple[str, ...]] = {}
         self.active: str | None = None
+        self.source: dict | None = None
+        """Where the model came from, set by its builder: training records it in run.json."""
 
     # --- tasks ---
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -13,10 +12,12 @@ from wavadapt.data.batching import AudioDataset, filter_by_length, transcribed
 from wavadapt.data.corpora import Utterance
 from wavadapt.data.text import Vocabulary
 from wavadapt.errors import WavadaptError
+from wavadapt.model.checkpoint import backbone_fingerprint, save_backbone, save_task
 from wavadapt.model.ctc import CTCModel
 from wavadapt.training.feature_cache import CachedFeatureDataset, cached_dataset, keyed_dir
 from wavadapt.training.loop import Distributed, TrainConfig, Trainer
 from wavadapt.training.methods import MethodConfig, prepare
+from wavadapt.training.run_folder import claim
 
 
 @dataclass
@@ -60,7 +61,7 @@ def finetune(model: CTCModel, task: str, train: list[Utterance], method: MethodC
              augment: AugmentConfig | None = None, resume: bool = False,
              min_seconds: float = 0.5, max_seconds: float = 30.0,
              feature_cache: str | Path | None = None, feature_cache_dtype: torch.dtype = torch.float32,
-             keep_foreign: bool = False) -> list[dict]:
+             keep_foreign: bool = False, overwrite: bool = False, data_source: dict | None = None) -> list[dict]:
     """Fine-tune ``model`` for ``task`` on ``train`` with ``method``; returns the training log rows.
 
     Utterances without a transcript, with letters outside the language's alphabet (unless ``keep_foreign``: then
@@ -68,7 +69,10 @@ def finetune(model: CTCModel, task: str, train: list[Utterance], method: MethodC
     holds) are skipped, named in warnings and listed in run.json, with the characters normalisation dropped. The
     vocabulary is built from the training transcripts unless given or the task exists already (a fine-tuned
     checkpoint's own, continued: see ``methods.prepare``). ``valid`` is decoded greedily every
-    ``config.validate_every`` updates (WER, CER). ``resume`` continues ``out_dir``'s last checkpoint.
+    ``config.validate_every`` updates (WER, CER). ``resume`` continues ``out_dir``'s last checkpoint; a folder
+    that holds a run is otherwise refused unless ``overwrite`` (:func:`run_folder.claim`). run.json records how
+    the run was made: the backbone (``model.source`` and its fingerprint), ``data_source`` (where ``train``
+    came from), the languages, the command line and wavadapt's version.
 
     ``feature_cache`` (a root directory) trains on the CNN's cached output (no method trains the CNN), in
     ``feature_cache_dtype``: computed once per utterance in the root's subdirectory for this CNN and these
@@ -77,9 +81,10 @@ def finetune(model: CTCModel, task: str, train: list[Utterance], method: MethodC
     adapter update took 0.06 s instead of 0.13.
     """
     from wavadapt.evaluation.corpus import evaluate
-    from wavadapt.model.checkpoint import save_backbone, save_task
 
     out_dir = Path(out_dir)
+    if Distributed.from_env().main:
+        claim(out_dir, resume=resume, overwrite=overwrite)
     labeled, no_transcript, foreign, dropped = transcribed(train, keep_foreign=keep_foreign)
     if not labeled:
         raise WavadaptError(f"none of the {len(train)} training utterances has a transcript")
@@ -109,18 +114,15 @@ def finetune(model: CTCModel, task: str, train: list[Utterance], method: MethodC
                       validate=validate if valid else None,
                       on_update=freeze_phase if method.method == "full" and method.freeze_updates else None,
                       find_unused_parameters=bool(method.freeze_updates) or model.backbone.config.layerdrop > 0)
-    if resume:
-        trainer.resume(out_dir / "checkpoints" / "last.pt")
-    elif trainer.env.main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "run.json").write_text(json.dumps({
-            "task": task, "method": asdict(method), "train": asdict(config), "augment": asdict(augment),
-            "train_utterances": len(kept), "dropped_by_length": len(outside), "feature_cache": cache_info,
-            # Files dropped before training; those that fail to decode later are counted in log.csv.
-            "skipped": {"unreadable": unreadable, "no_transcript": no_transcript, "foreign_letters": foreign,
-                        "outside_length": outside},
-            "dropped_characters": dropped},
-            indent=2, default=str))
+    trainer.start({
+        "task": task, "method": asdict(method), "train": asdict(config), "augment": asdict(augment),
+        "backbone": {**(model.source or {}), "fingerprint": backbone_fingerprint(model.backbone)},
+        "data": data_source, "languages": sorted({u.language for u in kept}),
+        "train_utterances": len(kept), "dropped_by_length": len(outside), "feature_cache": cache_info,
+        # Files dropped before training; those that fail to decode later are counted in log.csv.
+        "skipped": {"unreadable": unreadable, "no_transcript": no_transcript, "foreign_letters": foreign,
+                    "outside_length": outside},
+        "dropped_characters": dropped}, resume)
     history = trainer.train()
     if trainer.env.main:
         model.eval()

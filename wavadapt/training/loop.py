@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import logging
 import math
 import os
@@ -34,6 +35,7 @@ from tqdm import tqdm
 
 from wavadapt.data.batching import AudioDataset, DataStats, LengthBucketBatchSampler, collate
 from wavadapt.errors import WavadaptError
+from wavadapt.training.run_folder import provenance
 
 log = logging.getLogger("wavadapt.training.loop")
 
@@ -357,6 +359,15 @@ class Trainer:
         tmp = path.with_suffix(".tmp")
         torch.save(self.state_dict(), tmp)
         os.replace(tmp, path)
+
+    def start(self, info: dict, resume: bool = False) -> None:
+        """Continue the run in ``out_dir`` from its last checkpoint (``resume``), or begin one, described in
+        run.json by ``info`` and :func:`run_folder.provenance` (the caller has claimed the folder)."""
+        if resume:
+            self.resume(self.out_dir / "checkpoints" / "last.pt")
+        elif self.env.main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "run.json").write_text(json.dumps({**provenance(), **info}, indent=2, default=str))
 
     def resume(self, path: Path) -> None:
         """Continue from a checkpoint of this same run: parameters, optimizer, schedule, data position, RNG."""

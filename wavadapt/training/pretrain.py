@@ -12,7 +12,6 @@ A run directory holds (besides the loop's ``checkpoints/last.pt``, ``log.csv``, 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -39,6 +38,7 @@ from wavadapt.model.pretraining import (
 from wavadapt.objectives.contrastive import correct_predictions
 from wavadapt.training.feature_cache import CachedFeatureDataset, cached_dataset
 from wavadapt.training.loop import Distributed, TrainConfig, Trainer
+from wavadapt.training.run_folder import claim
 
 log = logging.getLogger("wavadapt.training.pretrain")
 
@@ -124,7 +124,7 @@ def build_model(source: str | Path, task: str, preset: str = "base", *, trust_pi
     from wavadapt.model.backbone import PRESETS, build_backbone, load_pretraining_model, resolve_checkpoint
 
     r = recipe(preset)
-    source = resolve_checkpoint(source)  # a preset's name stays itself: no shipped checkpoint bears one
+    given, source = str(source), resolve_checkpoint(source)  # a preset's name stays itself: no shipped one bears it
     if codevectors_per_group is not None and str(source) not in PRESETS:
         raise WavadaptError(f"the code vectors per group are a fresh preset's choice; {source} has its own")
     if str(source) in PRESETS:
@@ -143,6 +143,9 @@ def build_model(source: str | Path, task: str, preset: str = "base", *, trust_pi
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             model.add_head(task)
+    # what builds it again from anywhere: a preset and its seed, an absolute path, or a shipped checkpoint's name
+    model.source = ({"model": given, "seed": seed} if given in PRESETS
+                    else {"model": str(Path(given).resolve()) if Path(given).exists() else given})
     return model
 
 
@@ -275,7 +278,8 @@ def pretrain(model: PretrainingModel, task: str, utterances: Sequence[Utterance]
              valid: Sequence[Utterance] | None = None, resume: bool = False,
              collapse_threshold: float = 0.5,
              regularizer: Callable[[], torch.Tensor] | None = None, keep_snapshots: bool = False,
-             feature_cache: str | Path | None = None, feature_cache_dtype: torch.dtype = torch.float16) -> list[dict]:
+             feature_cache: str | Path | None = None, feature_cache_dtype: torch.dtype = torch.float16,
+             overwrite: bool = False, data_source: dict | None = None) -> list[dict]:
     """Pre-train ``model``'s ``task`` on unlabeled ``utterances``; returns the training log rows.
 
     ``trainable`` (by ``model.named_parameters()`` name) is what trains, default :func:`default_trainable`;
@@ -286,7 +290,8 @@ def pretrain(model: PretrainingModel, task: str, utterances: Sequence[Utterance]
     skipped (counted in ``run.json``). ``valid`` is evaluated every ``config.validate_every`` updates. At
     the end rank 0 writes ``model/`` (the task as a transformers directory), ``pretraining.safetensors`` +
     ``.json`` (every head and adapter set) and an adapter file per trained adapter set; ``resume``
-    continues ``out_dir``'s last checkpoint.
+    continues ``out_dir``'s last checkpoint, and a folder that holds a run is otherwise refused unless
+    ``overwrite``. run.json records the backbone (``model.source``), ``data_source``, the command and version.
 
     ``feature_cache`` (a directory) trains on cached CNN output (:mod:`wavadapt.training.feature_cache`, in
     ``feature_cache_dtype``) instead of decoding audio and running the CNN: built there by rank 0 (or
@@ -294,6 +299,8 @@ def pretrain(model: PretrainingModel, task: str, utterances: Sequence[Utterance]
     (``feature_grad_mult`` 0 or no CNN parameter in ``trainable``); validation still runs on audio.
     """
     out_dir = Path(out_dir)
+    if Distributed.from_env().main:
+        claim(out_dir, resume=resume, overwrite=overwrite)
     if crop_seconds is not None and crop_seconds > config.max_seconds_per_batch:
         raise WavadaptError(f"crop_seconds {crop_seconds} exceeds max_seconds_per_batch {config.max_seconds_per_batch}")
     model.activate(task)
@@ -329,18 +336,13 @@ def pretrain(model: PretrainingModel, task: str, utterances: Sequence[Utterance]
     trainer = Trainer(model, params, objective, dataset, config, out_dir, validate=validate if valid else None,
                       on_update=objective.on_update, on_checkpoint=snapshot if keep_snapshots else None,
                       find_unused_parameters=model.backbone.config.layerdrop > 0, dist_env=env)
-    if resume:
-        trainer.resume(out_dir / "checkpoints" / "last.pt")
-    elif trainer.env.main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "run.json").write_text(json.dumps({
-            "task": task, "adapters": list(model.stacks[task]), "train": asdict(config),
-            "objective": asdict(model.config), "crop_seconds": crop_seconds, "min_seconds": min_seconds,
-            "train_utterances": len(kept), "dropped_by_length": len(outside), "unreadable": unreadable,
-            "too_short_to_mask": too_short,
-            "trainable_parameters": sum(p.numel() for p in params.values()),
-            "world_size": int(os.environ.get("WORLD_SIZE", 1)), "feature_cache": cache_info}, indent=2,
-            default=str))
+    trainer.start({
+        "task": task, "adapters": list(model.stacks[task]), "backbone": model.source, "data": data_source,
+        "languages": sorted({u.language for u in kept}), "train": asdict(config), "objective": asdict(model.config),
+        "crop_seconds": crop_seconds, "min_seconds": min_seconds, "train_utterances": len(kept),
+        "dropped_by_length": len(outside), "unreadable": unreadable, "too_short_to_mask": too_short,
+        "trainable_parameters": sum(p.numel() for p in params.values()),
+        "world_size": int(os.environ.get("WORLD_SIZE", 1)), "feature_cache": cache_info}, resume)
     history = trainer.train()
     if trainer.env.main:
         save_run(model, task, params, out_dir)

@@ -1,0 +1,56 @@
+"""A run folder holds one run: a new run is refused where one is already, and each run says where it came from.
+
+Every command that writes a run (finetune, pretrain, continual, evaluate-continual, run, demo) claims its folder
+first: one that holds a run already is refused unless the user asked to continue it (``--resume``) or to replace
+it (``--overwrite``), so a finished run is never overwritten, nor two runs' logs mixed, without a word.
+"""
+
+import datetime
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+from wavadapt import __version__
+from wavadapt.errors import WavadaptError
+
+KEPT_ON_OVERWRITE = ("feature_cache",)
+"""Kept when a run is replaced: a feature cache is keyed by the CNN and utterances that made it, so it is still
+right for whatever run comes next."""
+
+
+class RunFolderError(WavadaptError):
+    """The output folder holds a run, and the user said neither to continue it nor to replace it."""
+
+
+RUN_MARKERS = ("run.json", "checkpoints")
+"""What shows that a folder holds a training run."""
+
+
+def claim(out_dir: str | Path, markers: tuple[str, ...] = RUN_MARKERS, *, resume: bool = False,
+          overwrite: bool = False, can_resume: bool = True) -> None:
+    """Make ``out_dir`` ready for a new run, or refuse: a folder holding any of ``markers`` holds a run already.
+    With ``resume`` that run continues and nothing is touched; with ``overwrite`` the folder is emptied (but for
+    :data:`KEPT_ON_OVERWRITE`)."""
+    out_dir = Path(out_dir)
+    if resume and overwrite:
+        raise RunFolderError("--resume continues the run in the output folder, --overwrite replaces it: give one")
+    found = [name for name in markers if (out_dir / name).exists()]
+    if resume or not found:
+        return
+    if not overwrite:
+        how = "--resume continues it, --overwrite replaces it" if can_resume else "--overwrite replaces it"
+        raise RunFolderError(f"{out_dir} holds a run already ({', '.join(found)}): {how}, or choose another folder")
+    for entry in out_dir.iterdir():
+        if entry.name in KEPT_ON_OVERWRITE:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def provenance() -> dict:
+    """What every run records of how it was made: wavadapt's version, the command line and the start time."""
+    return {"wavadapt": __version__, "command": shlex.join(sys.argv),
+            "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
