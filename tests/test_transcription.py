@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from cli_runner import run_cli
 from typer.testing import CliRunner
 
 from wavadapt.cli import app
@@ -122,3 +123,30 @@ def test_half_precision_is_a_gpu_option(files):
         transcribe_requests(model, [Request(files[0], "en")], precision="bf16")
     with pytest.raises(WavadaptError, match="choose from fp32, bf16, fp16"):
         transcribe_requests(model, [Request(files[0], "en")], precision="int8")
+
+
+def test_subtitles_of_same_named_files_mirror_their_folders_and_never_overwrite(files, tmp_path, capsys):
+    model = _two_task_model("group")
+    task = save_task(model, "en", tmp_path / "tasks")
+    backbone = save_backbone(model.backbone, tmp_path / "backbone")
+    inputs = []
+    for folder, source in (("a", files[0]), ("b", files[1])):
+        (tmp_path / "in" / folder).mkdir(parents=True)
+        inputs.append(tmp_path / "in" / folder / "x.wav")
+        sf.write(inputs[-1], read_audio(source), SAMPLE_RATE)
+    code, out, err = run_cli(capsys, "transcribe", *inputs, "--model", backbone, "--adapter", task, "--format", "srt",
+                             "--out", tmp_path / "subs")
+    assert code == 0, err
+    written = [tmp_path / "subs" / "a" / "x.srt", tmp_path / "subs" / "b" / "x.srt"]
+    assert out.split() == [str(p) for p in written]
+    loaded = load_asr_model(backbone, [task])
+    for path, audio in zip(written, inputs, strict=True):
+        [transcript] = transcribe_requests(loaded, [Request(audio, "en")])
+        assert path.read_text() == subtitles(transcript, "srt")
+
+    sf.write(tmp_path / "in" / "a" / "x.flac", read_audio(files[2]), SAMPLE_RATE)
+    code, out, err = run_cli(capsys, "transcribe", inputs[0], tmp_path / "in" / "a" / "x.flac", "--model", backbone,
+                             "--adapter", task, "--format", "vtt", "--out", tmp_path / "clash")
+    assert code == 1 and not (tmp_path / "clash").exists()
+    assert err.strip() == (f"error: {inputs[0]} and {tmp_path / 'in' / 'a' / 'x.flac'} would both be written to "
+                           f"{tmp_path / 'clash' / 'x.vtt'}: rename one, or transcribe them apart")

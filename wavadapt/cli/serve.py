@@ -66,7 +66,7 @@ def transcribe_files(
     from wavadapt.data.corpora import read_manifest
     from wavadapt.decoding import DecoderPool
     from wavadapt.inference import transcription
-    from wavadapt.inference.formats import FORMATS, SUBTITLES, jsonl_line, subtitles, tsv_line
+    from wavadapt.inference.formats import FORMATS, SUBTITLES, jsonl_line, subtitle_paths, subtitles, tsv_line
     from wavadapt.inference.transcription import Request, transcribe_requests
 
     if output_format not in FORMATS:
@@ -83,6 +83,7 @@ def transcribe_files(
                          for u in read_manifest(f)]
         else:
             requests.append(Request(f, asr.active, raw if is_headerless(f) else None, config))
+    targets = subtitle_paths([r.path for r in requests], out, output_format) if output_format in SUBTITLES else {}
     pool = DecoderPool()
     for t in dict.fromkeys(r.task for r in requests if r.task in asr.vocabularies):  # a bad LM fails here, first
         pool.get(config, asr.vocabularies[t])
@@ -95,11 +96,10 @@ def transcribe_files(
         if t.error is not None:
             typer.echo(f"error: {t.error}", err=True)
     if output_format in SUBTITLES:
-        out.mkdir(parents=True, exist_ok=True)
         for t in good:
-            target = out / f"{Path(t.path).stem}.{output_format}"
-            target.write_text(subtitles(t, output_format), encoding="utf-8")
-            typer.echo(target)
+            targets[t.path].parent.mkdir(parents=True, exist_ok=True)
+            targets[t.path].write_text(subtitles(t, output_format), encoding="utf-8")
+            typer.echo(targets[t.path])
     else:
         line = tsv_line if output_format == "tsv" else jsonl_line
         text = "".join(line(t) + "\n" for t in good)

@@ -1,7 +1,11 @@
 """Transcripts as the files people use: TSV, JSON lines, SubRip (.srt) and WebVTT (.vtt) subtitles."""
 
 import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
 
+from wavadapt.errors import WavadaptError
 from wavadapt.inference.transcription import Transcript, Word
 
 FORMATS = ("tsv", "jsonl", "srt", "vtt")
@@ -43,3 +47,21 @@ def subtitles(t: Transcript, kind: str) -> str:
 def _clock(seconds: float, sep: str) -> str:
     ms = round(seconds * 1000)
     return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d}{sep}{ms % 1000:03d}"
+
+
+def subtitle_paths(inputs: Sequence[str | Path], out: Path, kind: str) -> dict[str, Path]:
+    """Where each input's subtitles go (by ``str(input)``): below ``out``, the inputs' folders mirrored from their
+    common parent, so ``a/x.wav`` and ``b/x.wav`` give ``a/x.srt`` and ``b/x.srt`` and one folder's files sit in
+    ``out`` itself. Two inputs that would share a file (``x.wav`` and ``x.flac``) are refused, naming both."""
+    resolved = {str(p): Path(p).resolve() for p in inputs}
+    if not resolved:
+        return {}
+    root = Path(os.path.commonpath([p.parent for p in resolved.values()]))
+    targets, owners = {}, {}
+    for given, path in resolved.items():
+        target = out / path.relative_to(root).with_suffix(f".{kind}")
+        if owners.setdefault(target, path) != path:
+            raise WavadaptError(f"{owners[target]} and {path} would both be written to {target}: rename one, or "
+                                "transcribe them apart")
+        targets[given] = target
+    return targets
