@@ -20,6 +20,8 @@ UNUSABLE = {
     "directory.wav": "unreadable",  # a directory named like audio
     "corrupt.wav": "unreadable",  # random bytes
     "truncated.flac": "unreadable",  # the first half of a FLAC file: its header still declares the whole
+    "cut-copy.wav": "truncated",  # a WAV cut to its first 3,000 bytes: libsndfile alone would read what is left
+    "huge-header.wav": "truncated",  # a WAV header declaring 2^31 bytes of samples over 1 KB of them
     "zero-length.wav": "unreadable",
     "text.wav": "unreadable",  # a text file saved as .wav
     "dangling.wav": "unreadable",  # a symbolic link to nothing
@@ -55,6 +57,11 @@ def write_bad_files(out: Path, speech: np.ndarray) -> dict[str, Path]:
     flac = (out / "whole.flac").read_bytes()
     paths["truncated.flac"].write_bytes(flac[: len(flac) // 2])
     (out / "whole.flac").unlink()
+    sf.write(out / "whole.wav", speech, SAMPLE_RATE, subtype="PCM_16")
+    wav = (out / "whole.wav").read_bytes()
+    paths["cut-copy.wav"].write_bytes(wav[:3000])
+    paths["huge-header.wav"].write_bytes(wav[:40] + struct.pack("<I", 2**31) + wav[44 : 44 + 1024])
+    (out / "whole.wav").unlink()
     paths["zero-length.wav"].write_bytes(b"")
     paths["text.wav"].write_text("This is not audio, just text someone saved with the wrong name.\n" * 20)
     if not paths["dangling.wav"].is_symlink():

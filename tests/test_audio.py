@@ -3,7 +3,7 @@ import pytest
 import soundfile as sf
 
 from wavadapt.data.audio import SAMPLE_RATE, audio_info, normalize_waveform, read_audio
-from wavadapt.errors import AudioError
+from wavadapt.errors import AudioError, TruncatedAudioError
 
 
 def tone(freq: float, seconds: float, rate: int) -> np.ndarray:
@@ -90,3 +90,34 @@ def test_normalize_waveform_matches_transformers_feature_extractor():
     y = normalize_waveform(x)
     np.testing.assert_allclose(y, expected, atol=1e-5)
     assert abs(y.mean()) < 1e-5 and y.std() == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("name,subtype", [("a.wav", "PCM_16"), ("a.wav", "PCM_24"), ("a.wav", "FLOAT"),
+                                          ("a.w64", "PCM_16"), ("a.aiff", "PCM_16"), ("a.au", "PCM_16")])
+def test_a_file_shorter_than_its_header_declares_is_truncated(tmp_path, name, subtype):
+    path = tmp_path / name
+    sf.write(path, np.zeros((SAMPLE_RATE, 2), np.float32), SAMPLE_RATE, subtype=subtype)
+    assert audio_info(path) == (SAMPLE_RATE, SAMPLE_RATE, 2) and read_audio(path).shape == (SAMPLE_RATE,)
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) * 3 // 4])  # libsndfile alone reads what is left as if it were whole
+    for read in (audio_info, read_audio):
+        with pytest.raises(TruncatedAudioError, match=rf"^{path}: truncated: its header declares 1.00 s of audio, "
+                                                      r"the file holds 0.7\d s$"):
+            read(path)
+
+
+def test_a_wav_written_to_a_pipe_has_no_length_and_reads_to_its_end(tmp_path):
+    path = tmp_path / "streamed.wav"
+    sf.write(path, np.zeros(800, np.float32), SAMPLE_RATE, subtype="PCM_16")
+    wav = bytearray(path.read_bytes())
+    wav[40:44] = (0xFFFFFFFF).to_bytes(4, "little")  # ffmpeg's data size when it cannot seek back
+    path.write_bytes(bytes(wav))
+    assert read_audio(path).shape == (800,)
+
+
+def test_a_cut_off_mp3_is_truncated(tmp_path):
+    path = tmp_path / "cut.mp3"
+    sf.write(path, np.sin(np.arange(3 * SAMPLE_RATE) / 7).astype(np.float32) * 0.3, SAMPLE_RATE)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])  # an interrupted download
+    with pytest.raises(TruncatedAudioError, match=r"truncated: decoded [01]\.\d\d s of the 3\.\d\d s its header declares"):
+        read_audio(path)

@@ -72,11 +72,12 @@ def test_check_corpus_finds_each_planted_problem_by_file(planted):
     assert by_id["corrupt"].path.endswith("corrupt.flac") and "Format not recognised" in by_id["corrupt"].detail
     assert by_id["oov"].detail == "a b z become <unk>"
     assert by_id["narrowband"].detail.startswith("8000 Hz")
-    assert {p.id for p in report.unusable} == {"empty", "nan", "corrupt"} and not report.ok
+    assert {p.id for p in report.unusable} == {"empty", "nan", "corrupt", "cut"} and not report.ok
+    assert by_id["cut"].detail.startswith("decoded ") and by_id["cut"].detail.endswith(" its header declares")
     assert by_id["foreign"].detail.startswith("京 東 outside the en alphabet: fine-tuning skips this transcript")
     assert report.num_files == 12
-    assert "3 unusable, 8 warnings" in report.summary().splitlines()[0]
-    assert report.rates == {16000: 10, 8000: 1}  # the corrupt file has none
+    assert "4 unusable, 7 warnings" in report.summary().splitlines()[0]
+    assert report.rates == {16000: 9, 8000: 1}  # unusable files (corrupt, cut) are not counted
 
 
 def test_check_command_exit_status_and_json(planted):

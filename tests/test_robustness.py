@@ -63,7 +63,7 @@ def mixed(synth_corpus, tmp_path_factory) -> SimpleNamespace:
 
 
 def test_the_bad_set_holds_every_class_of_the_issue(mixed):
-    assert len(mixed.bad) == 18 and len(mixed.good) >= 5
+    assert len(mixed.bad) == 20 and len(mixed.good) >= 5
     assert mixed.bad["dangling.wav"].is_symlink() and not mixed.bad["dangling.wav"].exists()
     assert not mixed.bad["missing.wav"].exists() and mixed.bad["directory.wav"].is_dir()
 
@@ -87,6 +87,9 @@ def test_check_gives_causes_in_plain_words(mixed):
     detail = {Path(p.path).name: p.detail for p in report.problems}
     assert "headerless PCM" in detail["headerless.raw"] and "--raw-format" in detail["headerless.raw"]
     assert detail["directory.wav"] == "is a directory, not an audio file"
+    whole = f"{len(mixed.speech) / SAMPLE_RATE:.2f} s"
+    assert detail["cut-copy.wav"] == f"its header declares {whole} of audio, the file holds 0.09 s"
+    assert detail["huge-header.wav"] == "its header declares 18.6 h of audio, the file holds 0.03 s"
     assert detail["dangling.wav"].startswith("broken symbolic link")
     assert detail["missing.wav"] == "no such file" and detail["zero-length.wav"] == "empty file (0 bytes)"
     assert "lost sync" in detail["truncated.flac"] and "Format not recognised" in detail["text.wav"]
@@ -161,7 +164,8 @@ def test_finetuning_completes_with_the_bad_files_skipped(mixed, capsys, tmp_path
                              "--valid-split", "", "--max-seconds-per-batch", "200", "--lr", "1e-3")  # an epoch a batch
     assert code == 0 and "Traceback" not in err, err[-2000:]
     run = json.loads((out_dir / "run.json").read_text())
-    header_unreadable = {bad_id(n) for n, kind in UNUSABLE.items() if kind == "unreadable"} - {"bad/truncated"}
+    header_unreadable = {bad_id(n) for n, kind in UNUSABLE.items() if kind in ("unreadable", "truncated")} - {
+        "bad/truncated"}  # a cut-off WAV is found by its header, a cut-off FLAC only when decoded
     assert set(run["skipped"]["unreadable"]) == header_unreadable
     assert set(run["skipped"]["no_transcript"]) == GOOD_IDS
     assert set(run["skipped"]["outside_length"]) == {"bad/header-only", "bad/ten-minutes", "bad/100-samples"}

@@ -12,6 +12,10 @@ class AudioError(WavadaptError):
     """An audio file could not be decoded or is unusable."""
 
 
+class TruncatedAudioError(AudioError):
+    """An audio file holds less audio than its header declares: a cut-off copy or download."""
+
+
 class CorpusError(WavadaptError):
     """A corpus directory or manifest is missing or not in a known layout."""
 

@@ -8,6 +8,7 @@ Headerless PCM (``.raw``, ``.pcm``) carries no rate or encoding, so it is read o
 """
 
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from wavadapt.errors import AudioError, WavadaptError
+from wavadapt.errors import AudioError, TruncatedAudioError, WavadaptError
 
 SAMPLE_RATE = 16000
 HEADERLESS_SUFFIXES = (".raw", ".pcm")
@@ -23,6 +24,10 @@ HEADERLESS_SUFFIXES = (".raw", ".pcm")
 MIN_RATE, MAX_RATE = 1000, 768000
 # A header declaring more than this (4 h at 48 kHz stereo) is corrupt: decoding would allocate it all.
 MAX_SAMPLES = 4 * 3600 * 48000 * 2
+# A compressed file that decodes to less than this share of the length its header gives was cut off (an mp3's
+# header length can be an estimate, hence not 1).
+DECODED_SHARE = 0.95
+UNKNOWN_SIZE = 0xFFFFFFFF  # what streaming writers (ffmpeg to a pipe) put in a size field they cannot know
 
 # --raw-format encodings -> soundfile subtypes (the names sox and ffmpeg use for the same layouts).
 _RAW_SUBTYPES = {
@@ -88,9 +93,13 @@ def decode(path: str | Path, raw: RawFormat | str | None = None) -> tuple[np.nda
     """Decode ``path`` as stored: ``(samples (frames, channels) float32, sample_rate)``, unchecked."""
     with _open(path, raw) as f:  # refuses corrupt headers before anything is allocated
         try:
-            return f.read(dtype="float32", always_2d=True), f.samplerate
+            x = f.read(dtype="float32", always_2d=True)
         except Exception as e:  # the gate (MemoryError included: a header can lie)
             raise AudioError(f"{path}: cannot decode audio ({_reason(e)})") from None
+        if len(x) < DECODED_SHARE * f.frames:  # a cut-off mp3 decodes without error
+            raise TruncatedAudioError(f"{path}: truncated: decoded {_span(len(x), f.samplerate)} of the "
+                                      f"{_span(f.frames, f.samplerate)} its header declares")
+        return x, f.samplerate
 
 
 def read_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, raw: RawFormat | str | None = None) -> np.ndarray:
@@ -138,6 +147,7 @@ def _open(path: str | Path, raw: RawFormat | str | None) -> sf.SoundFile:
         raise AudioError(f"{path}: cannot read audio header ({_reason(e)})") from None
     try:
         _check_header(path, f.frames, f.samplerate, f.channels)
+        _check_pcm_length(path, f)
     except AudioError:
         f.close()
         raise
@@ -170,6 +180,61 @@ def _check_header(path: str | Path, frames: int, rate: int, channels: int) -> No
     if frames * channels > MAX_SAMPLES:
         raise AudioError(f"{path}: its header declares {frames * channels} samples "
                          f"({frames / rate / 3600:.1f} h): corrupt, or too long to decode at once")
+
+
+def _check_pcm_length(path: str | Path, f: sf.SoundFile) -> None:
+    """TruncatedAudioError unless a WAV, W64, AIFF or AU file holds all the audio its header declares: libsndfile
+    reads a cut-off one up to its end without a word, as if it were whole."""
+    chunk = _pcm_data_chunk(path, f.format)
+    if chunk is None:
+        return
+    declared, start = chunk
+    available = os.path.getsize(path) - start
+    if available < declared:
+        frame_bytes = available / f.frames if f.frames else 0  # libsndfile counts the frames the file holds
+        held, said = ((_span(available / frame_bytes, f.samplerate), _span(declared / frame_bytes, f.samplerate))
+                      if frame_bytes else (f"{available} bytes", f"{declared} bytes"))
+        raise TruncatedAudioError(f"{path}: truncated: its header declares {said} of audio, the file holds {held}")
+
+
+def _pcm_data_chunk(path: str | Path, container: str) -> tuple[int, int] | None:
+    """The declared byte size of a WAV / W64 / AIFF / AU file's audio data and where it starts; None when the
+    header gives no size (a streaming writer's, RF64's) or the container is another."""
+    if container not in ("WAV", "WAVEX", "W64", "AIFF", "AU"):
+        return None
+    with open(path, "rb") as file:
+        head = file.read(12)
+        if head[:4] == b".snd":  # AU: data offset and size in the header itself
+            offset, size = struct.unpack(">II", head[4:12])
+            return None if size == UNKNOWN_SIZE else (size, offset)
+        if head[:4] == b"riff" and container == "W64":  # Sony Wave64: 16-byte chunk ids, 8-byte sizes with header
+            file.seek(40)
+            while len(header := file.read(24)) == 24:
+                size = struct.unpack("<Q", header[16:])[0]
+                if header[:4] == b"data":
+                    return size - 24, file.tell()
+                file.seek(size - 24 + (-size % 8), os.SEEK_CUR)  # chunks are aligned to 8 bytes
+            return None
+        if head[:4] in (b"RIFF", b"RIFX") and head[8:12] == b"WAVE":
+            order, data_id, extra = "<" if head[:4] == b"RIFF" else ">", b"data", 0
+        elif head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+            order, data_id, extra = ">", b"SSND", 8  # SSND starts with its offset and block size
+        else:
+            return None
+        while len(header := file.read(8)) == 8:
+            chunk_id, size = header[:4], struct.unpack(order + "I", header[4:])[0]
+            if chunk_id == data_id:
+                if size == UNKNOWN_SIZE:
+                    return None
+                skip = struct.unpack(">I", file.read(4))[0] if extra else 0
+                return size - extra - skip, file.tell() + (4 + skip if extra else 0)
+            file.seek(size + (size & 1), os.SEEK_CUR)  # chunks are padded to even sizes
+    return None
+
+
+def _span(frames: float, rate: int) -> str:
+    seconds = frames / rate
+    return f"{seconds:.2f} s" if seconds < 600 else f"{seconds / 3600:.1f} h"
 
 
 def _reason(e: BaseException) -> str:

@@ -8,16 +8,16 @@ from typing import Protocol
 import numpy as np
 from tqdm import tqdm
 
-from wavadapt.data.audio import SAMPLE_RATE, audio_info, decode
+from wavadapt.data.audio import SAMPLE_RATE, decode
 from wavadapt.data.corpora import Utterance
 from wavadapt.data.text import normalize
-from wavadapt.errors import AudioError
+from wavadapt.errors import AudioError, TruncatedAudioError
 
 # Files the readers refuse (AudioError): training skips them, so the corpus is smaller than it looks.
-UNUSABLE = ("unreadable", "empty", "non-finite")
+UNUSABLE = ("unreadable", "truncated", "empty", "non-finite")
 # Files that train, but not as stored or not well: mis-sized, filtered by length, band-limited, downmixed,
 # silent, clipped; transcripts that are missing (skipped by fine-tuning) or mislabeled.
-WARNINGS = ("truncated", "too short", "too long", "sample rate", "stereo", "silent", "clipped",
+WARNINGS = ("too short", "too long", "sample rate", "stereo", "silent", "clipped",
             "no transcript", "empty transcript", "foreign letters", "dropped characters", "oov characters")
 SILENCE_DBFS = -60.0
 """A file whose peak is below this is reported as silent."""
@@ -124,20 +124,16 @@ def _check_audio(
 ) -> tuple[float, int | None, list[tuple[str, str]]]:
     """Seconds of usable audio, sample rate, and the (kind, detail) problems of ``u``'s file."""
     try:
-        header_frames = audio_info(u.path, u.raw_format)[0]
         x, rate = decode(u.path, u.raw_format)
     except AudioError as e:
-        return 0.0, None, [("unreadable", str(e).removeprefix(f"{u.path}: "))]
+        kind = "truncated" if isinstance(e, TruncatedAudioError) else "unreadable"
+        return 0.0, None, [(kind, str(e).removeprefix(f"{u.path}: ").removeprefix("truncated: "))]
     if x.size == 0:
         return 0.0, rate, [("empty", "no audio samples")]
     if not np.isfinite(x).all():
         return 0.0, rate, [("non-finite", f"{int((~np.isfinite(x)).sum())} NaN/Inf samples")]
     duration = len(x) / rate
     found = []
-    # A cut-off mp3 decodes without error; its header still declares the full length, which is
-    # what length filtering and batching go by.
-    if len(x) < 0.95 * header_frames:
-        found.append(("truncated", f"decoded {duration:.2f} s of the {header_frames / rate:.2f} s in its header"))
     if duration < min_seconds:
         found.append(("too short", f"{duration:.2f} s < {min_seconds} s"))
     if duration > max_seconds:
