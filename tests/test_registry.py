@@ -8,8 +8,10 @@ from typer.testing import CliRunner
 
 from wavadapt.cli import app
 from wavadapt.data.text import Vocabulary
+from wavadapt.decoding.ngram import build_arpa
 from wavadapt.errors import CheckpointError, WavadaptError
 from wavadapt.inference.registry import Registry
+from wavadapt.interop.loading import load_asr_model
 from wavadapt.model.adapters import AdapterConfig, adapter_names, adapter_parameters, add_adapter
 from wavadapt.model.backbone import build_backbone
 from wavadapt.model.checkpoint import save_adapter, save_task, task_tensors
@@ -108,3 +110,42 @@ def test_info_lists_the_tasks_a_backbone_serves(task_dir):
     lines = result.output.splitlines()
     assert any(line.split()[:2] == ["es/asr", "es"] for line in lines)
     assert any(line.startswith("tasks on one backbone") for line in lines)
+
+
+def test_two_runs_of_one_language_serve_side_by_side_under_their_file_names(task_dir, tmp_path):
+    """Task names are baked into the tensor names; a task loads under the name its file bears (or FILE:NAME)."""
+    torch.manual_seed(0)
+    model = CTCModel(build_backbone("tiny")).eval()
+    perturb(prepare(model, "en", Vocabulary.build(["a second fox"]), MethodConfig("adapters", adapter_size=8)).values(),
+            0.3)
+    second = save_task(model, "en", tmp_path / "second")  # another English run: its task is "en" too
+    served = tmp_path / "served"
+    served.mkdir()
+    for suffix in (".json", ".safetensors"):
+        (served / f"adapter.en{suffix}").write_bytes((task_dir / f"adapter.en{suffix}").read_bytes())
+        (served / f"adapter.en-top1{suffix}").write_bytes(second.with_suffix(suffix).read_bytes())
+    registry = Registry.load("tiny", Registry.task_files(served))
+    assert registry.names == ["en", "en-top1"]
+    assert torch.equal(_logits(registry.model, "en-top1"), _logits(model, "en"))
+    assert torch.equal(_logits(registry.model, "en"), _logits(Registry.load("tiny", [task_dir / "adapter.en.json"])
+                                                                .model, "en"))
+    assert set(task_tensors(registry.model, "en-top1")) == {k.replace(".en.", ".en-top1.")
+                                                             for k in task_tensors(model, "en")}
+
+    with pytest.raises(CheckpointError) as e:
+        load_asr_model("tiny", [task_dir / "adapter.en.json", second])
+    assert str(e.value) == (f"{second}: the model already has a task named 'en' (from {task_dir / 'adapter.en.json'}): "
+                            f"load this one under another name, {second}:NAME")
+    both = load_asr_model("tiny", [task_dir / "adapter.en.json", f"{second}:en--second"])
+    assert sorted(both.heads) == ["en", "en/second"] and torch.equal(_logits(both, "en/second"), _logits(model, "en"))
+
+
+def test_info_and_serve_agree_on_each_tasks_language_model(task_dir, tmp_path):
+    build_arpa(["der fuchs", "der hund"], 2, tmp_path / "lm.de.arpa", discount_fallback=True)
+    for suffix in (".json", ".safetensors"):
+        (tmp_path / f"adapter.de{suffix}").write_bytes((task_dir / f"adapter.de{suffix}").read_bytes())
+    result = CliRunner().invoke(app, ["info", "tiny", "--adapters", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    served = Registry.load("tiny", Registry.task_files(tmp_path), decoding_dir=tmp_path)
+    line = next(line for line in result.output.splitlines() if line.split()[:1] == ["de"])
+    assert served.tasks()[0].lm == "lm.de.arpa" and "lm.de.arpa" in line

@@ -122,7 +122,8 @@ def info(
     if adapters is not None or model not in PRESETS:
         from wavadapt.inference.registry import Registry, format_tasks
 
-        registry = Registry.load(model, Registry.task_files(adapters) if adapters else [], trust_pickle=trust_pickle)
+        registry = Registry.load(model, Registry.task_files(adapters) if adapters else [], trust_pickle=trust_pickle,
+                                 decoding_dir=adapters)  # as `serve` finds each task's LM
         summary["tasks"] = [t.to_dict() for t in registry.tasks()]
         summary["backbone_bytes"] = registry.backbone_bytes()
     text = format_description(summary)

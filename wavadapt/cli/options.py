@@ -49,7 +49,8 @@ ModelOption = Annotated[
 ]
 AdapterOption = Annotated[
     list[Path] | None,
-    typer.Option(help="A task file (adapter.<task>.json); repeat to stack, the language adapter first."),
+    typer.Option(help="A task file (adapter.<task>.json), or FILE:NAME to load it under another name (-- for /); "
+                 "repeat to stack, the language adapter first."),
 ]
 TaskOption = Annotated[str | None, typer.Option(help="Task to run (default: the last task file's).")]
 VocabOption = Annotated[Path | None, typer.Option(help="The dict.ltr.txt of a fine-tuned fairseq checkpoint, where "

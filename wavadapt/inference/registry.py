@@ -68,9 +68,12 @@ class Registry:
     def load(cls, backbone: str | Path, task_files: Sequence[Path] = (), *, trust_pickle: bool = False,
              vocab: Path | None = None, decoder: DecoderConfig | None = None,
              decoding_dir: Path | None = None) -> "Registry":
-        """The backbone with its own tasks, then ``task_files`` in order (a language adapter before a task on it)."""
-        return cls(load_asr_model(backbone, list(task_files), trust_pickle=trust_pickle, vocab=vocab), decoder,
-                   decoding_dir)
+        """The backbone with its own tasks, then ``task_files`` in order (a language adapter before a task on it),
+        each under the name its file bears (:func:`file_task_name`)."""
+        model = load_asr_model(backbone, [], trust_pickle=trust_pickle, vocab=vocab)
+        for task_file in task_files:
+            load_task(model, task_file, file_task_name(task_file))
+        return cls(model, decoder, decoding_dir)
 
     def decoder(self, task: str, kind: str | None = None, **choices) -> DecoderConfig:
         """``task``'s decoder: the default, with ``kind`` and the beam search's ``choices`` (beam_size, lm_weight,
@@ -93,7 +96,7 @@ class Registry:
                 ready = list(pending)
             for f in ready:
                 order.append(f)
-                loaded.add(_read(f).get("task"))
+                loaded.add(file_task_name(f))
                 del pending[f]
         return order
 
@@ -102,9 +105,9 @@ class Registry:
         return sorted(self.model.heads)
 
     def add(self, task_file: Path) -> str:
-        """Load one more task file, with the LM and lexicon beside it named for its task; the backbone and the other
-        tasks are untouched."""
-        task = load_task(self.model, task_file)
+        """Load one more task file under the name it bears, with the LM and lexicon beside it named for it; the
+        backbone and the other tasks are untouched."""
+        task = load_task(self.model, task_file, file_task_name(task_file))
         self._find_language_model(task, Path(task_file).parent)
         return task
 
@@ -155,6 +158,14 @@ def format_tasks(registry: Registry) -> str:
         lines.append(f"  {t.task:<16}{' + '.join(t.stack) or '-':<24}{t.form or '-':<9}{t.tokens:>7}"
                      f"{t.parameters:>12,}{t.bytes / mb:>9.2f}  {decoder}")
     return "\n".join(lines)
+
+
+def file_task_name(path: Path) -> str:
+    """The task a file ``adapter.<name>.json`` serves: ``<name>`` (``--`` for ``/``), whatever name the task was
+    trained under, so two runs' files of one language (``adapter.en.json``, ``adapter.en-top1.json``) serve side
+    by side."""
+    name = Path(path).name.removeprefix("adapter.").removesuffix(".json").removesuffix(".safetensors")
+    return name.replace("--", "/")
 
 
 def _read(path: Path) -> dict:

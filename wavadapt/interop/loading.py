@@ -12,7 +12,7 @@ from wavadapt.interop.fairseq import is_fairseq_file, load_fairseq_file
 from wavadapt.interop.hf import is_ctc_dir, load_ctc_dir, read_do_normalize
 from wavadapt.interop.mms import is_mms_dir, load_mms_dir
 from wavadapt.model.backbone import PRESETS, build_backbone, load_backbone, resolve_checkpoint
-from wavadapt.model.checkpoint import load_task, safe_name
+from wavadapt.model.checkpoint import load_task, safe_name, task_file_spec
 from wavadapt.model.ctc import CTCModel
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,8 @@ def _source(model: str | Path, adapters: list[Path], family: str | None, seed: i
         base = {"model": str(model), "family": family or "wav2vec2", "seed": seed}
     else:
         base = {"model": str(Path(model).resolve()) if Path(model).exists() else str(model)}
-    return base | {"adapters": [str(Path(a).resolve()) for a in adapters]}
+    files = [task_file_spec(a) for a in adapters]
+    return base | {"adapters": [str(f.resolve()) + (f":{safe_name(name)}" if name else "") for f, name in files]}
 
 
 def _finetuning_run(path: Path) -> dict | None:

@@ -260,19 +260,27 @@ def check_tensors(path: Path, found: dict, expected: dict, what: str = "its own 
         raise CheckpointError(f"{path}: does not match {what}; " + "; ".join(problems))
 
 
-def load_task(model: CTCModel, path: str | Path) -> str:
-    """Add the task (or head-less adapter set) of a task file to ``model``; return its name.
+def load_task(model: CTCModel, path: str | Path, name: str | None = None) -> str:
+    """Add the task (or head-less adapter set) of a task file to ``model``, under ``name`` or the file's own
+    task name; return the name.
 
-    ``path`` is either file of the pair. Refuses, with a CheckpointError naming the file, a backbone whose
-    fingerprint differs from the one the task was trained on, a stack whose lower sets are not loaded yet,
-    a name the model already has, and missing, unexpected or mis-shaped tensors; all before changing the
-    model. Reads only JSON and safetensors (no pickle). A task with a head is left active.
+    ``path`` is either file of the pair, or ``FILE:NAME`` (:func:`task_file_spec`). Refuses, with a
+    CheckpointError naming the file, a backbone whose fingerprint differs from the one the task was trained on, a
+    stack whose lower sets are not loaded yet, a name the model already has (naming the file it came from), and
+    missing, unexpected or mis-shaped tensors; all before changing the model. Reads only JSON and safetensors
+    (no pickle). A task with a head is left active.
     """
-    json_path, weights = _pair(Path(path))
+    path, given = task_file_spec(path)
+    json_path, weights = _pair(path)
     info = _read_info(json_path)
-    name, stack, backbone = info["task"], tuple(info["stack"]), model.backbone
+    trained_as = info["task"]
+    name, backbone = name or given or trained_as, model.backbone
+    stack = tuple(name if n == trained_as else n for n in info["stack"])
     if name in model.heads or name in adapter_names(backbone):
-        raise CheckpointError(f"{json_path}: the model already has a task or adapter set named {name!r}")
+        origin = model.task_files.get(name)
+        raise CheckpointError(f"{json_path}: the model already has a task named {name!r}"
+                              + (f" (from {origin})" if origin else "")
+                              + f": load this one under another name, {json_path}:NAME")
     stacked_on = [n for n in stack if n != name]
     absent = [n for n in stacked_on if n not in adapter_names(backbone)]
     if absent:
@@ -296,7 +304,7 @@ def load_task(model: CTCModel, path: str | Path) -> str:
         expected = _expected_shapes(backbone, name, config, vocab)
     except WavadaptError as e:  # an adapter config this backbone cannot take (a form, top_n)
         raise CheckpointError(f"{json_path}: {e}") from None
-    check_tensors(weights, file_shapes(weights), expected)
+    check_tensors(weights, {_renamed(k, trained_as, name): s for k, s in file_shapes(weights).items()}, expected)
 
     if config is not None:
         add_adapter(backbone, name, config)
@@ -305,7 +313,28 @@ def load_task(model: CTCModel, path: str | Path) -> str:
     params = dict(model.named_parameters())
     with torch.no_grad(), safe_open(weights, "pt") as f:
         for key in f.keys():
-            params[key].copy_(f.get_tensor(key))
+            params[_renamed(key, trained_as, name)].copy_(f.get_tensor(key))
+    model.task_files[name] = str(json_path)
     if vocab is not None:
         model.activate(name)
     return name
+
+
+def task_file_spec(spec: str | Path) -> tuple[Path, str | None]:
+    """``FILE`` or ``FILE:NAME`` (a task file to load under another name) as the file and the name."""
+    text = str(spec)
+    head, _, tail = text.rpartition(":")
+    if head and tail and "/" not in tail and not Path(text).exists():
+        return Path(head), tail.replace("--", "/")
+    return Path(spec), None
+
+
+def _renamed(key: str, old: str, new: str) -> str:
+    """A task file's tensor name with its task's part (after ``heads``, ``sets`` or ``tasks``) renamed."""
+    if old == new:
+        return key
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        if part == old and i > 0 and parts[i - 1] in ("heads", "sets", "tasks"):
+            parts[i] = new
+    return ".".join(parts)

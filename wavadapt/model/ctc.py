@@ -46,6 +46,8 @@ class CTCModel(nn.Module):
         self.do_normalize: bool | None = None
         """A checkpoint's own choice (its feature extractor's ``do_normalize``), set by its loader; None when it
         came without one."""
+        self.task_files: dict[str, str] = {}
+        """The task file each loaded task came from (named when another file brings the same name)."""
         self.source: dict | None = None
         """Where the model came from (``model``, and ``adapters`` loaded onto it), set by its loader: training
         records it in run.json, so a run folder can be loaded as a model."""
