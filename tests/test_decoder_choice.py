@@ -8,7 +8,7 @@ from pathlib import Path
 
 import openai
 import pytest
-from test_robustness import run_cli
+from cli_runner import run_cli
 from test_server import _post
 from test_transcription import _two_task_model
 from typer.testing import CliRunner
@@ -134,7 +134,7 @@ def test_the_server_decodes_each_request_as_it_asks(model, lm_dir, test_set):
         assert cards["en"].decoder == "greedy"
 
 
-def test_command_line_decoder_options(synth_corpus, lm_dir, tmp_path, capsys, monkeypatch):
+def test_command_line_decoder_options(synth_corpus, lm_dir, tmp_path, capsys):
     task_file = save_task(_two_task_model("group"), "en", tmp_path / "task")  # on the tiny preset's weights
     arpa = str(lm_dir / "lm.en.arpa")
     common = ["--model", "tiny", "--adapter", str(task_file)]
@@ -151,5 +151,5 @@ def test_command_line_decoder_options(synth_corpus, lm_dir, tmp_path, capsys, mo
     bad.write_text("\\data\\\nngram 1=3\n")
     for command in (["transcribe", *common, "--lm", str(bad), files[0]],
                     ["evaluate", str(synth_corpus), "--language", "en", *common, "--lm", str(bad)]):
-        code, out, err = run_cli(capsys, monkeypatch, *command)  # the real entry point
+        code, out, err = run_cli(capsys, *command)  # the real entry point
         assert code == 1 and out == "" and err.startswith("error:") and str(bad) in err and err.count("\n") == 1

@@ -152,11 +152,12 @@ def test_continual_summaries_by_hand():
     m, n = continual_summaries(rows, {"es": {"wer": 0.5, "cer": 0.2}})
     assert m == {"method": "m", "languages": ["en", "es"],
                  "average_wer": pytest.approx(0.5), "bwt_wer": pytest.approx(-0.1), "fwt_wer": pytest.approx(0.1),
-                 "reference_wer": 0.5,
+                 "reference_wer": 0.5, "bwt_wer_interval": None,  # no per-utterance counts in these rows
                  "average_cer": pytest.approx(0.2), "bwt_cer": pytest.approx(-0.1), "fwt_cer": pytest.approx(0.1),
-                 "reference_cer": 0.2}
+                 "reference_cer": 0.2, "bwt_cer_interval": None}
     assert n == {"method": "n", "languages": ["en"], "average_wer": 0.5, "bwt_wer": None, "fwt_wer": None,
-                 "reference_wer": None, "average_cer": 0.2, "bwt_cer": None, "fwt_cer": None, "reference_cer": None}
+                 "reference_wer": None, "average_cer": 0.2, "bwt_cer": None, "fwt_cer": None, "reference_cer": None,
+                 "bwt_wer_interval": None, "bwt_cer_interval": None}
 
 
 def test_training_time_from_logged_windows():

@@ -5,10 +5,13 @@ import csv
 import json
 from dataclasses import asdict
 
+import numpy as np
 import pytest
+from cli_runner import run_cli
 from typer.testing import CliRunner
 
 from wavadapt.cli import app
+from wavadapt.evaluation.bootstrap import interval
 from wavadapt.evaluation.corpus import EvalResult, Scores
 from wavadapt.experiments.accounting import Account
 from wavadapt.experiments.forgetting import _write_csv, continual_summaries
@@ -36,6 +39,33 @@ def write_log(path, cers):
                              "skipped_updates": 0, "skipped_files": 0, "skipped_batches": 0, **valid})
 
 
+def edits(rate: float, n: int = 10) -> dict[str, list[int]]:
+    """Per-utterance counts (word edits, 10 words, character edits, 30 characters) of ``n`` test utterances whose
+    corpus WER is ``rate`` (and CER ``rate`` / 3), the edits spread unevenly as real errors are."""
+    total = round(rate * n * 10)
+    weights = np.arange(1, n + 1)
+    per = np.floor(total * weights / weights.sum()).astype(int)
+    per[-1] += total - per.sum()
+    return {f"u{i}": [int(e), 10, int(e), 30] for i, e in enumerate(per)}
+
+
+def counted(wer: float, greedy_wer: float | None = None, **fields) -> EvalResult:
+    """An EvalResult of :func:`edits`, with its bootstrap intervals, as evaluate writes it."""
+    counts, greedy = edits(wer), greedy_wer is not None and edits(greedy_wer) or None
+    bounds = {"wer_interval": interval(list(counts.values()), "wer"), "cer_interval": interval(list(counts.values()),
+                                                                                               "cer")}
+    rates = (wer, wer / 3, 10, 30.0) + ((greedy_wer, greedy_wer / 3) if greedy else (None, None))
+    language = fields.pop("task", "en")
+    return EvalResult(*rates, **bounds, task=language, languages={language: Scores(*rates, **bounds)}, counts=counts,
+                      greedy_counts=greedy, **fields)
+
+
+def span(rate: float, metric: str) -> str:
+    """The report's interval text of :func:`edits` at ``rate``, computed here from the counts."""
+    low, high = interval(list(edits(rate).values()), metric)
+    return f"{100 * low:.1f}-{100 * high:.1f}"
+
+
 def finetune_run(root, lang, name, method, cers=(), wer=None, **extra):
     run = root / "finetune" / lang / name
     run.mkdir(parents=True)
@@ -43,9 +73,7 @@ def finetune_run(root, lang, name, method, cers=(), wer=None, **extra):
                                               "train": asdict(TrainConfig(extra=extra))}, default=str))
     write_log(run / "log.csv", cers)
     if wer is not None:
-        scores = Scores(wer, wer / 3, 10, 30.0)
-        result = EvalResult(wer, wer / 3, 10, 30.0, task=lang, languages={lang: scores}, elapsed=2.0)
-        (run / "eval.json").write_text(json.dumps(result.to_dict()))
+        (run / "eval.json").write_text(json.dumps(counted(wer, task=lang, elapsed=2.0).to_dict()))
 
 
 def account(method, top_n, trainable):
@@ -115,9 +143,11 @@ def test_full_report(run_dir, tmp_path):
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 5000
         assert f"]({name}.png)" in md
     assert "| top-n-adapters | 2 | 95,000,000 | 1,000,000 | 94,000,000 | 1.05 |" in md
-    assert "| adapters | 20.00% | 6.67% | 25.00% | 8.33% |" in md
-    assert "| full | 18.00% | 6.00% | - | - |" in md  # no es eval of full: that run has no eval.json
-    assert "| full from scratch | 90.00% | 30.00% | - | - |" in md
+    # each rate with its test size and 95% bootstrap interval over the utterances
+    assert f"| adapters | 10 | 20.00% ({span(0.2, 'wer')}) | 6.67% ({span(0.2, 'cer')}) | 10 | 25.00% " \
+           f"({span(0.25, 'wer')}) | 8.33% ({span(0.25, 'cer')}) |" in md
+    assert f"| full | 10 | 18.00% ({span(0.18, 'wer')}) | 6.00% ({span(0.18, 'cer')}) | - | - | - |" in md  # no es eval
+    assert f"| full from scratch | 10 | 90.00% ({span(0.9, 'wer')}) | 30.00% ({span(0.9, 'cer')}) | - | - | - |" in md
     # The first logged update with valid CER <= 0.5; blank validation cells are skipped.
     assert "| en | adapters | adapters | 30 |" in md
     assert "| en | full | full | 50 |" in md
@@ -129,12 +159,14 @@ def test_full_report(run_dir, tmp_path):
     assert "| pt-en | en | 30.00% | - | - | - | 10.00% | - | - | - |" in md
     # The opening summary: plain sentences from the numbers above.
     summary = md.split("## Summary")[1].split("\n## ")[0]
-    assert "`adapters` trains 10.0% of the parameters and reaches 6.7% CER, 1.11x full fine-tuning's: close to it, " \
-        "as the paper finds." in summary
-    assert "`top-n-adapters N=2` trains 1.1% of the parameters and reaches 16.7% CER, 2.78x full fine-tuning's: " \
-        "short of the paper's finding" in summary
-    assert "Pre-training helps: full fine-tuning of the pre-trained model reaches 6.0% test CER (en, greedy) " \
-        "against 30.0%" in summary
+    # a difference is stated only where its paired interval leaves out 0
+    assert "`adapters` trains 10.0% of the parameters and reaches 6.7% CER, 1.11x full fine-tuning's; against full " \
+        "fine-tuning: +0.7 points (95% interval " in summary and "): within noise (the paper" in summary
+    assert "`top-n-adapters N=2` trains 1.1% of the parameters and reaches 16.7% CER, 2.78x full fine-tuning's; " \
+        "against full fine-tuning: +10.7 points" in summary
+    assert summary.count("beyond the test set's noise") == 3  # scratch, N=2 and N=4 against full
+    assert "Pre-training helps: full fine-tuning of the pre-trained model reaches 6.0% test CER (en, greedy, 10 " \
+        "utterances) against 30.0% from scratch with the same architecture and updates; -24.0 points" in summary
     assert "`warm-es`: backward transfer -20.00 CER points (-20.00 WER) on the earlier language(s) (forgetting), " \
         "forward transfer +5.00 CER points (+5.00 WER) on the new one." in summary
     assert "`cw-es`: the en self-supervised loss goes from 2.5000 to 2.5000 over the new language's training " \
@@ -158,29 +190,36 @@ def test_beam_search_results_show_greedy_beside(tmp_path):
     for name, wer, greedy_wer in (("full", 0.3, 0.5), ("adapters", 0.45, 0.6)):
         run = tmp_path / "exp" / "finetune" / "en" / name
         finetune_run(tmp_path / "exp", "en", name, MethodConfig(name))
-        scores = Scores(wer, wer / 3, 10, 30.0, greedy_wer, greedy_wer / 2)
-        result = EvalResult(wer, wer / 3, 10, 30.0, greedy_wer, greedy_wer / 2, task="en", decoder="beam 50 + en.arpa",
-                            languages={"en": scores})
+        result = counted(wer, greedy_wer, decoder="beam 50 + en.arpa")
         (run / "eval.json").write_text(json.dumps(result.to_dict()))
     report = write_report(tmp_path / "exp")
     md = (tmp_path / "exp" / "report" / "report.md").read_text()
     assert "Decoded: beam 50 + en.arpa (greedy: the same logits' best path)." in md
-    assert "| method | en WER greedy | en WER beam | en CER greedy | en CER beam |" in md
-    assert "| full | 50.00% | 30.00% | 25.00% | 10.00% |" in md
+    assert "| method | en n | en WER greedy | en WER beam | en CER greedy | en CER beam |" in md
+    assert f"| full | 10 | 50.00% | 30.00% ({span(0.3, 'wer')}) | 16.67% | 10.00% ({span(0.3, 'cer')}) |" in md
     # Models compare by greedy CER (the LM rewrites words); the summary gives the LM's WER change per method.
-    assert "`adapters` reaches 30.0% CER, 1.20x full fine-tuning's: close to it, as the paper finds." in md
-    assert "changes test WER from greedy decoding's as follows: `adapters` 60.0% -> 45.0%, `full` 50.0% -> 30.0%." in md
-    assert ["en", "adapters", "adapters", "45.00%", "15.00%", "60.00%", "30.00%", "-"] in [
+    assert "`adapters` reaches 20.0% CER, 1.20x full fine-tuning's; against full fine-tuning: +3.3 points" in md
+    assert "changes test WER from greedy decoding's as follows: `adapters` 60.0% -> 45.0%, -15.0 points (95% " \
+           "interval" in md and "; `full` 50.0% -> 30.0%, -20.0 points" in md
+    assert ["en", "adapters", "adapters", "45.00%", "15.00%", "60.00%", "20.00%", "-"] in [
         line.split() for line in report.summary.splitlines()]
 
 
 def test_missing_parts_become_notes(tmp_path):
-    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / "finetune").mkdir(parents=True)
     report = write_report(tmp_path / "exp")
     md = (tmp_path / "exp" / "report" / "report.md").read_text()
     assert report.plots == [] and len(report.notes) == 9
     assert md.count("_Skipped: ") == 9 and "no params.json" in md and "no corpus.json or prepared corpus" in md
     assert "no fine-tuning runs" in report.summary
+
+
+def test_a_folder_that_holds_no_experiment_is_refused(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("not an experiment")
+    code, out, err = run_cli(capsys, "report", tmp_path)
+    assert code == 1 and out == "" and not (tmp_path / "report").exists()
+    assert err == (f"error: {tmp_path}: no experiment here (none of experiment.json, corpus, params.json, finetune, "
+                   "continual, evaluate-continual): give the folder `wavadapt run` or `wavadapt demo` wrote\n")
 
 
 def test_cli(run_dir, tmp_path):
@@ -196,3 +235,25 @@ def test_line_figure_labels():
     assert (ax.get_title(), ax.get_xlabel(), ax.get_ylabel()) == ("WER vs N", "N", "WER (%)")
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["top-n-adapters (en)", "b"]
     assert list(ax.lines[0].get_xdata()) == [2, 4]
+
+
+def test_backward_transfer_within_noise_is_neither_forgetting_nor_a_gain(tmp_path):
+    """The demo's multihead-l2 once read as "a gain" on one word of 10 test utterances."""
+    rows = [{"method": "mh-l2", "task": "en", "update": 100, "position": "en@100", "step": 100, "wer_en": 0.3,
+             "cer_en": 0.1, "counts_en": edits(0.3)},
+            {"method": "mh-l2", "task": "es", "update": 50, "position": "es@50", "step": 150, "wer_en": 0.29,
+             "cer_en": 0.29 / 3, "counts_en": edits(0.29), "wer_es": 0.4, "cer_es": 0.15}]
+    rows += [{**row, "method": "warm", "wer_en": 0.6, "cer_en": 0.2, "counts_en": edits(0.6)} if row["task"] == "es"
+             else {**row, "method": "warm"} for row in rows]
+    evaluation = tmp_path / "exp" / "evaluate-continual"
+    evaluation.mkdir(parents=True)
+    summaries = {r["method"]: r for r in continual_summaries(rows, {})}
+    low, high = summaries["mh-l2"]["bwt_cer_interval"]
+    assert low <= 0 <= high and summaries["mh-l2"]["bwt_cer"] > 0  # one edit in one utterance
+    assert summaries["warm"]["bwt_cer_interval"][1] < 0
+    (evaluation / "continual_learning.json").write_text(json.dumps({"rows": list(summaries.values())}))
+    write_report(tmp_path / "exp")
+    summary = (tmp_path / "exp" / "report" / "report.md").read_text().split("## Summary")[1].split("\n## ")[0]
+    assert "`mh-l2`: backward transfer +0.33 CER points, 95% interval " in summary
+    assert "on the earlier language(s) (within noise)" in summary
+    assert "`warm`: backward transfer -10.00 CER points, 95% interval" in summary and "(forgetting)" in summary

@@ -69,8 +69,12 @@ LexiconOption = Annotated[Path | None, typer.Option(help="Beam search emits only
 
 def decoder_config(kind: str | None, beam_size: int, lm: Path | None, lm_weight: float, word_score: float,
                     lexicon: Path | None):
+    """The decoder the options choose; an LM that is no language model fails here, before a model loads."""
     from wavadapt.decoding import DecoderConfig
+    from wavadapt.decoding.files import arpa_unigrams
 
+    if lm is not None:
+        arpa_unigrams(lm)
     kind = kind or ("beam" if lm or lexicon else "greedy")
     return DecoderConfig(kind, beam_size=beam_size, lm=lm, lm_weight=lm_weight, word_score=word_score,
                          lexicon=lexicon)

@@ -13,6 +13,7 @@ from wavadapt.data.corpora import Utterance, require_unique_ids
 from wavadapt.data.text import normalize_text
 from wavadapt.decoding import DecoderConfig, decode_in_processes, texts
 from wavadapt.errors import WavadaptError
+from wavadapt.evaluation.bootstrap import edit_counts, interval
 from wavadapt.inference.engine import decode_utterances, evaluating
 from wavadapt.model.checkpoint import safe_name
 from wavadapt.model.ctc import CTCModel
@@ -30,6 +31,9 @@ class Scores:
     greedy_wer: float | None = None
     greedy_cer: float | None = None
     """Greedy decoding's rates on the same logits, when ``wer`` and ``cer`` are a beam search's."""
+    wer_interval: list[float] | None = None
+    cer_interval: list[float] | None = None
+    """95% bootstrap intervals over the utterances (:mod:`wavadapt.evaluation.bootstrap`)."""
 
 
 @dataclass
@@ -46,6 +50,11 @@ class EvalResult(Scores):
     """Ids of utterances without a transcript (or none left after normalisation); not scored."""
     elapsed: float = 0.0
     """Wall-clock seconds of reading and decoding."""
+    counts: dict[str, list[int]] = field(default_factory=dict)
+    """Per scored utterance (by id, in input order): word edits, words, character edits, characters
+    (``bootstrap.edit_counts``), which a paired comparison of two results on the same utterances needs."""
+    greedy_counts: dict[str, list[int]] | None = None
+    """The same of greedy decoding, beside a beam search's."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -57,19 +66,27 @@ class EvalResult(Scores):
             f"task {self.task}: {self.utterances} utterances, {self.seconds:.1f} s of audio decoded ({self.decoder}) "
             f"in {self.elapsed:.1f} s; {len(self.skipped)} unreadable and {len(self.no_transcript)} without a "
             "transcript skipped",
-            f"{'language':<10}{'utterances':>11}{'WER':>9}{'CER':>9}"
+            f"{'language':<10}{'utterances':>11}{'WER':>9}{'95% interval':>16}{'CER':>9}{'95% interval':>16}"
             + (f"{'greedy WER':>12}{'CER':>9}" if beam else ""),
         ]
         rows = list(self.languages.items()) + ([("all", self)] if len(self.languages) > 1 else [])
-        lines += [f"{lang:<10}{s.utterances:>11}{s.wer:>9.2%}{s.cer:>9.2%}"
-                  + (f"{s.greedy_wer:>12.2%}{s.greedy_cer:>9.2%}" if beam else "") for lang, s in rows]
+        lines += [f"{lang:<10}{s.utterances:>11}{s.wer:>9.2%}{_interval(s.wer_interval):>16}{s.cer:>9.2%}"
+                  f"{_interval(s.cer_interval):>16}" + (f"{s.greedy_wer:>12.2%}{s.greedy_cer:>9.2%}" if beam else "")
+                  for lang, s in rows]
         return "\n".join(lines)
+
+
+def _interval(bounds: list[float] | None) -> str:
+    return "-" if bounds is None else f"{100 * bounds[0]:.1f}-{100 * bounds[1]:.1f}%"
 
 
 def score(references: list[str], hypotheses: list[str], seconds: float = 0.0, greedy: list[str] | None = None
           ) -> Scores:
-    """Corpus WER and CER of normalised reference / hypothesis pairs (and of greedy hypotheses beside a beam's)."""
+    """Corpus WER and CER of normalised reference / hypothesis pairs with their 95% bootstrap intervals (and the
+    rates of greedy hypotheses beside a beam's)."""
     result = Scores(jiwer.wer(references, hypotheses), jiwer.cer(references, hypotheses), len(references), seconds)
+    counts = edit_counts(references, hypotheses)
+    result.wer_interval, result.cer_interval = list(interval(counts, "wer")), list(interval(counts, "cer"))
     if greedy is not None:
         result.greedy_wer, result.greedy_cer = jiwer.wer(references, greedy), jiwer.cer(references, greedy)
     return result
@@ -139,6 +156,12 @@ def evaluate(
                         elapsed=elapsed,
                         languages={lang: scores(group) for lang, group in sorted(by_language.items())},
                         skipped=[u.id for u in labeled if u.id not in hypotheses], no_transcript=no_transcript)
+    ids = [u.id for u in scored]
+    result.counts = dict(zip(ids, edit_counts([references[i] for i in ids], [hypotheses[i] for i in ids]),
+                             strict=True))
+    if greedy:
+        result.greedy_counts = dict(zip(ids, edit_counts([references[i] for i in ids], [greedy[i] for i in ids]),
+                                        strict=True))
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -35,6 +35,7 @@ from wavadapt.data.batching import filter_by_length
 from wavadapt.data.corpora import open_corpus
 from wavadapt.decoding import DecoderConfig
 from wavadapt.errors import WavadaptError
+from wavadapt.evaluation.bootstrap import difference_interval
 from wavadapt.evaluation.corpus import EvalResult, evaluate
 from wavadapt.experiments.accounting import count_parameters
 from wavadapt.experiments.workers import run_steps
@@ -243,7 +244,8 @@ def probe(checkpoint: str | Path, language: str, config: ProbeConfig, out_dir: s
     shutil.rmtree(out_dir, ignore_errors=True)  # the training log would otherwise append to an old run's
     result, history = finetune_language(checkpoint, language, config, out_dir)
     scores = {f"wer_{language}": result.wer, f"cer_{language}": result.cer, f"ctc_loss_{language}": history[-1]["loss"],
-              f"ssl_loss_{language}": ssl_loss(load_pretraining(checkpoint), language, config)}
+              f"ssl_loss_{language}": ssl_loss(load_pretraining(checkpoint), language, config),
+              f"counts_{language}": result.counts}  # per utterance, for the bootstrap intervals of BWT
     if result.greedy_wer is not None:
         scores |= {f"greedy_wer_{language}": result.greedy_wer, f"greedy_cer_{language}": result.greedy_cer}
     return scores
@@ -349,10 +351,24 @@ def continual_summaries(rows: list[dict], references: dict[str, dict[str, float]
             reference = references.get(last["task"], {}).get(m)
             summary |= {f"average_{m}": statistics.mean(last[f"{m}_{lang}"] for lang in learnt) if learnt else None,
                         f"bwt_{m}": statistics.mean(drops) if drops else None,
+                        f"bwt_{m}_interval": _bwt_interval(sequence, earlier, m),
                         f"fwt_{m}": None if reference is None else reference - last[f"{m}_{last['task']}"],
                         f"reference_{m}": reference}
         summaries.append(summary)
     return summaries
+
+
+def _bwt_interval(sequence: list[dict], earlier: list[str], metric: str) -> list[float] | None:
+    """The 95% paired bootstrap interval of backward transfer on one earlier language (its test utterances scored
+    when learnt and now); None for several languages or rows without per-utterance counts."""
+    if len(earlier) != 1:
+        return None
+    lang = earlier[0]
+    learnt = next((r for r in reversed(sequence) if r["task"] == lang), None)
+    before, now = (learnt or {}).get(f"counts_{lang}"), sequence[-1].get(f"counts_{lang}")
+    if not before or not now or before.keys() != now.keys():
+        return None
+    return list(difference_interval([before[i] for i in before], [now[i] for i in before], metric))
 
 
 # --- efficiency (Fig. 6) ---
@@ -502,6 +518,7 @@ def evaluate_continual(run_dirs: Sequence[str | Path], config: ProbeConfig, out_
     for name, table, extra in (("forgetting", rows, {"languages": report.languages, "probe": report.probe}),
                                ("continual_learning", summaries, {}),
                                ("efficiency", timing, {"target_loss": target_loss, "notes": notes})):
-        _write_csv(out_dir / f"{name}.csv", table)
+        _write_csv(out_dir / f"{name}.csv", [{k: v for k, v in r.items() if not k.startswith("counts_")}
+                                              for r in table])  # per-utterance counts: in the JSON only
         (out_dir / f"{name}.json").write_text(json.dumps({**extra, "rows": table}, indent=2) + "\n", encoding="utf-8")
     return report

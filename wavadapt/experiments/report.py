@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from wavadapt.errors import WavadaptError
+from wavadapt.evaluation.bootstrap import difference_interval
 
 Series = dict[str, tuple[Sequence[float], Sequence[float]]]
 """Legend label -> (x values, y values)."""
@@ -97,27 +99,38 @@ def updates_to_target(log: Sequence[dict], target_cer: float) -> int | None:
 # --- plots ---
 
 
-def line_figure(title: str, xlabel: str, ylabel: str, series: Series) -> Figure:
-    """One line with markers per series."""
+def line_figure(title: str, xlabel: str, ylabel: str, series: Series, from_zero: bool = True,
+                integer_x: bool = False) -> Figure:
+    """One line with markers per series; the y axis starts at 0 (``from_zero``), the x ticks are whole numbers
+    (``integer_x``, for counts such as N)."""
     fig = Figure(figsize=(8.0, 4.0))  # no pyplot: a bare Figure renders PNGs with Agg and holds no global state
     ax = fig.add_subplot()
     for label, (xs, ys) in series.items():
         ax.plot(xs, ys, marker="o", label=label)
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    if from_zero:
+        ax.set_ylim(bottom=0)
+    if integer_x:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     _legend_outside(ax)
     fig.tight_layout()
     return fig
 
 
-def bar_figure(title: str, xlabel: str, ylabel: str, groups: Sequence[str], series: dict[str, Sequence[float]]
-               ) -> Figure:
-    """Grouped bars: one group per entry of ``groups``, one bar per series in each."""
+def bar_figure(title: str, xlabel: str, ylabel: str, groups: Sequence[str], series: dict[str, Sequence[float]],
+               intervals: dict[str, Sequence[tuple[float, float] | None]] | None = None) -> Figure:
+    """Grouped bars: one group per entry of ``groups``, one bar per series in each, with each bar's 95% interval
+    (``intervals``, in the bars' units) drawn as an error bar where given."""
     fig = Figure(figsize=(max(8.0, 1.2 * len(groups) + 1.6), 4.0))
     ax = fig.add_subplot()
     width = 0.8 / len(series)
     for i, (label, values) in enumerate(series.items()):
-        ax.bar([g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))], values, width, label=label)
+        bounds = (intervals or {}).get(label) or [None] * len(values)
+        below = [v - b[0] if b else 0.0 for v, b in zip(values, bounds, strict=True)]
+        above = [b[1] - v if b else 0.0 for v, b in zip(values, bounds, strict=True)]
+        ax.bar([g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))], values, width, label=label,
+               yerr=[below, above] if any(bounds) else None, capsize=3)
     ax.set_xticks(range(len(groups)), groups, rotation=20, ha="right")
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     _legend_outside(ax)
@@ -140,6 +153,40 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 def _percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.2%}"
+
+
+def _rate(result: dict | None, metric: str) -> str:
+    """An error rate of an eval.json with its 95% bootstrap interval: ``73.37% (70.1-76.5)``."""
+    if not result or result.get(metric) is None:
+        return "-"
+    bounds = result.get(f"{metric}_interval")
+    return _percent(result[metric]) + (f" ({100 * bounds[0]:.1f}-{100 * bounds[1]:.1f})" if bounds else "")
+
+
+def difference(a: dict, b: dict, metric: str, a_counts: str = "counts", b_counts: str = "counts"
+               ) -> tuple[float, tuple[float, float]] | None:
+    """``metric`` of eval.json ``a`` minus that of ``b`` and the 95% paired bootstrap interval of the difference,
+    over the utterances both scored; None when either lacks per-utterance counts."""
+    left, right = a.get(a_counts) or {}, b.get(b_counts) or {}
+    shared = [i for i in left if i in right]
+    if not shared:
+        return None
+    rows = {"wer": (0, 1), "cer": (2, 3)}[metric]
+
+    def rate(counts: dict) -> float:
+        return sum(counts[i][rows[0]] for i in shared) / max(sum(counts[i][rows[1]] for i in shared), 1)
+
+    return rate(left) - rate(right), difference_interval([left[i] for i in shared], [right[i] for i in shared],
+                                                         metric)
+
+
+def _compared(change: tuple[float, tuple[float, float]] | None, unit: str = "points") -> str:
+    """A difference in words: its size and interval, and whether it is more than the test set's noise."""
+    if change is None:
+        return "no per-utterance scores to tell it from noise"
+    value, (low, high) = change
+    size = f"{100 * value:+.1f} {unit} (95% interval {100 * low:+.1f} to {100 * high:+.1f})"
+    return f"{size}: within noise" if low <= 0 <= high else f"{size}: beyond the test set's noise"
 
 
 def _points(value: float | None) -> str:
@@ -260,18 +307,26 @@ def _finetuning(report: Report, runs: list[FinetuneRun], target_cer: float) -> N
         beam = [r.result for r in evaluated if r.result.get("greedy_wer") is not None]
         metrics = ([("greedy_wer", "WER greedy"), ("wer", "WER beam"), ("greedy_cer", "CER greedy"),
                     ("cer", "CER beam")] if beam else [("wer", "WER"), ("cer", "CER")])
-        rows = [[label, *(_percent(scores.get((label, lang), {}).get(m)) for lang in languages for m, _ in metrics)]
+        rows = [[label, *(cell for lang in languages
+                          for cell in (scores.get((label, lang), {}).get("utterances", "-"),
+                                       *(_rate(scores.get((label, lang)), m) for m, _ in metrics)))]
                 for label in labels]
         # NaN draws no bar: a method not run on a language must not look like 0% WER. CER is drawn too: a small
         # model's WER sits near 100% long after its CER shows what it learnt.
         bars = {f"{lang} {name}": [100 * scores[(label, lang)].get(m, float("nan")) if (label, lang) in scores
                                    else float("nan") for label in labels] for lang in languages for m, name in metrics}
+        intervals = {f"{lang} {name}": [tuple(100 * b for b in scores[(label, lang)][f"{m}_interval"])
+                                        if scores.get((label, lang), {}).get(f"{m}_interval") else None
+                                        for label in labels] for lang in languages for m, name in metrics}
         decoders = sorted({r.result.get("decoder", "greedy") for r in evaluated})
         report.section(title, f"Decoded: {'; '.join(decoders)}" + (" (greedy: the same logits' best path)."
-                                                                   if beam else "."),
-                       _table(["method", *(f"{lang} {name}" for lang in languages for _, name in metrics)], rows),
-                       report.plot("finetune_error_rates", bar_figure("Test WER and CER per fine-tuning method",
-                                                                      "method", "error rate (%)", labels, bars)))
+                                                                   if beam else ".")
+                       + " Each rate with its 95% bootstrap interval over the test utterances (n), in brackets.",
+                       _table(["method", *(f"{lang} {name}" for lang in languages
+                                           for name in ("n", *(name for _, name in metrics)))], rows),
+                       report.plot("finetune_error_rates", bar_figure(
+                           "Test WER and CER per fine-tuning method (95% intervals)", "method", "error rate (%)",
+                           labels, bars, intervals)))
     _top_n(report, evaluated)
     _convergence(report, runs, target_cer)
     report.summary_rows += [[r.language, r.label, r.name,
@@ -294,7 +349,7 @@ def _top_n(report: Report, evaluated: list[FinetuneRun]) -> None:
         return report.skip(title, "no evaluated top-n-adapters or top-n-full run")
     report.section(title, "Test WER and CER of the top-N methods against the number of trained (adapted) top layers.",
                    report.plot("top_n", line_figure("Test WER and CER vs top N layers", "N (top layers trained)",
-                                                    "error rate (%)", series)))
+                                                    "error rate (%)", series, integer_x=True)))
 
 
 def _convergence(report: Report, runs: list[FinetuneRun], target_cer: float) -> None:
@@ -363,16 +418,22 @@ def _continual_learning(report: Report, directory: Path) -> None:
     rows = data["rows"]
     report.section(title, "At each method's last checkpoint, as CL-MASR reports them (of WER, and of CER, which "
                    "says more while WER is near 100%): the average test error over the languages learnt; backward "
-                   "transfer (BWT: each earlier language's error when learnt minus its error now, in points; below 0 "
-                   "is forgetting); forward transfer (FWT: the new language's error when the first model is "
-                   "fine-tuned on it directly, without continual pre-training, minus its error now; above 0 is a "
-                   "gain).",
+                   "transfer (BWT: each earlier language's error when learnt minus its error now, in points, with "
+                   "its 95% paired bootstrap interval; below 0 is forgetting); forward transfer (FWT: the new "
+                   "language's error when the first model is fine-tuned on it directly, without continual "
+                   "pre-training, minus its error now; above 0 is a gain).",
                    _table(["method", "languages", *(f"{name} {m}" for m in ("WER", "CER")
                                                      for name in ("average", "BWT", "FWT", "FWT reference"))],
                           [[r["method"], ", ".join(r["languages"]),
-                            *(f(r[f"{name}_{m}"]) for m in ("wer", "cer")
+                            *(_bwt(r, m) if name == "bwt" else f(r[f"{name}_{m}"]) for m in ("wer", "cer")
                               for name, f in (("average", _percent), ("bwt", _points), ("fwt", _points),
                                               ("reference", _percent)))] for r in rows]))
+
+
+def _bwt(row: dict, metric: str) -> str:
+    """Backward transfer in points, with its 95% paired bootstrap interval where the probes kept their counts."""
+    bounds = row.get(f"bwt_{metric}_interval")
+    return _points(row[f"bwt_{metric}"]) + (f" ({100 * bounds[0]:+.1f} to {100 * bounds[1]:+.1f})" if bounds else "")
 
 
 def _efficiency(report: Report, directory: Path) -> None:
@@ -402,30 +463,40 @@ def _findings(run_dir: Path, runs: list[FinetuneRun]) -> list[str]:
 
 
 def _finetuning_findings(run_dir: Path, runs: list[FinetuneRun]) -> list[str]:
-    """Of the first language's fine-tuning runs."""
+    """Of the first language's fine-tuning runs; a difference is stated only where its paired bootstrap interval
+    leaves out 0, and called within noise otherwise."""
     findings = []
     first = [r for r in runs if r.result is not None and r.language == (runs[0].language if runs else "")]
     by_label = {r.label: r.result for r in first}
     # Character error rates compare models, so greedy's where a beam search's word LM rewrote the words.
-    cer = {label: result.get("greedy_cer") or result["cer"] for label, result in by_label.items()}
+    greedy = {label: ("greedy_cer", "greedy_counts") if result.get("greedy_cer") is not None else ("cer", "counts")
+              for label, result in by_label.items()}
+    cer = {label: by_label[label][greedy[label][0]] for label in by_label}
+
+    def versus(a: str, b: str) -> str:
+        return _compared(difference(by_label[a], by_label[b], "cer", greedy[a][1], greedy[b][1]))
+
     if "full" in cer and "full from scratch" in cer:
-        helps = cer["full"] < cer["full from scratch"]
-        findings.append(f"Pre-training {'helps' if helps else 'does not help here'}: full fine-tuning of the "
-                        f"pre-trained model reaches {cer['full']:.1%} test CER ({first[0].language}, greedy) against "
-                        f"{cer['full from scratch']:.1%} from scratch with the same architecture and updates.")
+        change = difference(by_label["full"], by_label["full from scratch"], "cer", greedy["full"][1],
+                            greedy["full from scratch"][1])
+        helps = change is not None and change[1][1] < 0
+        findings.append(f"Pre-training {'helps' if helps else 'shows no gain beyond noise here'}: full fine-tuning of "
+                        f"the pre-trained model reaches {cer['full']:.1%} test CER ({first[0].language}, greedy, "
+                        f"{by_label['full']['utterances']} utterances) against {cer['full from scratch']:.1%} from "
+                        f"scratch with the same architecture and updates; {_compared(change)}.")
     accounts = {(a["method"], a["top_n"]): a["percent"] for a in (_read_json(run_dir / "params.json") or
                                                                    {"accounts": []})["accounts"]}
     for r in first:
         if "full" in cer and "adapters" in r.method["method"]:
-            ratio = cer[r.label] / cer["full"]
             share = accounts.get((r.method["method"], r.method.get("top_n")))
-            verdict = ("close to it, as the paper finds" if ratio <= 1.25 else
-                       "short of the paper's finding that adapters come close to full fine-tuning")
             findings.append(f"`{r.label}`{f' trains {share:.1f}% of the parameters and' if share else ''} reaches "
-                            f"{cer[r.label]:.1%} CER, {ratio:.2f}x full fine-tuning's: {verdict}.")
+                            f"{cer[r.label]:.1%} CER, {cer[r.label] / cer['full']:.2f}x full fine-tuning's; against "
+                            f"full fine-tuning: {versus(r.label, 'full')} (the paper finds adapters close to it).")
     beam = [r for r in first if r.result.get("greedy_wer") is not None]
     if beam:
-        drops = ", ".join(f"`{r.label}` {r.result['greedy_wer']:.1%} -> {r.result['wer']:.1%}" for r in beam)
+        drops = "; ".join(f"`{r.label}` {r.result['greedy_wer']:.1%} -> {r.result['wer']:.1%}, "
+                          + _compared(difference(r.result, r.result, "wer", "counts", "greedy_counts"))
+                          for r in beam)
         findings.append(f"The beam search with a word LM of the training transcripts changes test WER from greedy "
                         f"decoding's as follows: {drops}.")
     return findings
@@ -446,13 +517,18 @@ def _continual_findings(directory: Path) -> list[str]:
     data = _read_json(directory / "continual_learning.json")
     for r in (data or {"rows": []})["rows"]:
         if r["bwt_cer"] is not None:
-            forgets = r["bwt_cer"] < 0
+            # A change whose interval holds 0 is the test set's noise, neither forgetting nor a gain.
+            bounds = r.get("bwt_cer_interval")
+            noise = r["bwt_cer"] != 0 and bounds is not None and bounds[0] <= 0 <= bounds[1]
+            forgets = r["bwt_cer"] < 0 and not noise
             # The paper: cwav2vec 2.0 keeps every earlier language exactly; the baselines forget.
             expected = {"cwav2vec": False, "warm-start": True, "multihead": True, "multihead-l2": True}.get(r["method"])
             paper = "" if expected is None else "; as in the paper" if forgets == expected else (
                 "; the paper finds the baselines forget" if expected else "; the paper finds none")
-            state = "forgetting" if forgets else "no forgetting" if r["bwt_cer"] == 0 else "a gain"
-            findings.append(f"`{r['method']}`: backward transfer {100 * r['bwt_cer']:+.2f} CER points "
+            state = ("no forgetting" if r["bwt_cer"] == 0 else "within noise" if noise else
+                     "forgetting" if forgets else "a gain")
+            interval = f", 95% interval {100 * bounds[0]:+.2f} to {100 * bounds[1]:+.2f}" if bounds else ""
+            findings.append(f"`{r['method']}`: backward transfer {100 * r['bwt_cer']:+.2f} CER points{interval} "
                             f"({100 * r['bwt_wer']:+.2f} WER) on the earlier language(s) ({state}{paper})"
                             + (f", forward transfer {100 * r['fwt_cer']:+.2f} CER points ({100 * r['fwt_wer']:+.2f} "
                                "WER) on the new one." if r["fwt_cer"] is not None else "."))
@@ -471,6 +547,10 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, target_
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise WavadaptError(f"{run_dir}: no such directory")
+    parts = ("experiment.json", "corpus", "params.json", "finetune", "continual", "evaluate-continual")
+    if not any((run_dir / part).exists() for part in parts):
+        raise WavadaptError(f"{run_dir}: no experiment here (none of {', '.join(parts)}): give the folder "
+                            "`wavadapt run` or `wavadapt demo` wrote")
     report = Report(Path(out_dir) if out_dir is not None else run_dir / "report")
     report.out_dir.mkdir(parents=True, exist_ok=True)
     runs = read_finetune_runs(run_dir / "finetune")
