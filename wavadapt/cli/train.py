@@ -81,7 +81,7 @@ def finetune(
     from wavadapt.training.finetune import finetune as run
     from wavadapt.training.loop import TrainConfig
     from wavadapt.training.methods import MethodConfig
-    from wavadapt.training.run_folder import claim
+    from wavadapt.training.run_folder import claim, data_source
 
     claim(out, resume=resume, overwrite=overwrite)  # before a model loads for minutes
     asr = load_asr_model(model, adapter or [], trust_pickle=trust_pickle)
@@ -94,7 +94,7 @@ def finetune(
     history = run(asr, task or language, open_corpus(data, split, language, raw_format), method_config, config, out,
                   valid=valid, augment=augment, resume=resume,
                   feature_cache=_cache_dir(out, feature_cache, feature_cache_dir), keep_foreign=keep_foreign_letters,
-                  overwrite=overwrite, data_source=_data_source(data, split, language))
+                  overwrite=overwrite, data_source=data_source(data, split, language))
     _echo_last(history)
 
 
@@ -151,7 +151,7 @@ def pretrain(
     from wavadapt.data.corpora import open_corpus
     from wavadapt.training.pretrain import build_model
     from wavadapt.training.pretrain import pretrain as run
-    from wavadapt.training.run_folder import claim
+    from wavadapt.training.run_folder import claim, data_source
 
     claim(out, resume=resume, overwrite=overwrite)
     name, r = _pretrain_recipe(preset, model, max_updates=max_updates, lr=lr, warmup_updates=warmup_updates,
@@ -171,7 +171,7 @@ def pretrain(
                   crop_seconds=r.crop_seconds if crop_seconds is None else crop_seconds,
                   min_seconds=r.min_seconds if min_seconds is None else min_seconds, valid=valid, resume=resume,
                   keep_snapshots=keep_snapshots, feature_cache=_cache_dir(out, feature_cache, feature_cache_dir),
-                  overwrite=overwrite, data_source=_data_source(data, split, language))
+                  overwrite=overwrite, data_source=data_source(data, split, language))
     _echo_last(history)
 
 
@@ -220,7 +220,7 @@ def continual(
     from wavadapt.training.continual import ContinualConfig, prepare_continual
     from wavadapt.training.pretrain import build_model
     from wavadapt.training.pretrain import pretrain as run
-    from wavadapt.training.run_folder import claim
+    from wavadapt.training.run_folder import claim, data_source
 
     claim(out, resume=resume, overwrite=overwrite)
     name, r = _pretrain_recipe(preset, "base", max_updates=max_updates, lr=lr, warmup_updates=warmup_updates,
@@ -237,7 +237,7 @@ def continual(
                   crop_seconds=r.crop_seconds if crop_seconds is None else crop_seconds, min_seconds=r.min_seconds,
                   valid=valid, resume=resume, regularizer=regularizer, keep_snapshots=keep_snapshots,
                   feature_cache=_cache_dir(out, feature_cache, feature_cache_dir), overwrite=overwrite,
-                  data_source=_data_source(data, split, language))
+                  data_source=data_source(data, split, language))
     _echo_last(history)
 
 
@@ -256,11 +256,6 @@ def _cache_dir(out: Path, enabled: bool, directory: Path | None) -> Path | None:
     if directory is not None:
         return directory
     return out / "feature_cache" if enabled else None
-
-
-def _data_source(data: Path, split: str, language: str) -> dict:
-    """Where a run's training data came from, for its run.json."""
-    return {"corpus": str(data.resolve()), "split": split, "language": language}
 
 
 def _echo_last(history: list[dict]) -> None:

@@ -23,6 +23,7 @@ from collections.abc import Generator, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from hashlib import sha512
+from importlib.metadata import version
 from itertools import islice
 from pathlib import Path
 
@@ -31,7 +32,6 @@ import soundfile as sf
 import soxr
 from tqdm import tqdm
 
-from wavadapt import __version__
 from wavadapt.data.sentences import load_sentences
 from wavadapt.data.text import normalize_text
 from wavadapt.errors import WavadaptError
@@ -105,7 +105,7 @@ def synthesize_corpus(
     out_dir.mkdir(parents=True, exist_ok=True)
     total = 60 * sum(minutes.values()) * len(languages)
     corpus = {
-        "wavadapt_version": __version__,
+        "wavadapt_version": version("wavadapt"),
         "seed": seed,
         "speakers": speakers,
         "noise": noise,

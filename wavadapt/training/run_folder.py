@@ -9,9 +9,9 @@ import datetime
 import shlex
 import shutil
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
-from wavadapt import __version__
 from wavadapt.errors import WavadaptError
 
 KEPT_ON_OVERWRITE = ("feature_cache",)
@@ -52,5 +52,10 @@ def claim(out_dir: str | Path, markers: tuple[str, ...] = RUN_MARKERS, *, resume
 
 def provenance() -> dict:
     """What every run records of how it was made: wavadapt's version, the command line and the start time."""
-    return {"wavadapt": __version__, "command": shlex.join(sys.argv),
+    return {"wavadapt": version("wavadapt"), "command": shlex.join(sys.argv),
             "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+
+
+def data_source(corpus: str | Path, split: str, language: str) -> dict:
+    """Where a run's training data came from, as its run.json records it."""
+    return {"corpus": str(Path(corpus).resolve()), "split": split, "language": language}
