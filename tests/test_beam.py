@@ -320,5 +320,5 @@ def test_bad_lexicons_give_one_line_errors_naming_the_file(tmp_path, contents, c
 def test_config_is_checked():
     with pytest.raises(Exception, match="choose greedy or beam"):
         DecoderConfig("viterbi")
-    with pytest.raises(Exception, match="needs the beam decoder"):
+    with pytest.raises(Exception, match="needs the beam search"):
         DecoderConfig("greedy", lm="lm.arpa")

@@ -219,7 +219,9 @@ def test_adapter_file_of_another_backbone_is_refused_naming_both_fingerprints(mm
 def test_export_refuses_tasks_mms_cannot_hold(mms_dir):
     model = load_mms_dir(mms_dir)
     prepare(model, "spa", Vocabulary.build(["hola"]), MethodConfig("adapters", adapter_size=4))  # houlsby
-    with pytest.raises(WavadaptError, match="mms-form adapter set of their own"):
+    with pytest.raises(WavadaptError, match="task 'spa' has a houlsby-form adapter set: the MMS layout holds only "
+                                            "tasks with one mms-form adapter set each; train one with `finetune "
+                                            "--method adapters --adapter-form mms` on a pre-LN backbone"):
         export_mms(model, ["eng", "spa"], "unused")
     prepare(model, "ita", Vocabulary.build(["ciao"]), MethodConfig("adapters", adapter_size=4, adapter_form="mms"))
     with pytest.raises(WavadaptError, match="sizes"):

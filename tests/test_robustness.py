@@ -195,7 +195,7 @@ def other_task(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("case", ["bad path", "flags", "not a model", "other backbone", "raw format", "vocab",
-                                  "not a corpus", "no adapter"])
+                                  "not a corpus", "no adapter", "output folder", "tiny text"])
 def test_a_user_mistake_is_one_error_line_naming_the_file(case, mixed, other_task, capsys, tmp_path):
     empty = tmp_path / "not-a-model"
     empty.mkdir()
@@ -209,11 +209,15 @@ def test_a_user_mistake_is_one_error_line_naming_the_file(case, mixed, other_tas
         "vocab": (["check", mixed.manifest, "--vocab", tmp_path / "vocab.json"], tmp_path / "vocab.json"),
         "not a corpus": (["evaluate", empty, "--model", "tiny", "--adapter", mixed.task_file], empty),
         "no adapter": (["transcribe", "--model", "tiny", wav], "--adapter"),
+        "output folder": (["vocab", mixed.manifest, "--language", "en", "--out", tmp_path / "no" / "vocab.json"],
+                          f"{tmp_path / 'no' / 'vocab.json'}: No such file or directory"),
+        "tiny text": (["lm", mixed.manifest, "--language", "en", "--order", "4"], "wavadapt lm --discount-fallback"),
     }[case]
     code, out, err = run_cli(capsys, *args)
     lines = [line for line in err.splitlines() if line.strip()]
     assert code != 0 and "Traceback" not in out + err
     assert lines[-1].startswith("error: ") and str(named) in lines[-1], lines
+    assert code == 1  # a user's mistake; 2 is for what wavadapt does not know yet
     if case == "other backbone":  # both fingerprints, so the user can tell which backbone the task needs
         assert lines[-1].count("sha256:") == 2
 

@@ -90,6 +90,12 @@ def main() -> None:
             raise
         typer.echo(f"error: {e}", err=True)
         raise SystemExit(1) from None
+    except OSError as e:  # a folder to write into that is missing, a disk that is full: the file and the cause
+        if _debug():
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        typer.echo(f"error: {where}{e.strerror or e}", err=True)
+        raise SystemExit(1) from None
     except Exception as e:  # a bug, or a failure wavadapt does not know yet: still one line, never a traceback
         if _debug():
             raise

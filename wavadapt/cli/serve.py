@@ -106,6 +106,7 @@ def transcribe_files(
         if out is None:
             typer.echo(text, nl=False)
         else:
+            out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(text, encoding="utf-8")
     if len(good) < len(results):
         typer.echo(f"{len(results) - len(good)} of {len(results)} files could not be read", err=True)

@@ -95,9 +95,9 @@ class DecoderConfig:
         if self.kind not in ("greedy", "beam"):
             raise WavadaptError(f"decoder kind {self.kind!r}: choose greedy or beam")
         if self.beam_size < 1 or (self.beam_size_token is not None and self.beam_size_token < 1):
-            raise WavadaptError("beam_size and beam_size_token must be at least 1")
+            raise WavadaptError("the beam size (hypotheses kept, tokens tried per frame) must be at least 1")
         if self.kind == "greedy" and (self.lm or self.lexicon):
-            raise WavadaptError("a language model or lexicon needs the beam decoder (kind='beam')")
+            raise WavadaptError("a language model or lexicon needs the beam search (--decoder beam), not greedy")
         for name in ("lm", "lexicon"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, Path(getattr(self, name)))

@@ -127,7 +127,7 @@ def _discounts(grams: dict[Gram, int], n: int, order: int, fallback: bool) -> tu
         return 0.0, *FALLBACK_DISCOUNTS
     raise WavadaptError(f"Too little (or artificial) text for an order-{order} LM: the {n}-grams' counts of counts "
                         f"n1..n4 = {[nk[k] for k in (1, 2, 3, 4)]} give no Kneser-Ney discounts; use a lower order, "
-                        "more text, or the fallback discounts (lmplz's --discount_fallback).")
+                        "more text, or the fixed discounts of `wavadapt lm --discount-fallback`.")
 
 
 def _write_arpa(path: Path, probs: list[dict[Gram, float]], gammas: list[dict[Gram, float]]) -> None:

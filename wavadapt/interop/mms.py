@@ -174,8 +174,12 @@ def _mms_size(model: CTCModel, task: str) -> int:
     if task not in model.heads:
         raise WavadaptError(f"unknown task {task!r}; the model has {sorted(model.heads)}")
     if model.stacks[task] != (task,) or adapter_config(model.backbone, task).form != "mms":
-        raise WavadaptError(f"task {task!r} runs on {list(model.stacks[task])}: MMS holds tasks on an mms-form "
-                            "adapter set of their own")
+        what = (f"stacked on {' + '.join(s for s in model.stacks[task] if s != task)}" if len(model.stacks[task]) > 1
+                else f"a {adapter_config(model.backbone, task).form}-form adapter set" if task in model.stacks[task]
+                else "no adapter set of its own")
+        raise WavadaptError(f"task {task!r} has {what}: the MMS layout holds only tasks with one mms-form adapter "
+                            "set each; train one with `finetune --method adapters --adapter-form mms` on a pre-LN "
+                            "backbone (an MMS or XLS-R checkpoint), or keep this task as a wavadapt task file")
     return adapter_config(model.backbone, task).size
 
 
