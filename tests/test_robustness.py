@@ -236,3 +236,24 @@ def test_the_console_entry_point_prints_no_traceback_unless_debugging(mixed, tmp
     assert quiet.returncode == 1 and quiet.stderr.startswith("error: ") and "Traceback" not in quiet.stderr
     assert "Traceback" in run("--debug", *not_a_model).stderr
     assert "Traceback" in run(*not_a_model, debug="1").stderr
+
+
+def test_a_plain_folder_of_audio_files_is_a_corpus_and_an_input(mixed, tmp_path, capsys):
+    folder = tmp_path / "recordings"
+    (folder / "day2").mkdir(parents=True)
+    for i, source in enumerate(mixed.good[:3]):
+        shutil.copy(source, folder / ("day2" if i else ".") / f"take{i}.flac")
+    (folder / "notes.txt").write_text("not audio")
+    code, out, err = run_cli(capsys, "check", folder)
+    assert code == 0 and out.startswith("3 files,"), out + err
+    code, out, err = run_cli(capsys, "transcribe", folder, "--model", "tiny", "--adapter", mixed.task_file)
+    assert code == 0, err
+    assert [line.split("\t")[0] for line in out.splitlines()] == [str(folder / "day2" / "take1.flac"),
+                                                                    str(folder / "day2" / "take2.flac"),
+                                                                    str(folder / "take0.flac")]
+
+
+def test_check_of_a_corpus_root_checks_every_language(synth_corpus, capsys):
+    code, out, err = run_cli(capsys, "check", synth_corpus, "--split", "test")
+    both = sum(len(open_corpus(synth_corpus, "test", lang)) for lang in ("en", "es"))
+    assert code == 0 and out.startswith(f"{both} files,"), out + err

@@ -33,10 +33,11 @@ def check(
     import json
 
     from wavadapt.data.check import check_corpus
-    from wavadapt.data.corpora import open_corpus
+    from wavadapt.data.corpora import corpus_languages, open_corpus
     from wavadapt.data.text import Vocabulary
 
-    utterances = open_corpus(data, split, language, raw_format)
+    languages = [language] if language else corpus_languages(data) or [None]  # every language of a corpus root
+    utterances = [u for lang in languages for u in open_corpus(data, split, lang, raw_format)]
     vocabulary = Vocabulary.load(vocab) if vocab is not None else None
     report = check_corpus(utterances, vocabulary, min_seconds, max_seconds, progress=not json_output)
     typer.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) if json_output else report.summary())

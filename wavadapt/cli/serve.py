@@ -29,8 +29,9 @@ from wavadapt.errors import WavadaptError
 @app.command("transcribe")
 def transcribe_files(
     files: Annotated[list[Path], typer.Argument(help="Audio files (any format soundfile reads, any rate, mono or "
-                                                "stereo; headerless PCM with --raw-format) or .tsv/.jsonl manifests "
-                                                "(path, and a task or language column to pick each file's task).")],
+                                                "stereo; headerless PCM with --raw-format), folders of them (searched "
+                                                "recursively), or .tsv/.jsonl manifests (path, and a task or language "
+                                                "column to pick each file's task).")],
     model: ModelOption,
     adapter: AdapterOption = None,
     task: TaskOption = None,
@@ -63,7 +64,7 @@ def transcribe_files(
     unreadable file gets one error line on stderr, the others are still transcribed, and the exit status is then 1.
     """
     from wavadapt.data.audio import RawFormat, is_headerless
-    from wavadapt.data.corpora import read_manifest
+    from wavadapt.data.corpora import read_audio_folder, read_manifest
     from wavadapt.decoding import DecoderPool
     from wavadapt.inference import transcription
     from wavadapt.inference.formats import FORMATS, SUBTITLES, jsonl_line, subtitle_paths, subtitles, tsv_line
@@ -81,6 +82,8 @@ def transcribe_files(
         if f.suffix in (".tsv", ".jsonl") and f.is_file():
             requests += [Request(u.path, _task_of(asr, u.task, u.language), u.raw_format or raw, config)
                          for u in read_manifest(f)]
+        elif f.is_dir():  # a folder of audio files, searched recursively
+            requests += [Request(u.path, asr.active, None, config) for u in read_audio_folder(f)]
         else:
             requests.append(Request(f, asr.active, raw if is_headerless(f) else None, config))
     targets = subtitle_paths([r.path for r in requests], out, output_format) if output_format in SUBTITLES else {}

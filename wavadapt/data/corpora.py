@@ -338,10 +338,35 @@ def _open_layout(path: Path, split: str | None, language: str | None) -> list[Ut
         or any(d.is_dir() and _is_librispeech_split(d) for d in path.iterdir())
     ):
         return read_librispeech(path, split, language or "en")
+    if files := read_audio_folder(path, language):
+        return files
     raise CorpusError(
         f"{path}: unknown corpus layout (expected LibriSpeech <split>/<speaker>/<chapter>/*.flac, "
-        "Common Voice clips/ + <split>.tsv, a fairseq or manifest <split>.tsv/.jsonl, or corpus.json)"
+        "Common Voice clips/ + <split>.tsv, a fairseq or manifest <split>.tsv/.jsonl, corpus.json, or a folder "
+        f"of audio files: {' '.join(AUDIO_SUFFIXES)})"
     )
+
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".aiff", ".aif", ".au", ".w64", ".caf")
+"""What a plain folder of audio files is searched for (the containers soundfile reads, by their usual names)."""
+
+
+def read_audio_folder(path: Path, language: str | None = None) -> list[Utterance]:
+    """Every audio file below ``path`` (recursively, by :data:`AUDIO_SUFFIXES`), in name order, without
+    transcripts; each file's id is its path below ``path`` without the suffix."""
+    files = sorted(f for f in path.rglob("*") if f.suffix.lower() in AUDIO_SUFFIXES and f.is_file())
+    return [Utterance(path_id(f.relative_to(path)), f, None, language or UNKNOWN_LANGUAGE) for f in files]
+
+
+def corpus_languages(path: str | Path) -> list[str]:
+    """The languages of a corpus root that holds several (a synthetic corpus's corpus.json), else []."""
+    corpus_json = Path(path) / "corpus.json"
+    if not corpus_json.is_file():
+        return []
+    try:
+        return list(json.loads(corpus_json.read_text(encoding="utf-8"))["languages"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise CorpusError(f"{corpus_json}: expected JSON with a 'languages' entry ({e})") from None
 
 
 def _open_manifest(path: Path, language: str | None) -> list[Utterance]:
@@ -358,10 +383,7 @@ def _open_manifest(path: Path, language: str | None) -> list[Utterance]:
 
 def _corpus_language(corpus_json: Path, language: str | None) -> str:
     """The language directory of a synthetic corpus: ``language``, or the only one there is."""
-    try:
-        languages = list(json.loads(corpus_json.read_text(encoding="utf-8"))["languages"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise CorpusError(f"{corpus_json}: expected JSON with a 'languages' entry ({e})") from None
+    languages = corpus_languages(corpus_json.parent)
     if language is None and len(languages) == 1:
         return languages[0]
     if language is None or language not in languages:
