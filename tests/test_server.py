@@ -5,9 +5,12 @@ import asyncio
 import contextlib
 import io
 import json
+import logging
 import random
 import re
 import socket
+import ssl
+import subprocess
 import threading
 import time
 import urllib.error
@@ -32,7 +35,7 @@ from wavadapt.errors import AudioError, WavadaptError
 from wavadapt.inference.batcher import Batcher
 from wavadapt.inference.formats import subtitles
 from wavadapt.inference.registry import Registry
-from wavadapt.inference.server import ServerConfig, create_app, serving
+from wavadapt.inference.server import ServerConfig, create_app, serve, serving
 from wavadapt.inference.transcription import Request, transcribe_requests
 from wavadapt.inference.uploads import TooLarge, read_upload
 
@@ -197,10 +200,16 @@ def test_refusals_name_their_cause(url, files, tmp_path):
     assert "en, es" in message
     with pytest.raises(openai.NotFoundError):
         _client(url).audio.transcriptions.create(model="fr", file=f.open("rb"))
-    for missing in (_post(url, None), _post(url, f, task=None)):
-        assert missing.status_code == 422 and missing.json()["error"]["message"]
-    assert "model" in _post(url, f, task=None).json()["error"]["message"]
+    missing = _post(url, None)
+    assert missing.status_code == 422 and "file" in missing.json()["error"]["message"]
+    no_model = _post(url, f, task=None)  # OpenAI answers a missing required field with 400
+    assert no_model.status_code == 400 and no_model.json()["error"]["code"] == "missing_model"
+    assert no_model.json()["error"]["message"].startswith("missing model: name a task")
+    contradiction = _post(url, f, task="en", language="es")
+    assert contradiction.status_code == 400 and contradiction.json()["error"]["param"] == "language"
+    assert contradiction.json()["error"]["message"] == "language 'es' contradicts model 'en', which transcribes 'en'"
     assert _post(url, f, response_format="docx").status_code == 400
+    assert _post(url, f, response_format="srt", stream="true").status_code == 400
     assert _get(f"{url}/health").json()["status"] == "ok"
 
 
@@ -314,3 +323,56 @@ def test_a_taken_port_is_one_clear_error(registry):
         with pytest.raises(WavadaptError, match=f"cannot listen on 127.0.0.1:{port}"), \
                 serving(create_app(registry), port=port):
             pass
+
+
+def test_language_alone_picks_its_task_and_verbose_json_fakes_no_scores(url, files, offline):
+    f = files[1]
+    assert _post(url, f, task=None, language="es").json()["text"] == offline[f, "es"].text
+    verbose = _post(url, f, task="es", response_format="verbose_json").json()
+    assert verbose["segments"] and all(set(s) == {"id", "start", "end", "text"} for s in verbose["segments"])
+
+
+def test_the_official_client_streams_the_text(url, files, offline):
+    f = files[2]
+    events = list(_client(url).audio.transcriptions.create(model="en", file=f.open("rb"), stream=True))
+    deltas, done = events[:-1], events[-1]
+    assert [e.type for e in deltas] == ["transcript.text.delta"] * len(offline[f, "en"].words)
+    assert done.type == "transcript.text.done" and done.text == offline[f, "en"].text
+    assert "".join(e.delta for e in deltas) == done.text
+
+
+def test_a_headerless_upload_says_how_to_send_its_format(url, files, offline, tmp_path):
+    raw = tmp_path / "speech.raw"
+    (np.clip(read_audio(files[0]), -1, 1) * 32767).astype("<i2").tofile(raw)
+    refused = _post(url, raw)
+    assert refused.status_code == 400 and refused.json()["error"]["message"] == (
+        "speech.raw: headerless PCM (.raw) has no header to give its rate and encoding: send them in the form field "
+        "raw_format (e.g. raw_format=s16le:16000)")
+    assert _post(url, raw, raw_format="s16le:16000").json()["text"] == offline[files[0], "en"].text
+
+
+def test_each_request_is_one_log_line(url, files, caplog):
+    with caplog.at_level(logging.INFO, logger="wavadapt.inference.server"):
+        statuses = [_post(url, files[0]).status_code, _post(url, files[0], task="fr").status_code]
+    lines = [r.getMessage() for r in caplog.records if r.name == "wavadapt.inference.server"]
+    assert statuses == [200, 404] and len(lines) == 2
+    assert re.fullmatch(r"POST /v1/audio/transcriptions task=en audio=\d+\.\d\ds status=200 latency=\d+\.\d{3}s",
+                        lines[0])
+    assert "status=404" in lines[1]
+
+
+def test_https_with_a_certificate_and_its_key(registry, files, offline, tmp_path):
+    """Browsers give the page's microphone to https (or localhost) only: serve --ssl-certfile --ssl-keyfile."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True, timeout=TIMEOUT)
+    with serving(create_app(registry), ssl_certfile=str(cert), ssl_keyfile=str(key)) as url:
+        assert url.startswith("https://127.0.0.1:")
+        context = ssl.create_default_context(cafile=str(cert))
+        context.check_hostname = False  # the certificate names an address, which Python checks by SAN only
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=TIMEOUT,
+                               http_client=openai.DefaultHttpxClient(verify=context))
+        assert client.audio.transcriptions.create(model="en", file=files[0].open("rb")).text == \
+            offline[files[0], "en"].text
+    with pytest.raises(WavadaptError, match="both --ssl-certfile and --ssl-keyfile"):
+        serve("tiny", ssl_certfile=cert)

@@ -16,7 +16,7 @@ from test_transcription import _two_task_model
 from wavadapt.data.audio import SAMPLE_RATE, read_audio
 from wavadapt.data.corpora import open_corpus
 from wavadapt.inference.registry import Registry
-from wavadapt.inference.server import create_app, serving
+from wavadapt.inference.server import ServerConfig, create_app, serving
 from wavadapt.inference.transcription import Request, transcribe_requests
 
 TIMEOUT = 60.0
@@ -133,3 +133,17 @@ def test_the_page_transcribes_an_upload_and_a_recording(browser, synth_corpus):
         assert status.startswith("Done") and "by en" in status, status
         seconds = float(status.split()[1])
         assert 1.0 <= seconds <= 10, status  # the recording reached the server as WAV it could decode
+
+
+def test_the_page_asks_for_the_key_of_a_server_that_needs_one(browser):
+    with serving(create_app(Registry(_two_task_model("layer")), ServerConfig(api_key="secret"))) as url:
+        tab = browser(url + "/")
+        status = tab.wait_for("document.querySelector('#status') && /API key|ready|Cannot/.test("
+                              "document.querySelector('#status').textContent) && "
+                              "document.querySelector('#status').textContent")
+        assert status == "This server needs an API key: type it in the API key field above."
+        assert tab.js("document.activeElement.id") == "key"
+        assert tab.js("document.querySelector('#record').disabled") is False  # localhost: the microphone works
+        tab.js("document.querySelector('#key').value = 'secret'; "
+               "document.querySelector('#key').dispatchEvent(new Event('change'))")
+        assert tab.wait_for("document.querySelector('#status').textContent === '2 task(s) ready.'")

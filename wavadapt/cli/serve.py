@@ -148,6 +148,9 @@ def serve(
     beam_size: BeamSize = 50,
     lm_weight: LmWeight = 2.0,
     word_score: WordScore = 0.0,
+    ssl_certfile: Annotated[Path | None, typer.Option(help="Serve https with this certificate (PEM): browsers give "
+                                                      "the page's microphone to https or localhost only.")] = None,
+    ssl_keyfile: Annotated[Path | None, typer.Option(help="The certificate's private key (PEM).")] = None,
 ) -> None:
     """Serve tasks over an OpenAI-compatible HTTP API.
 
@@ -159,4 +162,5 @@ def serve(
     run_server(model, adapters, host, port, trust_pickle=trust_pickle, echo=typer.echo,
                decoder=decoder_config(decoder, beam_size, None, lm_weight, word_score, None), max_wait_ms=max_wait_ms,
                max_batch_seconds=max_batch_seconds, max_queue=max_queue, max_upload_mb=max_upload_mb,
-               max_audio_seconds=max_audio_seconds, api_key=api_key)
+               max_audio_seconds=max_audio_seconds, api_key=api_key, ssl_certfile=ssl_certfile,
+               ssl_keyfile=ssl_keyfile)

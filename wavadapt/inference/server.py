@@ -12,6 +12,8 @@ status that says whose fault it is; nothing a client sends stops the server.
 
 import contextlib
 import hmac
+import json
+import logging
 import socket
 import threading
 import time
@@ -23,7 +25,7 @@ from typing import Annotated
 import uvicorn
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
@@ -41,6 +43,8 @@ RESPONSE_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
 MAX_BEAM_SIZE = 500
 """A request's largest beam (its decoding time grows with the beam)."""
 _MEDIA_TYPES = {"text": "text/plain", "srt": "application/x-subrip", "vtt": "text/vtt"}
+log = logging.getLogger(__name__)
+"""One line per transcription request (task, seconds of audio, status, latency); `serve` prints them."""
 _PAGE = Path(__file__).parent / "static" / "index.html"
 _FORM_OVERHEAD = 64 * 1024
 """Bytes a multipart body carries besides the file (boundaries, the other fields)."""
@@ -115,8 +119,10 @@ def create_app(registry: Registry, config: ServerConfig = ServerConfig()) -> Fas
         except _Refused as e:
             response = _error(e)
         if path == "/v1/audio/transcriptions":
-            metrics.record_request(getattr(request.state, "task", "-"), response.status_code,
-                                   time.perf_counter() - start)
+            task, seconds = getattr(request.state, "task", "-"), time.perf_counter() - start
+            metrics.record_request(task, response.status_code, seconds)
+            log.info("%s %s task=%s audio=%.2fs status=%d latency=%.3fs", request.method, path, task,
+                     getattr(request.state, "seconds", 0.0), response.status_code, seconds)
         return response
 
     @app.exception_handler(_Refused)
@@ -133,9 +139,12 @@ def create_app(registry: Registry, config: ServerConfig = ServerConfig()) -> Fas
         return _error(_Refused(e.status_code, str(e.detail), "http_error", headers=e.headers))
 
     @app.post("/v1/audio/transcriptions")
-    async def transcriptions(request: Request, file: Annotated[UploadFile, File()], model: Annotated[str, Form()],
+    async def transcriptions(request: Request, file: Annotated[UploadFile, File()],
+                             model: Annotated[str | None, Form()] = None,
                              language: Annotated[str | None, Form()] = None,
                              response_format: Annotated[str, Form()] = "json",
+                             stream: Annotated[bool, Form()] = False,
+                             raw_format: Annotated[str | None, Form()] = None,
                              decoder: Annotated[str | None, Form()] = None,
                              beam_size: Annotated[int | None, Form(ge=1, le=MAX_BEAM_SIZE)] = None,
                              lm_weight: Annotated[float | None, Form(ge=0, le=100)] = None,
@@ -145,6 +154,9 @@ def create_app(registry: Registry, config: ServerConfig = ServerConfig()) -> Fas
         if response_format not in RESPONSE_FORMATS:
             raise _Refused(400, f"response_format {response_format!r}: choose from {', '.join(RESPONSE_FORMATS)}",
                            "invalid_response_format", "response_format")
+        if stream and response_format not in ("json", "text"):
+            raise _Refused(400, f"stream=true sends text events; response_format {response_format!r} cannot stream "
+                           "(use json or text)", "invalid_response_format", "response_format")
         if decoder not in (None, "greedy", "beam"):
             raise _Refused(400, f"decoder {decoder!r}: choose greedy or beam", "invalid_decoder", "decoder")
         decoding = registry.decoder(task, decoder, beam_size=beam_size, lm_weight=lm_weight, word_score=word_score)
@@ -153,8 +165,10 @@ def create_app(registry: Registry, config: ServerConfig = ServerConfig()) -> Fas
             raise _busy(batcher)
         name = file.filename or "upload"
         try:
-            audio = await run_in_threadpool(read_upload, file.file, name, config.max_bytes, config.max_audio_seconds)
+            audio = await run_in_threadpool(read_upload, file.file, name, config.max_bytes, config.max_audio_seconds,
+                                            raw_format)
             transcript = await batcher.transcribe(audio, task, name, decoding)
+            request.state.seconds = transcript.duration
         except TooLarge as e:
             raise _Refused(413, str(e), "file_too_large", "file") from None
         except AudioError as e:
@@ -165,6 +179,8 @@ def create_app(registry: Registry, config: ServerConfig = ServerConfig()) -> Fas
             raise _Refused(503, str(e), "shutting_down") from None
         except Exception as e:  # the model failed on this request alone (the batcher reran its batch row by row)
             raise _Refused(500, f"{name}: transcription failed ({type(e).__name__}: {e})", "server_error") from None
+        if stream:
+            return StreamingResponse(_text_events(transcript), media_type="text/event-stream")
         return _transcription_response(transcript, response_format, task_language(task))
 
     @app.get("/v1/models")
@@ -201,14 +217,25 @@ def _check_key(header: str, key: str) -> None:
                        headers={"WWW-Authenticate": "Bearer"})
 
 
-def _task_of(registry: Registry, model: str, language: str | None) -> str:
-    """``model`` names the task; a client that sends a model of its own (whisper-1) gets the task named like its
-    ``language``."""
+def _task_of(registry: Registry, model: str | None, language: str | None) -> str:
+    """``model`` names the task, and ``language`` must be the one it transcribes; a client that names no task of
+    this server (whisper-1, or none) gets the task of its ``language`` (``es``, else the one ``es/...``)."""
     names = registry.names
     if model in names:
+        if language and language != task_language(model):
+            raise _Refused(400, f"language {language!r} contradicts model {model!r}, which transcribes "
+                           f"{task_language(model)!r}", "invalid_language", "language")
         return model
-    if language in names:
-        return language
+    if language:
+        of_language = [n for n in names if task_language(n) == language]
+        if language in names or len(of_language) == 1:
+            return language if language in names else of_language[0]
+        if of_language:
+            raise _Refused(400, f"language {language!r} has several tasks here ({', '.join(of_language)}): name "
+                           "one as the model", "ambiguous_language", "language")
+    if model is None:
+        raise _Refused(400, "missing model: name a task (GET /v1/models lists them) or send a language",
+                       "missing_model", "model")
     raise _unknown(registry, model)
 
 
@@ -236,12 +263,20 @@ def _model_card(info, created: int) -> dict:
 
 
 def verbose_json(t: Transcript, language: str) -> dict:
-    """OpenAI's verbose transcription: the text with segments (subtitle cues) and word timestamps."""
-    segments = [{"id": i, "seek": 0, "start": c[0].start, "end": c[-1].end, "text": " ".join(w.word for w in c),
-                 "tokens": [], "temperature": 0.0, "avg_logprob": 0.0, "compression_ratio": 1.0,
-                 "no_speech_prob": 0.0} for i, c in enumerate(cues(t.words))]
+    """OpenAI's verbose transcription: the text with segments (subtitle cues) and word timestamps; the scores a
+    CTC model does not compute (log-probabilities, no-speech probability) are left out, not faked."""
+    segments = [{"id": i, "start": c[0].start, "end": c[-1].end, "text": " ".join(w.word for w in c)}
+                for i, c in enumerate(cues(t.words))]
     return {"task": "transcribe", "language": language, "duration": t.duration, "text": t.text,
             "segments": segments, "words": [{"word": w.word, "start": w.start, "end": w.end} for w in t.words]}
+
+
+def _text_events(t: Transcript) -> Iterator[str]:
+    """OpenAI's streamed transcription (server-sent events): the text word by word, then the whole."""
+    for i, w in enumerate(t.words):
+        yield f"data: {json.dumps({'type': 'transcript.text.delta', 'delta': (' ' if i else '') + w.word})}\n\n"
+    done = {"type": "transcript.text.done", "text": t.text, "usage": {"type": "duration", "seconds": t.duration}}
+    yield f"data: {json.dumps(done)}\n\n"
 
 
 def _transcription_response(t: Transcript, response_format: str, language: str) -> Response:
@@ -268,20 +303,23 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _server(app: FastAPI) -> uvicorn.Server:
-    return uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=10))
+def _server(app: FastAPI, **ssl) -> uvicorn.Server:
+    """uvicorn for ``app``; ``ssl``: its ssl_certfile and ssl_keyfile, for https."""
+    return uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=10,
+                                         **ssl))
 
 
-def _url(sock: socket.socket) -> str:
+def _url(sock: socket.socket, https: bool = False) -> str:
     host, port = sock.getsockname()[:2]
-    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    return f"{'https' if https else 'http'}://{f'[{host}]' if ':' in host else host}:{port}"
 
 
 @contextlib.contextmanager
-def serving(app: FastAPI, host: str = "127.0.0.1", port: int = 0, timeout: float = 30.0) -> Iterator[str]:
-    """Run ``app`` on a background thread while the block runs (tests, benchmarks, embedding); yields its URL."""
+def serving(app: FastAPI, host: str = "127.0.0.1", port: int = 0, timeout: float = 30.0, **ssl) -> Iterator[str]:
+    """Run ``app`` on a background thread while the block runs (tests, benchmarks, embedding); yields its URL.
+    ``ssl``: uvicorn's ssl_certfile and ssl_keyfile, for https."""
     sock = _listen(host, port)
-    server = _server(app)
+    server = _server(app, **ssl)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="wavadapt-server", daemon=True)
     thread.start()
     try:
@@ -290,7 +328,7 @@ def serving(app: FastAPI, host: str = "127.0.0.1", port: int = 0, timeout: float
             if not thread.is_alive() or time.monotonic() > deadline:
                 raise WavadaptError("the server did not start")
             time.sleep(0.01)
-        yield _url(sock)
+        yield _url(sock, https=bool(ssl))
     finally:
         server.should_exit = True
         thread.join(timeout)
@@ -299,14 +337,23 @@ def serving(app: FastAPI, host: str = "127.0.0.1", port: int = 0, timeout: float
 
 def serve(model_path: str | Path, adapters_dir: Path | None = None, host: str = "127.0.0.1", port: int = 8000, *,
           trust_pickle: bool = False, echo: Callable[[str], None] = print, decoder: DecoderConfig | None = None,
-          **options) -> None:
-    """Serve the backbone's tasks and those of ``adapters_dir`` (with their LMs and lexicons) until interrupted;
-    ``decoder`` is every task's default, ``options`` are ServerConfig's."""
+          ssl_certfile: Path | None = None, ssl_keyfile: Path | None = None, **options) -> None:
+    """Serve the backbone's tasks and those of ``adapters_dir`` (with their LMs and lexicons) until interrupted,
+    over https with ``ssl_certfile`` and ``ssl_keyfile``; ``decoder`` is every task's default, ``options`` are
+    ServerConfig's. Each transcription request is logged in one line."""
+    if (ssl_certfile is None) != (ssl_keyfile is None):
+        raise WavadaptError("https needs both --ssl-certfile and --ssl-keyfile")
     registry = Registry.load(model_path, Registry.task_files(adapters_dir) if adapters_dir else [],
                              trust_pickle=trust_pickle, decoder=decoder, decoding_dir=adapters_dir)
     app = create_app(registry, ServerConfig(**options))
+    requests = logging.StreamHandler()
+    requests.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    log.addHandler(requests)
+    log.setLevel(logging.INFO)
     sock = _listen(host, port)
-    echo(f"serving {len(registry.names)} task(s) at {_url(sock)} (OpenAI API at {_url(sock)}/v1)")
+    url = _url(sock, https=ssl_certfile is not None)
+    echo(f"serving {len(registry.names)} task(s) at {url} (OpenAI API at {url}/v1)")
     echo(format_tasks(registry))
+    ssl = {"ssl_certfile": str(ssl_certfile), "ssl_keyfile": str(ssl_keyfile)} if ssl_certfile else {}
     with contextlib.closing(sock):
-        _server(app).run(sockets=[sock])
+        _server(app, **ssl).run(sockets=[sock])

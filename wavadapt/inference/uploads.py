@@ -7,7 +7,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from wavadapt.data.audio import SAMPLE_RATE, audio_info, read_audio
+from wavadapt.data.audio import SAMPLE_RATE, RawFormat, audio_info, is_headerless, read_audio
 from wavadapt.errors import AudioError, WavadaptError
 
 
@@ -15,10 +15,15 @@ class TooLarge(WavadaptError):
     """An upload over a limit (bytes or seconds of audio); the message names the limit."""
 
 
-def read_upload(stream: BinaryIO, name: str, max_bytes: int, max_seconds: float) -> np.ndarray:
-    """Decode an uploaded file to 16 kHz mono float32; raises TooLarge or AudioError (naming ``name``, not the
-    temporary file libsndfile reads)."""
+def read_upload(stream: BinaryIO, name: str, max_bytes: int, max_seconds: float, raw_format: str | None = None
+                ) -> np.ndarray:
+    """Decode an uploaded file to 16 kHz mono float32 (headerless PCM as ``raw_format`` says); raises TooLarge or
+    AudioError (naming ``name``, not the temporary file libsndfile reads, and saying how an API client sends the
+    format of headerless PCM)."""
     suffix = Path(name).suffix
+    if is_headerless(name) and not raw_format:
+        raise AudioError(f"{name}: headerless PCM ({suffix}) has no header to give its rate and encoding: send them "
+                         "in the form field raw_format (e.g. raw_format=s16le:16000)")
     # The suffix tells headerless PCM from the rest; anything odd is dropped rather than put in a path.
     with tempfile.NamedTemporaryFile(suffix=suffix if re.fullmatch(r"\.\w{1,8}", suffix) else "") as tmp:
         copied = 0
@@ -29,12 +34,13 @@ def read_upload(stream: BinaryIO, name: str, max_bytes: int, max_seconds: float)
             tmp.write(chunk)
         tmp.flush()
         try:
-            frames, rate, _ = audio_info(tmp.name)  # refuses long audio before decoding it
+            raw = RawFormat.parse(raw_format) if raw_format and is_headerless(tmp.name) else None
+            frames, rate, _ = audio_info(tmp.name, raw)  # refuses long audio before decoding it
             seconds = frames / rate
             if seconds <= max_seconds:
-                audio = read_audio(tmp.name)
+                audio = read_audio(tmp.name, raw=raw)
                 seconds = len(audio) / SAMPLE_RATE  # mp3 headers only estimate their length
-        except AudioError as e:
+        except WavadaptError as e:
             raise AudioError(str(e).replace(tmp.name, name)) from None
     if seconds > max_seconds:
         raise TooLarge(f"{name}: {seconds:.1f} s of audio; the limit is {max_seconds:g} s")
