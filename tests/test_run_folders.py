@@ -4,6 +4,7 @@ fine-tuning run's folder loads as a model. Through the real entry point, as a us
 
 import csv
 import json
+import re
 
 import pytest
 from cli_runner import exit_status, run_cli
@@ -126,3 +127,17 @@ def test_the_feature_cache_outlives_an_overwrite(synth_corpus, tmp_path, capsys)
     assert before and finetune(capsys, synth_corpus, out, "--feature-cache", "--overwrite", updates=1)[0] == 0
     assert cache() == before  # kept and reused, not rebuilt
     assert "7,1.0" not in (out / "log.csv").read_text()
+
+
+def test_a_run_into_a_log_draws_no_bars_and_says_each_validation(synth_corpus, tmp_path, capsys):
+    """stderr is no terminal here (pytest captures it), as in a redirected log."""
+    code, out, err = run_cli(capsys, "finetune", synth_corpus, "--language", "en", "--model", "tiny", "--out",
+                             tmp_path / "en", "--max-updates", 2, "--method", "head-only", "--validate-every", 1,
+                             "--max-seconds-per-batch", 8, "--lr", "1e-3")
+    assert code == 0, err
+    assert "\r" not in err and "upd/s" not in err and "train:" not in err  # no progress bar
+    validations = [line for line in err.splitlines() if line.startswith("update ")]
+    assert [line.split(":")[0] for line in validations] == ["update 1", "update 2"]
+    assert re.fullmatch(r"update 1: validation wer \d+\.\d\d%, cer \d+\.\d\d%", validations[0])
+    assert re.fullmatch(r"update 2, loss [\d.e+]+ per utterance, validation wer \d+\.\d\d%, validation cer "
+                        r"\d+\.\d\d%", out.strip())

@@ -7,6 +7,7 @@ import typer
 
 from wavadapt.cli.options import (
     CorpusArgument,
+    Progress,
     RawFormatOption,
 )
 from wavadapt.cli.program import app
@@ -24,6 +25,7 @@ def check(
     max_seconds: Annotated[float, typer.Option(help="Longer files are reported.")] = 30.0,
     raw_format: RawFormatOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    progress: Progress = True,
 ) -> None:
     """Find the unusable files of a corpus.
 
@@ -39,7 +41,7 @@ def check(
     languages = [language] if language else corpus_languages(data) or [None]  # every language of a corpus root
     utterances = [u for lang in languages for u in open_corpus(data, split, lang, raw_format)]
     vocabulary = Vocabulary.load(vocab) if vocab is not None else None
-    report = check_corpus(utterances, vocabulary, min_seconds, max_seconds, progress=not json_output)
+    report = check_corpus(utterances, vocabulary, min_seconds, max_seconds, progress=progress and not json_output)
     typer.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) if json_output else report.summary())
     if not report.ok:
         raise typer.Exit(1)
@@ -58,7 +60,7 @@ def synth(
     speakers: Annotated[int, typer.Option(help="Synthetic speakers (espeak-ng voice variants) per language.")] = 4,
     noise: Annotated[float, typer.Option(help="Typical RMS of added white/pink noise (0 for none).")] = 0.003,
     seed: Annotated[int, typer.Option(help="Same seed, byte-identical corpus.")] = 0,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    progress: Progress = True,
 ) -> None:
     """Synthesise a small multilingual corpus with espeak-ng.
 

@@ -16,6 +16,8 @@ Jobs = Annotated[int, typer.Option(help="Independent runs (fine-tuning runs, con
 Amp = Annotated[str, typer.Option(help="auto | bf16 | fp16 | none")]
 ValidateEvery = Annotated[int, typer.Option(help="Validate every N updates (0: at the end).")]
 CheckpointEvery = Annotated[int, typer.Option(help="Checkpoint every N updates (0: at the end).")]
+Progress = Annotated[bool, typer.Option(help="Show progress bars (only where stderr is a terminal: never in a "
+                                         "log file).")]
 Seed = Annotated[int, typer.Option(help="Seed of new weights, data order, masking and dropout: the same seed, the "
                                     "same run.")]
 NumWorkers = Annotated[int, typer.Option(help="Data-loading worker processes.")]

@@ -14,6 +14,7 @@ from wavadapt.cli.options import (
     LmOption,
     LmWeight,
     ModelOption,
+    Progress,
     RawFormatOption,
     TaskOption,
     TrustPickle,
@@ -50,7 +51,7 @@ def transcribe_files(
     precision: Annotated[str, typer.Option(help="fp32, or bf16 / fp16 autocast on a GPU.")] = "fp32",
     compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the backbone (minutes to compile "
                                                 "each new batch shape; for long runs).")] = False,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    progress: Progress = True,
     decoder: DecoderKind = None,
     beam_size: BeamSize = 50,
     lm: LmOption = None,

@@ -15,6 +15,7 @@ from wavadapt.cli.options import (
     KeepSnapshots,
     NumWorkers,
     Overwrite,
+    Progress,
     RawFormatOption,
     Resume,
     Seed,
@@ -67,6 +68,7 @@ def finetune(
                                                        "letters (default: skipped and counted).")] = False,
     resume: Resume = False,
     overwrite: Overwrite = False,
+    progress: Progress = True,
     trust_pickle: TrustPickle = False,
     raw_format: RawFormatOption = None,
 ) -> None:
@@ -88,14 +90,14 @@ def finetune(
     method_config = MethodConfig(method, top_n, adapter_size, freeze_updates, stack_on, adapter_form)
     config = TrainConfig(max_updates=max_updates, lr=lr, update_freq=update_freq, clip_norm=clip_norm,
                          max_seconds_per_batch=max_seconds_per_batch, amp=amp, validate_every=validate_every,
-                         checkpoint_every=checkpoint_every, num_workers=num_workers, seed=seed)
+                         checkpoint_every=checkpoint_every, num_workers=num_workers, seed=seed, progress=progress)
     augment = AugmentConfig(mask_time_prob=mask_time_prob, mask_feature_prob=mask_feature_prob, layerdrop=layerdrop)
     valid = open_corpus(data, valid_split, language, raw_format) if valid_split else None
     history = run(asr, task or language, open_corpus(data, split, language, raw_format), method_config, config, out,
                   valid=valid, augment=augment, resume=resume,
                   feature_cache=_cache_dir(out, feature_cache, feature_cache_dir), keep_foreign=keep_foreign_letters,
                   overwrite=overwrite, data_source=data_source(data, split, language))
-    _echo_last(history)
+    _echo_last(history, "utterance")  # the CTC loss sums over each utterance's frames
 
 
 @app.command()
@@ -138,6 +140,7 @@ def pretrain(
     feature_cache_dir: FeatureCacheDir = None,
     resume: Resume = False,
     overwrite: Overwrite = False,
+    progress: Progress = True,
     trust_pickle: TrustPickle = False,
     raw_format: RawFormatOption = None,
 ) -> None:
@@ -157,7 +160,7 @@ def pretrain(
     name, r = _pretrain_recipe(preset, model, max_updates=max_updates, lr=lr, warmup_updates=warmup_updates,
                                max_seconds_per_batch=max_seconds_per_batch, update_freq=update_freq, amp=amp,
                                validate_every=validate_every, checkpoint_every=checkpoint_every,
-                               num_workers=num_workers, seed=seed)
+                               num_workers=num_workers, seed=seed, progress=progress)
     languages = [lang.strip() for lang in language.split(",") if lang.strip()]
     task = task or "+".join(languages)
     pt = build_model(model, task, name, trust_pickle=trust_pickle, seed=seed,
@@ -172,7 +175,7 @@ def pretrain(
                   min_seconds=r.min_seconds if min_seconds is None else min_seconds, valid=valid, resume=resume,
                   keep_snapshots=keep_snapshots, feature_cache=_cache_dir(out, feature_cache, feature_cache_dir),
                   overwrite=overwrite, data_source=data_source(data, split, language))
-    _echo_last(history)
+    _echo_last(history, "masked frame")
 
 
 @app.command()
@@ -206,6 +209,7 @@ def continual(
     feature_cache_dir: FeatureCacheDir = None,
     resume: Resume = False,
     overwrite: Overwrite = False,
+    progress: Progress = True,
     trust_pickle: TrustPickle = False,
     raw_format: RawFormatOption = None,
 ) -> None:
@@ -226,7 +230,7 @@ def continual(
     name, r = _pretrain_recipe(preset, "base", max_updates=max_updates, lr=lr, warmup_updates=warmup_updates,
                                max_seconds_per_batch=max_seconds_per_batch, update_freq=update_freq, amp=amp,
                                validate_every=validate_every, checkpoint_every=checkpoint_every,
-                               num_workers=num_workers, seed=seed)
+                               num_workers=num_workers, seed=seed, progress=progress)
     pt = build_model(model, from_task, name, trust_pickle=trust_pickle, seed=seed)
     task = task or language
     torch.manual_seed(seed)  # the new adapters and heads
@@ -238,7 +242,7 @@ def continual(
                   valid=valid, resume=resume, regularizer=regularizer, keep_snapshots=keep_snapshots,
                   feature_cache=_cache_dir(out, feature_cache, feature_cache_dir), overwrite=overwrite,
                   data_source=data_source(data, split, language))
-    _echo_last(history)
+    _echo_last(history, "masked frame")
 
 
 def _pretrain_recipe(preset: str | None, model: str, **options):
@@ -258,8 +262,13 @@ def _cache_dir(out: Path, enabled: bool, directory: Path | None) -> Path | None:
     return out / "feature_cache" if enabled else None
 
 
-def _echo_last(history: list[dict]) -> None:
-    """The last logged row of a run's training log."""
-    if history:
-        last = history[-1]
-        typer.echo(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in last.items()))
+def _echo_last(history: list[dict], loss_per: str) -> None:
+    """The last logged row of a run's training log, as people read it: the loss and what it is averaged over, the
+    validation scores in percent."""
+    if not history:
+        return
+    last = history[-1]
+    shown = [f"update {int(last['update'])}"] + ([f"loss {last['loss']:.4g} per {loss_per}"] if "loss" in last else [])
+    shown += [f"validation {k[6:]} " + (f"{v:.2%}" if k.endswith(("wer", "cer", "accuracy")) else f"{v:.4g}")
+              for k, v in last.items() if k.startswith("valid_")]
+    typer.echo(", ".join(shown))

@@ -109,7 +109,7 @@ def check_corpus(
     seconds = 0.0
     rates: Counter[int] = Counter()
     labeled = any(u.text is not None for u in utterances)
-    for u in tqdm(utterances, desc="checking", unit="file", disable=not progress):
+    for u in tqdm(utterances, desc="checking", unit="file", disable=None if progress else True):
         duration, rate, found = _check_audio(u, min_seconds, max_seconds, expected_rate)
         seconds += duration
         if rate:

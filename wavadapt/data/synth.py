@@ -114,7 +114,7 @@ def synthesize_corpus(
     }
     with (
         ThreadPoolExecutor(_WORKERS) as pool,
-        tqdm(total=total, unit="s audio", unit_scale=True, desc="synth", disable=not progress) as bar,
+        tqdm(total=total, unit="s audio", unit_scale=True, desc="synth", disable=None if progress else True) as bar,
     ):
         for language in languages:
             writer = _LibriSpeechWriter if language == "en" else _CommonVoiceWriter

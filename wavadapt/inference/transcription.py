@@ -162,7 +162,7 @@ def _decode_pieces(model: CTCModel, requests: Sequence[Request], pieces: list[_P
     batches = list(_batches(pieces, max_seconds_per_batch or default_batch_seconds(device)))
     decoded: dict[int, list[tuple[float, list[Word]]]] = {}
     with evaluating(model), autocast:
-        for batch in tqdm(batches, desc="transcribing", unit="batch", disable=not progress):
+        for batch in tqdm(batches, desc="transcribing", unit="batch", disable=None if progress else True):
             for piece, words in _run(model, requests, batch, results, device, pool):
                 decoded.setdefault(piece.request, []).append((piece.offset, words))
     for i, found in decoded.items():

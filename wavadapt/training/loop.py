@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import random
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -288,8 +289,9 @@ class Trainer:
         until = min(until or config.max_updates, config.max_updates)
         batches = self._batches()
         writer = _Logs(self.out_dir, self.env.main)
-        bar = tqdm(total=config.max_updates, initial=self.update, disable=not (config.progress and self.env.main),
-                   desc="train", unit="upd")
+        shown = config.progress and self.env.main
+        bar = tqdm(total=config.max_updates, initial=self.update, disable=None if shown else True, desc="train",
+                   unit="upd")  # None: no bar where stderr is no terminal
         start, window_seconds, window_updates = time.perf_counter(), 0.0, 0
         try:
             while self.update < until:
@@ -313,6 +315,9 @@ class Trainer:
                                                   or last):
                     row = row or {"update": self.update}
                     row.update({f"valid_{k}": v for k, v in self._validate().items()})
+                    if config.progress and self.env.main:  # as it happens, above the bar
+                        scores = ", ".join(f"{k[6:]} {_shown(k, v)}" for k, v in row.items() if k.startswith("valid_"))
+                        tqdm.write(f"update {self.update}: validation {scores}", file=sys.stderr)
                 if row is not None:
                     self.history.append(row)
                     writer.write(row)
@@ -392,6 +397,11 @@ class Trainer:
         np.random.set_state(("MT19937", np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
         if state["rng"]["cuda"]:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+
+def _shown(name: str, value: float) -> str:
+    """A logged value as people read it: error rates and accuracies in percent."""
+    return f"{value:.2%}" if name.endswith(("wer", "cer", "accuracy")) else f"{value:.4g}"
 
 
 def _numpy_state() -> list:
