@@ -13,6 +13,7 @@ import wavadapt
 from wavadapt.data.corpora import open_corpus
 from wavadapt.interop.loading import load_asr_model
 from wavadapt.model.checkpoint import backbone_fingerprint
+from wavadapt.training.methods import default_lr
 
 FINETUNE = ("--method", "adapters", "--adapter-size", "16", "--valid-split", "", "--max-seconds-per-batch", "8",
             "--lr", "1e-3", "--checkpoint-every", "1")
@@ -141,3 +142,13 @@ def test_a_run_into_a_log_draws_no_bars_and_says_each_validation(synth_corpus, t
     assert re.fullmatch(r"update 1: validation wer \d+\.\d\d%, cer \d+\.\d\d%", validations[0])
     assert re.fullmatch(r"update 2, loss [\d.e+]+ per utterance, validation wer \d+\.\d\d%, validation cer "
                         r"\d+\.\d\d%", out.strip())
+
+
+def test_the_learning_rate_defaults_by_method_and_model_size(synth_corpus, tmp_path, capsys):
+    assert [default_lr(m, 192) for m in ("full", "top-n-full", "adapters", "head-only")] == [1e-3, 1e-3, 1e-2, 1e-2]
+    assert [default_lr(m, 768) for m in ("full", "adapters")] == [5e-5, 1e-3]  # Base: fairseq's, MMS's
+    code, _, err = run_cli(capsys, "finetune", synth_corpus, "--language", "en", "--model", "tiny", "--out",
+                           tmp_path / "en", "--max-updates", 1, "--method", "head-only", "--valid-split", "",
+                           "--max-seconds-per-batch", 8)
+    assert code == 0, err
+    assert json.loads((tmp_path / "en" / "run.json").read_text())["train"]["lr"] == 1e-2

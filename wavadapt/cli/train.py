@@ -45,7 +45,9 @@ def finetune(
     split: Annotated[str, typer.Option(help="Training split.")] = "train",
     valid_split: Annotated[str | None, typer.Option(help="Validation split (WER/CER); '' for none.")] = "dev",
     max_updates: Annotated[int, typer.Option(help="Updates to train.")] = 20000,
-    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 5e-5,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (default: full and top-n-full 5e-5, the adapter "
+                                             "methods 1e-3; on tiny models such as the shipped ones 1e-3 and "
+                                             "1e-2).")] = None,
     update_freq: Annotated[int, typer.Option(help="Micro-batches per update (gradient accumulation).")] = 1,
     max_seconds_per_batch: Annotated[float, typer.Option(help="Audio seconds per micro-batch per process.")] = 200.0,
     freeze_updates: Annotated[int, typer.Option(help="full: updates that train only the head first.")] = 0,
@@ -82,12 +84,13 @@ def finetune(
     from wavadapt.training.finetune import AugmentConfig
     from wavadapt.training.finetune import finetune as run
     from wavadapt.training.loop import TrainConfig
-    from wavadapt.training.methods import MethodConfig
+    from wavadapt.training.methods import MethodConfig, default_lr
     from wavadapt.training.run_folder import claim, data_source
 
     claim(out, resume=resume, overwrite=overwrite)  # before a model loads for minutes
     asr = load_asr_model(model, adapter or [], trust_pickle=trust_pickle)
     method_config = MethodConfig(method, top_n, adapter_size, freeze_updates, stack_on, adapter_form)
+    lr = lr or default_lr(method, asr.backbone.config.hidden_size)
     config = TrainConfig(max_updates=max_updates, lr=lr, update_freq=update_freq, clip_norm=clip_norm,
                          max_seconds_per_batch=max_seconds_per_batch, amp=amp, validate_every=validate_every,
                          checkpoint_every=checkpoint_every, num_workers=num_workers, seed=seed, progress=progress)

@@ -88,14 +88,14 @@ def _load_run(path: Path, run: dict, adapters: list[Path], *, trust_pickle: bool
     stacked on, its own task file, then ``adapters``."""
     own = path / f"adapter.{safe_name(run['task'])}.json"
     start = run.get("backbone") or {}
-    if "model" not in start:
-        raise WavadaptError(f"{path}: its run.json does not say which backbone the run started from (an older "
-                            f"run): give the backbone with --model and the task with --adapter {own}")
     if not own.is_file():
         raise WavadaptError(f"{path}: the run has no task file {own.name} (it did not finish): --resume it first")
     if (path / "backbone").is_dir():  # full fine-tuning trained the backbone itself
         model, family, seed = path / "backbone", None, 0
-    else:
+    elif "model" in start:
         model, family, seed = start["model"], start.get("family"), start.get("seed", 0)
+    else:
+        raise WavadaptError(f"{path}: its run.json does not say which backbone the run started from (an older "
+                            f"run): give the backbone with --model and the task with --adapter {own}")
     return load_asr_model(model, [*start.get("adapters", []), own, *adapters], trust_pickle=trust_pickle,
                           family=family, seed=seed, task=task)
