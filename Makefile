@@ -9,8 +9,9 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test setup system-packages shipped-model shipped-model-en-synth
 
+# Run again, it resumes demo_out (finished runs are kept; another recipe's folder is refused with what to do).
 demo: setup
-	$(VENV)/bin/wavadapt demo
+	$(VENV)/bin/wavadapt demo $(if $(wildcard demo_out/experiment.json),--resume)
 
 test: setup
 	$(VENV)/bin/ruff check wavadapt tests benchmarks
