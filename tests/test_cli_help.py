@@ -53,3 +53,14 @@ def test_one_small_module_per_stage():
     modules = {p.stem: len(p.read_text().splitlines()) for p in Path(wavadapt.cli.__file__).parent.glob("*.py")}
     assert {"data", "train", "evaluate", "serve", "models", "experiments", "options"} <= set(modules)
     assert max(modules.values()) <= 300, modules
+
+
+def test_the_beam_defaults_the_help_states_are_the_decoders():
+    from wavadapt.decoding import DecoderConfig
+
+    text = " ".join(CliRunner().invoke(app, ["evaluate", "-h"], prog_name="wavadapt", env={"COLUMNS": "200"})
+                    .output.split())
+    weight = re.search(r"--lm-weight NUMBER Beam search: weight of the LM's log10 probabilities \(default ([\d.]+):",
+                       text)
+    score = re.search(r"--word-score NUMBER Beam search: added per word, an insertion bonus \(default ([\d.]+):", text)
+    assert (float(weight.group(1)), float(score.group(1))) == (DecoderConfig().lm_weight, DecoderConfig().word_score)

@@ -97,7 +97,7 @@ def test_registry_gives_each_task_its_lm_and_refuses_a_bad_one(model, lm_dir, tm
     assert registry.decoder("es", "beam").lm is None  # no LM of its own: a beam without one
     assert registry.decoder("en", "beam", beam_size=3, lm_weight=None).beam_size == 3
     served = Registry(model, DecoderConfig("beam", lm_weight=1.5), decoding_dir=lm_dir)
-    assert {t.task: t.decoder for t in served.tasks()}["en"] == "beam 50 + lm.en.arpa (weight 1.5, word score 0)"
+    assert {t.task: t.decoder for t in served.tasks()}["en"] == "beam 50 + lm.en.arpa (weight 1.5, word score 2)"
     assert {t.task: t.lm for t in registry.tasks()} == {"en": "lm.en.arpa", "es": None}
     assert "greedy (LM lm.en.arpa)" in format_tasks(registry)
     # A task added at run time brings the LM beside its task file; a removed one takes its LM along.

@@ -67,22 +67,25 @@ def transcribe(model: CTCModel, audio: str | Path | np.ndarray | list, *, task: 
 
 
 def finetune(model: CTCModel, corpus: str | Path, *, language: str, out: str | Path, method: str = "adapters",
-             task: str | None = None, max_updates: int = 1000, lr: float | None = None, adapter_size: int = 256,
+             task: str | None = None, max_updates: int = 1000, lr: float | None = None, adapter_size: int | None = None,
              split: str = "train", valid_split: str | None = "dev", max_seconds_per_batch: float = 100.0,
              resume: bool = False, overwrite: bool = False) -> list[dict]:
     """Fine-tune ``model`` on a corpus split (``wavadapt finetune`` from Python) with one of the papers' methods
     (full, top-n-full, adapters, top-n-adapters, head-only); the run goes to ``out`` and the task (default: the
-    language) stays on ``model``; ``lr`` defaults by method and model size (``training.methods.default_lr``).
-    Returns the training log's rows."""
+    language) stays on ``model``; the learning rate, adapter size and masking default by method and model size
+    (``training.methods.SMALL_MODEL``). Returns the training log's rows."""
     from wavadapt.data.corpora import open_corpus
+    from wavadapt.training.finetune import AugmentConfig
     from wavadapt.training.finetune import finetune as run
     from wavadapt.training.loop import TrainConfig
-    from wavadapt.training.methods import MethodConfig, default_lr
+    from wavadapt.training.methods import MethodConfig, default_adapter_size, default_lr
     from wavadapt.training.run_folder import data_source
 
-    lr = lr or default_lr(method, model.backbone.config.hidden_size)
-    config = TrainConfig(max_updates=max_updates, lr=lr, max_seconds_per_batch=max_seconds_per_batch)
+    hidden = model.backbone.config.hidden_size
+    config = TrainConfig(max_updates=max_updates, lr=lr or default_lr(method, hidden),
+                         max_seconds_per_batch=max_seconds_per_batch)
     valid = open_corpus(corpus, valid_split, language) if valid_split else None
     return run(model, task or language, open_corpus(corpus, split, language),
-               MethodConfig(method, adapter_size=adapter_size), config, Path(out), valid=valid, resume=resume,
-               overwrite=overwrite, data_source=data_source(corpus, split, language))
+               MethodConfig(method, adapter_size=adapter_size or default_adapter_size(hidden)), config, Path(out),
+               valid=valid, augment=AugmentConfig.for_size(hidden), resume=resume, overwrite=overwrite,
+               data_source=data_source(corpus, split, language))

@@ -45,8 +45,8 @@ def evaluate_corpus(
     decoder: DecoderKind = None,
     beam_size: BeamSize = 50,
     lm: LmOption = None,
-    lm_weight: LmWeight = 2.0,
-    word_score: WordScore = 0.0,
+    lm_weight: LmWeight = None,
+    word_score: WordScore = None,
     lexicon: LexiconOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
@@ -96,8 +96,8 @@ def evaluate_continual_runs(
     beam_size: BeamSize = 50,
     lm: Annotated[list[str] | None, typer.Option("--lm", help="LANG=PATH: the beam search's KenLM word LM for a "
                                                  "language (repeat per language).")] = None,
-    lm_weight: LmWeight = 2.0,
-    word_score: WordScore = 0.0,
+    lm_weight: LmWeight = None,
+    word_score: WordScore = None,
     jobs: Jobs = 1,
     feature_cache: Annotated[bool, typer.Option("--feature-cache", help="Fine-tune on the frozen CNN's output, "
                                                 "computed once per CNN and language in OUT/feature_cache (the "

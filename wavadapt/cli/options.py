@@ -63,14 +63,16 @@ DecoderKind = Annotated[str | None, typer.Option("--decoder", help="greedy, or b
 BeamSize = Annotated[int, typer.Option(help="Beam search: hypotheses kept per frame.")]
 LmOption = Annotated[Path | None, typer.Option("--lm", help="Beam search with this KenLM word n-gram LM (.arpa, "
                                                "or a .bin with --lexicon; `wavadapt lm` builds one).")]
-LmWeight = Annotated[float, typer.Option(help="Beam search: weight of the LM's log10 probabilities.")]
-WordScore = Annotated[float, typer.Option(help="Beam search: added per word (insertion bonus).")]
+LmWeight = Annotated[float | None, typer.Option(help="Beam search: weight of the LM's log10 probabilities (default 1: "
+                                                    "the best of benchmarks/beam_defaults.py's sweep on real Dutch).")]
+WordScore = Annotated[float | None, typer.Option(help="Beam search: added per word, an insertion bonus (default 2: "
+                                                      "the same sweep's best).")]
 LexiconOption = Annotated[Path | None, typer.Option(help="Beam search emits only this lexicon's words (lines of "
                                                     "`word` or `word  s p e l l i n g`).")]
 
 
-def decoder_config(kind: str | None, beam_size: int, lm: Path | None, lm_weight: float, word_score: float,
-                    lexicon: Path | None):
+def decoder_config(kind: str | None, beam_size: int, lm: Path | None, lm_weight: float | None,
+                    word_score: float | None, lexicon: Path | None):
     """The decoder the options choose; an LM that is no language model fails here, before a model loads."""
     from wavadapt.decoding import DecoderConfig
     from wavadapt.decoding.files import arpa_unigrams
@@ -78,8 +80,8 @@ def decoder_config(kind: str | None, beam_size: int, lm: Path | None, lm_weight:
     if lm is not None:
         arpa_unigrams(lm)
     kind = kind or ("beam" if lm or lexicon else "greedy")
-    return DecoderConfig(kind, beam_size=beam_size, lm=lm, lm_weight=lm_weight, word_score=word_score,
-                         lexicon=lexicon)
+    weights = {k: v for k, v in (("lm_weight", lm_weight), ("word_score", word_score)) if v is not None}
+    return DecoderConfig(kind, beam_size=beam_size, lm=lm, lexicon=lexicon, **weights)
 
 
 def asr_model(model: str, adapters: list[Path] | None, task: str | None, family: str | None, trust_pickle: bool,

@@ -55,8 +55,8 @@ def transcribe_files(
     decoder: DecoderKind = None,
     beam_size: BeamSize = 50,
     lm: LmOption = None,
-    lm_weight: LmWeight = 2.0,
-    word_score: WordScore = 0.0,
+    lm_weight: LmWeight = None,
+    word_score: WordScore = None,
     lexicon: LexiconOption = None,
 ) -> None:
     """Transcribe audio files with one or many tasks.
@@ -147,8 +147,8 @@ def serve(
                                          "the task's lm.<task>.arpa|.bin and lexicon.<task>.txt from --adapters, "
                                          "where there); a request may choose its own.")] = "greedy",
     beam_size: BeamSize = 50,
-    lm_weight: LmWeight = 2.0,
-    word_score: WordScore = 0.0,
+    lm_weight: LmWeight = None,
+    word_score: WordScore = None,
     ssl_certfile: Annotated[Path | None, typer.Option(help="Serve https with this certificate (PEM): browsers give "
                                                       "the page's microphone to https or localhost only.")] = None,
     ssl_keyfile: Annotated[Path | None, typer.Option(help="The certificate's private key (PEM).")] = None,

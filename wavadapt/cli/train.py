@@ -37,7 +37,8 @@ def finetune(
                                        "or a preset (tiny, base, large: random weights, for tests).")],
     method: Annotated[str, typer.Option(help="full | top-n-full | adapters | top-n-adapters | head-only")] = "adapters",
     top_n: Annotated[int | None, typer.Option(help="N of the top-n methods.")] = None,
-    adapter_size: Annotated[int, typer.Option(help="Adapter bottleneck size (papers: 256).")] = 256,
+    adapter_size: Annotated[int | None, typer.Option(help="Adapter bottleneck size (default: the papers' 256; 64 on "
+                                                     "tiny models).")] = None,
     adapter_form: AdapterForm = "houlsby",
     task: Annotated[str | None, typer.Option(help="Task name (default: the language; e.g. es/asr).")] = None,
     adapter: Annotated[list[Path] | None, typer.Option(help="Adapter files to load first.")] = None,
@@ -52,9 +53,12 @@ def finetune(
     max_seconds_per_batch: Annotated[float, typer.Option(help="Audio seconds per micro-batch per process.")] = 200.0,
     freeze_updates: Annotated[int, typer.Option(help="full: updates that train only the head first.")] = 0,
     clip_norm: Annotated[float, typer.Option(help="Gradient-norm clipping (0: none).")] = 0.0,
-    mask_time_prob: Annotated[float, typer.Option(help="SpecAugment time-mask probability.")] = 0.65,
-    mask_feature_prob: Annotated[float, typer.Option(help="SpecAugment channel-mask probability.")] = 0.5,
-    layerdrop: Annotated[float, typer.Option(help="Probability of skipping a transformer layer.")] = 0.05,
+    mask_time_prob: Annotated[float | None, typer.Option(help="SpecAugment time-mask probability (default: "
+                                                         "fairseq's 0.65; 0.1 on tiny models).")] = None,
+    mask_feature_prob: Annotated[float | None, typer.Option(help="SpecAugment channel-mask probability (default: "
+                                                            "0.5; 0 on tiny models).")] = None,
+    layerdrop: Annotated[float | None, typer.Option(help="Probability of skipping a transformer layer (default: "
+                                                    "0.05; 0 on tiny models).")] = None,
     amp: Amp = "auto",
     validate_every: ValidateEvery = 0,
     checkpoint_every: CheckpointEvery = 0,
@@ -79,22 +83,27 @@ def finetune(
     The papers' methods: full, top-n-full, adapters, top-n-adapters, head-only. Launch with torchrun for several
     processes or GPUs.
     """
+    from dataclasses import replace
+
     from wavadapt.data.corpora import open_corpus
     from wavadapt.interop.loading import load_asr_model
     from wavadapt.training.finetune import AugmentConfig
     from wavadapt.training.finetune import finetune as run
     from wavadapt.training.loop import TrainConfig
-    from wavadapt.training.methods import MethodConfig, default_lr
+    from wavadapt.training.methods import MethodConfig, default_adapter_size, default_lr
     from wavadapt.training.run_folder import claim, data_source
 
     claim(out, resume=resume, overwrite=overwrite)  # before a model loads for minutes
     asr = load_asr_model(model, adapter or [], trust_pickle=trust_pickle)
-    method_config = MethodConfig(method, top_n, adapter_size, freeze_updates, stack_on, adapter_form)
-    lr = lr or default_lr(method, asr.backbone.config.hidden_size)
+    hidden = asr.backbone.config.hidden_size  # tiny models take other defaults than Base (methods.SMALL_MODEL)
+    method_config = MethodConfig(method, top_n, adapter_size or default_adapter_size(hidden), freeze_updates, stack_on,
+                                 adapter_form)
+    lr = lr or default_lr(method, hidden)
     config = TrainConfig(max_updates=max_updates, lr=lr, update_freq=update_freq, clip_norm=clip_norm,
                          max_seconds_per_batch=max_seconds_per_batch, amp=amp, validate_every=validate_every,
                          checkpoint_every=checkpoint_every, num_workers=num_workers, seed=seed, progress=progress)
-    augment = AugmentConfig(mask_time_prob=mask_time_prob, mask_feature_prob=mask_feature_prob, layerdrop=layerdrop)
+    given = {"mask_time_prob": mask_time_prob, "mask_feature_prob": mask_feature_prob, "layerdrop": layerdrop}
+    augment = replace(AugmentConfig.for_size(hidden), **{k: v for k, v in given.items() if v is not None})
     valid = open_corpus(data, valid_split, language, raw_format) if valid_split else None
     history = run(asr, task or language, open_corpus(data, split, language, raw_format), method_config, config, out,
                   valid=valid, augment=augment, resume=resume,

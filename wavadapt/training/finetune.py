@@ -16,7 +16,7 @@ from wavadapt.model.checkpoint import backbone_fingerprint, save_backbone, save_
 from wavadapt.model.ctc import CTCModel
 from wavadapt.training.feature_cache import CachedFeatureDataset, cached_dataset, keyed_dir
 from wavadapt.training.loop import Distributed, TrainConfig, Trainer
-from wavadapt.training.methods import MethodConfig, prepare
+from wavadapt.training.methods import SMALL_MODEL, MethodConfig, prepare
 from wavadapt.training.run_folder import claim
 
 
@@ -31,6 +31,14 @@ class AugmentConfig:
     mask_feature_length: int = 64
     layerdrop: float = 0.05
     final_dropout: float = 0.0
+
+    @classmethod
+    def for_size(cls, hidden_size: int) -> AugmentConfig:
+        """fairseq's base_10h masking for Base and larger; for the tiny models (``methods.SMALL_MODEL``) light time
+        masking only, without which they do not learn in a demo's thousand updates."""
+        if hidden_size <= SMALL_MODEL:
+            return cls(mask_time_prob=0.1, mask_feature_prob=0.0, layerdrop=0.0)
+        return cls()
 
     def apply(self, model: CTCModel) -> None:
         config = model.backbone.config
