@@ -88,7 +88,11 @@ def test_a_fine_tuning_run_folder_is_a_model(synth_corpus, finished, tmp_path, c
     unfinished.mkdir()
     (unfinished / "run.json").write_text(json.dumps({"task": "en", "method": {}}))
     code, _, err = run_cli(capsys, "transcribe", clip, "--model", unfinished)
-    assert code == 1 and "does not say which backbone" in err and "--adapter" in err
+    assert code == 1 and f"error: {unfinished}: the run has no task file adapter.en.json (it did not finish)" in err
+    for suffix in (".json", ".safetensors"):  # an older run: finished, but its run.json names no backbone
+        (unfinished / f"adapter.en{suffix}").write_bytes((finished / f"adapter.en{suffix}").read_bytes())
+    code, _, err = run_cli(capsys, "transcribe", clip, "--model", unfinished)
+    assert code == 1 and "does not say which backbone" in err and f"--adapter {unfinished / 'adapter.en.json'}" in err
 
 
 def test_training_needs_a_model_and_a_preset_is_called_untrained(synth_corpus, tmp_path, capsys):

@@ -83,8 +83,8 @@ def transcribe_files(
         if f.suffix in (".tsv", ".jsonl") and f.is_file():
             requests += [Request(u.path, _task_of(asr, u.task, u.language), u.raw_format or raw, config)
                          for u in read_manifest(f)]
-        elif f.is_dir():  # a folder of audio files, searched recursively
-            requests += [Request(u.path, asr.active, None, config) for u in read_audio_folder(f)]
+        elif f.is_dir() and (found := read_audio_folder(f)):  # a folder of audio files, searched recursively
+            requests += [Request(u.path, asr.active, None, config) for u in found]
         else:
             requests.append(Request(f, asr.active, raw if is_headerless(f) else None, config))
     targets = subtitle_paths([r.path for r in requests], out, output_format) if output_format in SUBTITLES else {}
