@@ -27,10 +27,10 @@ def load_asr_model(model: str | Path, adapters: list[Path], *, trust_pickle: boo
     ``model`` is a preset name (tiny, base, large: random weights drawn with ``seed``, for tests and demos; a
     warning says so), a Hugging Face directory (e.g. a run's ``backbone/``) or a fairseq .pt (needs
     ``trust_pickle``). A fine-tuning run's folder is the backbone it started from (or the one it trained) with
-    the task files it stood on and its own, as its run.json records them. A fine-tuned
-    transformers CTC directory brings its own task (`wavadapt.interop.hf`), an MMS directory one task per language
-    (`wavadapt.interop.mms`), a fine-tuned fairseq CTC checkpoint its task with the dictionary beside it or ``vocab``
-    (`wavadapt.interop.fairseq`).
+    the task files it stood on and its own, as its run.json records them. A fine-tuned transformers CTC directory
+    brings its own task (`wavadapt.interop.hf`), an MMS directory one task per language (`wavadapt.interop.mms`), a
+    fine-tuned fairseq CTC checkpoint its task with the dictionary beside it or ``vocab`` (`wavadapt.interop.fairseq`).
+    ``adapters`` may name a file ``FILE:NAME`` to load its task under another name.
     """
     path = resolve_checkpoint(model)
     run = _finetuning_run(path)
