@@ -55,6 +55,8 @@ def counted(wer: float, greedy_wer: float | None = None, **fields) -> EvalResult
     bounds = {"wer_interval": interval(list(counts.values()), "wer"), "cer_interval": interval(list(counts.values()),
                                                                                                "cer")}
     rates = (wer, wer / 3, 10, 30.0) + ((greedy_wer, greedy_wer / 3) if greedy else (None, None))
+    if greedy:
+        bounds |= {f"greedy_{m}_interval": interval(list(greedy.values()), m) for m in ("wer", "cer")}
     language = fields.pop("task", "en")
     return EvalResult(*rates, **bounds, task=language, languages={language: Scores(*rates, **bounds)}, counts=counts,
                       greedy_counts=greedy, **fields)
@@ -196,7 +198,8 @@ def test_beam_search_results_show_greedy_beside(tmp_path):
     md = (tmp_path / "exp" / "report" / "report.md").read_text()
     assert "Decoded: beam 50 + en.arpa (greedy: the same logits' best path)." in md
     assert "| method | en n | en WER greedy | en WER beam | en CER greedy | en CER beam |" in md
-    assert f"| full | 10 | 50.00% | 30.00% ({span(0.3, 'wer')}) | 16.67% | 10.00% ({span(0.3, 'cer')}) |" in md
+    assert f"| full | 10 | 50.00% ({span(0.5, 'wer')}) | 30.00% ({span(0.3, 'wer')}) | 16.67% ({span(0.5, 'cer')}) | " \
+           f"10.00% ({span(0.3, 'cer')}) |" in md
     # Models compare by greedy CER (the LM rewrites words); the summary gives the LM's WER change per method.
     assert "`adapters` reaches 20.0% CER, 1.20x full fine-tuning's; against full fine-tuning: +3.3 points" in md
     assert "changes test WER from greedy decoding's as follows: `adapters` 60.0% -> 45.0%, -15.0 points (95% " \

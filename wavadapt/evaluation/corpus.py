@@ -33,6 +33,8 @@ class Scores:
     """Greedy decoding's rates on the same logits, when ``wer`` and ``cer`` are a beam search's."""
     wer_interval: list[float] | None = None
     cer_interval: list[float] | None = None
+    greedy_wer_interval: list[float] | None = None
+    greedy_cer_interval: list[float] | None = None
     """95% bootstrap intervals over the utterances (:mod:`wavadapt.evaluation.bootstrap`)."""
 
 
@@ -89,6 +91,9 @@ def score(references: list[str], hypotheses: list[str], seconds: float = 0.0, gr
     result.wer_interval, result.cer_interval = list(interval(counts, "wer")), list(interval(counts, "cer"))
     if greedy is not None:
         result.greedy_wer, result.greedy_cer = jiwer.wer(references, greedy), jiwer.cer(references, greedy)
+        counts = edit_counts(references, greedy)
+        result.greedy_wer_interval, result.greedy_cer_interval = (list(interval(counts, "wer")),
+                                                                  list(interval(counts, "cer")))
     return result
 
 
