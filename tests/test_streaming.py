@@ -1,0 +1,94 @@
+"""Live streams: chunked CTC gives a file's offline transcript when one chunk holds it, a mixed-task step gives each
+stream what it gets alone, the pieces the audio arrives in do not matter, and a stream keeps bounded audio."""
+
+import numpy as np
+import pytest
+from test_transcription import _two_task_model
+
+from wavadapt.data.audio import read_audio
+from wavadapt.data.corpora import open_corpus
+from wavadapt.errors import WavadaptError
+from wavadapt.inference.engine import transcribe
+from wavadapt.inference.streaming import Stream, StreamConfig, StreamEngine
+
+CHUNKED = StreamConfig(chunk_seconds=0.5, left_seconds=2.0, lookahead_seconds=0.2)
+
+
+@pytest.fixture(scope="module")
+def engine() -> StreamEngine:
+    return StreamEngine(_two_task_model("layer"))
+
+
+@pytest.fixture(scope="module")
+def audio(synth_corpus) -> list[np.ndarray]:
+    return [read_audio(u.path) for lang in ("en", "es") for u in open_corpus(synth_corpus, "test", lang)[:2]]
+
+
+def streamed(engine: StreamEngine, stream: Stream, x: np.ndarray, piece: int) -> Stream:
+    """Push ``x`` in pieces of ``piece`` samples, a step after each, then end and flush."""
+    for i in range(0, len(x), piece):
+        stream.push(x[i : i + piece])
+        engine.step([stream])
+    stream.end()
+    while stream.ready:
+        engine.step([stream])
+    return stream
+
+
+@pytest.mark.parametrize("task", ["en", "es"])
+def test_one_chunk_holding_the_file_is_the_offline_transcript(engine, audio, task):
+    engine.model.activate(task)
+    for x in audio:
+        stream = streamed(engine, Stream(task, StreamConfig(chunk_seconds=60.0)), x, len(x))
+        assert engine.text(stream) == transcribe(engine.model, x)
+
+
+def test_a_mixed_step_gives_each_stream_what_it_gets_alone(engine, audio):
+    alone = [streamed(engine, Stream(task, CHUNKED), x, 1600)
+             for x, task in zip(audio, ["en", "es", "es", "en"], strict=True)]
+    together = [Stream(s.task, CHUNKED) for s in alone]
+    position = 0
+    while any(not s.ended for s in together) or any(s.ready for s in together):
+        for stream, x in zip(together, audio, strict=True):
+            if position < len(x):
+                stream.push(x[position : position + 1600])
+            elif not stream.ended:
+                stream.end()
+        position += 1600
+        engine.step(together)
+    assert [s.final for s in together] == [s.final for s in alone]
+    assert [engine.text(s) for s in together] == [engine.text(s) for s in alone]
+
+
+def test_the_pieces_audio_arrives_in_do_not_matter(engine, audio):
+    x = audio[0]
+    reference = streamed(engine, Stream("en", CHUNKED), x, 320)
+    for piece in (480, 4000, 16000):
+        assert streamed(engine, Stream("en", CHUNKED), x, piece).final == reference.final
+    rng = np.random.default_rng(0)
+    stream, at = Stream("en", CHUNKED), 0
+    while at < len(x):
+        size = int(rng.integers(1, 6000))
+        stream.push(x[at : at + size])
+        engine.step([stream])
+        at += size
+    stream.end()
+    while stream.ready:
+        engine.step([stream])
+    assert stream.final == reference.final
+
+
+def test_partial_text_runs_ahead_of_the_final_and_memory_stays_bounded(engine, audio):
+    x = np.tile(audio[0], 4)
+    stream, longest = Stream("en", CHUNKED), 0
+    partial_ahead = False
+    for i in range(0, len(x), 1600):
+        stream.push(x[i : i + 1600])
+        engine.step([stream])
+        longest = max(longest, len(stream.audio))
+        partial_ahead |= len(engine.text(stream, partial=True)) > len(engine.text(stream))
+    bound = sum(CHUNKED.samples(s) for s in (CHUNKED.chunk_seconds, CHUNKED.left_seconds, CHUNKED.lookahead_seconds))
+    assert partial_ahead and longest <= bound + 1600
+    stream.end()
+    with pytest.raises(WavadaptError, match="ended"):
+        stream.push(x[:10])

@@ -1,0 +1,134 @@
+"""Live transcription: chunked CTC over a bidirectional encoder, many streams in one mixed-task batch per step.
+
+A stream's audio arrives in pieces. Each step encodes, per stream, a window of its newest chunk with some left
+context before it and a look-ahead after it; the frames of the chunk see context on both sides, so they are final
+(their greedy CTC labels are kept for good), while the look-ahead's frames are decoded only for the partial text
+and redone by the next step. When the stream ends, whatever is left is final. Frames are 20 ms (320 samples) and
+windows start on frame boundaries, so a window's frame j is the stream's frame ``start / 320 + j``.
+
+One step runs the windows of every stream that has a chunk ready as one padded batch, each row on its own task
+(per-row routing), so many live streams in many languages share one forward.
+"""
+
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from wavadapt.data.audio import SAMPLE_RATE, normalize_waveform
+from wavadapt.errors import WavadaptError
+from wavadapt.inference.engine import evaluating, forward_padded
+from wavadapt.model.ctc import CTCModel
+
+HOP = 320
+"""Samples per output frame of the papers' CNN (20 ms)."""
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """How much audio a step finalises (``chunk_seconds``) and what it sees: ``left_seconds`` of the audio before
+    and ``lookahead_seconds`` after."""
+
+    chunk_seconds: float = 1.0
+    left_seconds: float = 8.0
+    lookahead_seconds: float = 0.4
+
+    def __post_init__(self) -> None:
+        if self.chunk_seconds <= 0 or self.left_seconds < 0 or self.lookahead_seconds < 0:
+            raise WavadaptError("a stream needs a positive chunk and no negative context")
+
+    def samples(self, seconds: float) -> int:
+        """``seconds`` in samples, on a frame boundary."""
+        return round(seconds * SAMPLE_RATE / HOP) * HOP
+
+
+@dataclass
+class Stream:
+    """One live stream: the audio kept for context, and the greedy CTC labels of its frames so far."""
+
+    task: str
+    config: StreamConfig = field(default_factory=StreamConfig)
+    audio: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    offset: int = 0
+    """Stream sample where ``audio`` begins (older audio is dropped once no window needs it)."""
+    received: int = 0
+    final_samples: int = 0
+    """Samples whose frames are final."""
+    final: list[int] = field(default_factory=list)
+    pending: list[int] = field(default_factory=list)
+    """Labels of the frames after the final ones, from the last step (the partial text's tail)."""
+    ended: bool = False
+
+    def push(self, samples: np.ndarray) -> None:
+        """Append 16 kHz mono float32 samples."""
+        if self.ended:
+            raise WavadaptError("the stream has ended")
+        self.audio = np.concatenate([self.audio, np.asarray(samples, np.float32)])
+        self.received += len(samples)
+
+    def end(self) -> None:
+        """No more audio: the next step finalises the rest."""
+        self.ended = True
+
+    @property
+    def ready(self) -> bool:
+        """Whether a step has work: a whole chunk and its look-ahead, or the rest of an ended stream."""
+        c = self.config
+        if self.ended:
+            return self.final_samples < self.received
+        return self.received - self.final_samples >= c.samples(c.chunk_seconds) + c.samples(c.lookahead_seconds)
+
+    def window(self) -> tuple[np.ndarray, int, int]:
+        """The audio a step encodes, the stream sample it starts at, and the stream sample up to which its
+        frames become final."""
+        c = self.config
+        start = max(0, self.final_samples - c.samples(c.left_seconds))
+        end = self.received if self.ended else self.final_samples + c.samples(c.chunk_seconds) + c.samples(
+            c.lookahead_seconds)
+        final_end = self.received if self.ended else self.final_samples + c.samples(c.chunk_seconds)
+        return self.audio[start - self.offset:end - self.offset], start, final_end
+
+    def advance(self, labels: list[int], start: int, final_end: int) -> None:
+        """Take a step's frame labels for the window that began at stream sample ``start``."""
+        first = (self.final_samples - start) // HOP  # the first frame not final yet
+        done = len(labels) if self.ended else (final_end - start) // HOP
+        self.final += labels[first:done]
+        self.pending = labels[done:]
+        self.final_samples = final_end
+        keep_from = max(0, self.final_samples - self.config.samples(self.config.left_seconds))
+        self.audio, self.offset = self.audio[keep_from - self.offset:], keep_from
+
+
+class StreamEngine:
+    """Runs steps over many streams on one model; a lock keeps one forward at a time."""
+
+    def __init__(self, model: CTCModel):
+        self.model = model
+        self.lock = threading.Lock()
+
+    def step(self, streams: list[Stream]) -> list[Stream]:
+        """One padded mixed-task forward over the windows of every ready stream; returns the streams it advanced."""
+        ready = [s for s in streams if s.ready]
+        if not ready:
+            return []
+        windows = [s.window() for s in ready]
+        audio = [normalize_waveform(w) if self.model.normalize_waveforms else w for w, _, _ in windows]
+        longest = max(len(a) for a in audio)
+        waveforms = torch.zeros(len(audio), longest)
+        mask = torch.zeros(len(audio), longest, dtype=torch.long)
+        for i, a in enumerate(audio):
+            waveforms[i, : len(a)] = torch.from_numpy(a)
+            mask[i, : len(a)] = 1
+        device = next(self.model.parameters()).device
+        with self.lock, evaluating(self.model):
+            output = forward_padded(self.model, waveforms.to(device), mask.to(device), [s.task for s in ready])
+        best = output.logits.argmax(-1).cpu()
+        for i, (stream, (_, start, final_end)) in enumerate(zip(ready, windows, strict=True)):
+            stream.advance(best[i, : output.lengths[i]].tolist(), start, final_end)
+        return ready
+
+    def text(self, stream: Stream, partial: bool = False) -> str:
+        """The stream's final text, or with ``partial`` the final text and the look-ahead's after it."""
+        vocabulary = self.model.vocabularies[stream.task]
+        return vocabulary.ctc_decode(stream.final + (stream.pending if partial else []))
