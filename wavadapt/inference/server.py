@@ -22,13 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
+import soxr
 import uvicorn
-from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi import FastAPI, File, Form, Request, UploadFile, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
+from wavadapt.data.audio import SAMPLE_RATE
 from wavadapt.decoding import DecoderConfig
 from wavadapt.errors import AudioError, WavadaptError
 from wavadapt.inference.batcher import Batcher, BatcherClosed, QueueFull
@@ -36,6 +39,7 @@ from wavadapt.inference.engine import CHUNK_SECONDS
 from wavadapt.inference.formats import cues, subtitles
 from wavadapt.inference.metrics import ServerMetrics
 from wavadapt.inference.registry import Registry, format_tasks
+from wavadapt.inference.streaming import Stream, StreamConfig, StreamEngine
 from wavadapt.inference.transcription import Transcript
 from wavadapt.inference.uploads import TooLarge, read_upload
 
@@ -64,6 +68,8 @@ class ServerConfig:
     """Longer audio is decoded in windows cut at pauses."""
     api_key: str | None = None
     """When set, /v1 and /metrics need ``Authorization: Bearer <api_key>``."""
+    stream: StreamConfig = StreamConfig()
+    """Chunking of live streams (/v1/stream)."""
 
     @property
     def max_bytes(self) -> int:
@@ -101,6 +107,7 @@ def create_app(registry: Registry, config: ServerConfig = ServerConfig()) -> Fas
             yield
 
     app = FastAPI(title="wavadapt", lifespan=lifespan, docs_url=None, redoc_url=None)
+    streams = StreamEngine(registry.model)
     metrics = ServerMetrics(lambda: app.state.batcher.queued if hasattr(app.state, "batcher") else 0)
 
     @app.middleware("http")
@@ -183,6 +190,52 @@ def create_app(registry: Registry, config: ServerConfig = ServerConfig()) -> Fas
             return StreamingResponse(_text_events(transcript), media_type="text/event-stream")
         return _transcription_response(transcript, response_format, task_language(task))
 
+    @app.websocket("/v1/stream")
+    async def live(socket: WebSocket, model: str | None = None, language: str | None = None, format: str = "pcm16",
+                   rate: int = 16000) -> None:
+        """Live transcription: binary frames of PCM16 (or ``format=f32``) at ``rate`` in; JSON ``partial`` events
+        as the text grows and a ``final`` one after the client's ``{"type": "end"}``."""
+        await socket.accept()
+        try:
+            if config.api_key is not None:
+                _check_key(socket.headers.get("authorization", ""), config.api_key)
+            task = _task_of(registry, model, language)
+            decode = _pcm_reader(format, rate)
+        except _Refused as e:
+            await socket.send_json({"type": "error", "code": e.code, "message": e.message})
+            return await socket.close(code=1008)
+        stream, shown = Stream(task, config.stream), ""
+        while True:
+            message = await socket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            if message.get("bytes") is not None:
+                if len(message["bytes"]) > MAX_FRAME_BYTES:
+                    await socket.send_json({"type": "error", "code": "frame_too_large", "message": f"a frame holds "
+                                            f"at most {MAX_FRAME_BYTES:,} bytes"})
+                    return await socket.close(code=1009)
+                try:
+                    stream.push(decode(message["bytes"]))
+                except ValueError as e:
+                    await socket.send_json({"type": "error", "code": "invalid_audio", "message": str(e)})
+                    continue
+            elif _is_end(message.get("text")):
+                stream.end()
+            else:
+                await socket.send_json({"type": "error", "code": "invalid_message",
+                                        "message": 'send audio as binary frames, then {"type": "end"}'})
+                continue
+            while stream.ready:
+                await run_in_threadpool(streams.step, [stream])
+            if stream.ended:
+                await socket.send_json({"type": "final", "text": streams.text(stream), "start": 0.0,
+                                        "end": stream.received / SAMPLE_RATE})
+                return await socket.close()
+            if (text := streams.text(stream, partial=True)) != shown:
+                shown = text
+                await socket.send_json({"type": "partial", "text": text, "start": 0.0,
+                                        "end": stream.received / SAMPLE_RATE})
+
     @app.get("/v1/models")
     async def models() -> dict:
         return {"object": "list", "data": [_model_card(t, started) for t in registry.tasks()]}
@@ -208,6 +261,36 @@ def create_app(registry: Registry, config: ServerConfig = ServerConfig()) -> Fas
         return HTMLResponse(_PAGE.read_text(encoding="utf-8"))
 
     return app
+
+
+MAX_FRAME_BYTES = 1 << 20
+"""The largest binary frame a live stream takes (32 s of 16 kHz PCM16)."""
+
+
+def _pcm_reader(kind: str, rate: int) -> Callable[[bytes], np.ndarray]:
+    """Frames of ``kind`` (pcm16 or f32, little-endian, mono) at ``rate`` to 16 kHz float32, resampled as a stream."""
+    if kind not in ("pcm16", "f32"):
+        raise _Refused(400, f"format {kind!r}: choose pcm16 or f32", "invalid_format", "format")
+    if not 8000 <= rate <= 48000:
+        raise _Refused(400, f"rate {rate}: give 8000 to 48000 Hz", "invalid_rate", "rate")
+    dtype, scale = ("<i2", 1 / 32768) if kind == "pcm16" else ("<f4", 1.0)
+    resampler = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32") if rate != SAMPLE_RATE else None
+
+    def read(frame: bytes) -> np.ndarray:
+        if len(frame) % np.dtype(dtype).itemsize:
+            raise ValueError(f"a {kind} frame holds whole samples: {len(frame)} bytes is not a multiple of "
+                             f"{np.dtype(dtype).itemsize}")
+        samples = np.frombuffer(frame, dtype).astype(np.float32) * scale
+        return resampler.resample_chunk(samples) if resampler is not None else samples
+
+    return read
+
+
+def _is_end(text: str | None) -> bool:
+    try:
+        return json.loads(text or "").get("type") == "end"
+    except (ValueError, AttributeError):
+        return False
 
 
 def _check_key(header: str, key: str) -> None:

@@ -1,0 +1,151 @@
+"""Live transcription over a real WebSocket (/v1/stream): a real client streams PCM frames and gets partial text as
+it grows and a final text equal to the engine's streamed text of the same samples; streams in several languages at
+once each get their own; every bad input is an error event or a close with its reason, never a crash."""
+
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import websocket
+from test_transcription import _two_task_model
+
+from wavadapt.data.audio import read_audio
+from wavadapt.data.corpora import open_corpus
+from wavadapt.inference.registry import Registry
+from wavadapt.inference.server import ServerConfig, create_app, serving
+from wavadapt.inference.streaming import Stream, StreamEngine
+
+TIMEOUT = 60.0
+KEY = "live-key"
+
+
+@pytest.fixture(scope="module")
+def registry() -> Registry:
+    return Registry(_two_task_model("layer"))
+
+
+@pytest.fixture(scope="module")
+def url(registry):
+    with serving(create_app(registry, ServerConfig(api_key=KEY))) as address:
+        yield address.replace("http://", "ws://") + "/v1/stream"
+
+
+@pytest.fixture(scope="module")
+def clips(synth_corpus) -> list[np.ndarray]:
+    """Audio as PCM16 holds it (what the server decodes from the frames)."""
+    audio = [read_audio(u.path) for lang in ("en", "es") for u in open_corpus(synth_corpus, "test", lang)[:2]]
+    return [np.round(np.clip(x, -1, 1) * 32767).astype("<i2") for x in audio]
+
+
+def connect(url: str, query: str, key: str | None = KEY) -> websocket.WebSocket:
+    headers = [f"Authorization: Bearer {key}"] if key else []
+    return websocket.create_connection(f"{url}?{query}", timeout=TIMEOUT, header=headers)
+
+
+def events(socket: websocket.WebSocket) -> list[dict]:
+    """Every event until the server closes the stream."""
+    received = []
+    while True:
+        try:
+            opcode, data = socket.recv_data()
+        except websocket.WebSocketConnectionClosedException:
+            return received
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            received.append({"type": "close", "code": int.from_bytes(data[:2], "big") if data else None})
+            return received
+        received.append(json.loads(data))
+
+
+def stream_file(url: str, pcm: np.ndarray, task: str, frame: int = 1600) -> list[dict]:
+    socket = connect(url, f"model={task}")
+    try:
+        for i in range(0, len(pcm), frame):
+            socket.send_binary(pcm[i : i + frame].tobytes())
+        socket.send(json.dumps({"type": "end"}))
+        return events(socket)
+    finally:
+        socket.close()
+
+
+def offline_stream(registry: Registry, pcm: np.ndarray, task: str) -> str:
+    """The final text of ``pcm`` streamed through the engine with the server's chunking, the audio pushed at once."""
+    engine, stream = StreamEngine(registry.model), Stream(task, ServerConfig().stream)
+    stream.push(pcm.astype(np.float32) / 32768)
+    while stream.ready:
+        engine.step([stream])
+    stream.end()
+    while stream.ready:
+        engine.step([stream])
+    return engine.text(stream)
+
+
+def test_a_stream_gets_growing_partials_and_the_final_text(url, registry, clips):
+    pcm = np.tile(clips[0], 3)  # long enough for several chunks
+    received = stream_file(url, pcm, "en")
+    partials = [e for e in received if e["type"] == "partial"]
+    final = next(e for e in received if e["type"] == "final")
+    assert received[-1] == {"type": "close", "code": 1000} and received[-2] is final
+    assert len(partials) >= 2 and [p["end"] for p in partials] == sorted(p["end"] for p in partials)
+    assert final["text"] == offline_stream(registry, pcm, "en") and final["end"] == pytest.approx(len(pcm) / 16000)
+
+
+def test_streams_in_two_languages_at_once_each_get_their_own(url, registry, clips):
+    jobs = [(clip, task) for clip in clips for task in ("en", "es")]
+    start = threading.Barrier(len(jobs))
+
+    def one(job):
+        start.wait(TIMEOUT)
+        return stream_file(url, *job, frame=3200)
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        results = list(pool.map(one, jobs))
+    for (clip, task), received in zip(jobs, results, strict=True):
+        assert received[-2]["type"] == "final" and received[-2]["text"] == offline_stream(registry, clip, task)
+
+
+def test_a_stream_at_another_rate_and_in_float(url, clips):
+    samples = clips[0].astype(np.float32) / 32768
+    at_8k = samples[::2].astype("<f4")
+    received = stream_file_raw(url, "model=en&format=f32&rate=8000", at_8k.tobytes(), 4000)
+    assert received[-2]["type"] == "final" and received[-2]["end"] == pytest.approx(len(samples) / 16000, abs=0.05)
+
+
+def stream_file_raw(url: str, query: str, data: bytes, frame: int) -> list[dict]:
+    socket = connect(url, query)
+    try:
+        for i in range(0, len(data), frame):
+            socket.send_binary(data[i : i + frame])
+        socket.send(json.dumps({"type": "end"}))
+        return events(socket)
+    finally:
+        socket.close()
+
+
+@pytest.mark.parametrize("query,key,code", [("model=fr", KEY, "model_not_found"), ("model=en", None, "invalid_api_key"),
+                                            ("model=en&format=mp3", KEY, "invalid_format"),
+                                            ("model=en&rate=4", KEY, "invalid_rate")])
+def test_a_refused_stream_is_an_error_event_and_a_policy_close(url, query, key, code):
+    received = events(connect(url, query, key))
+    assert received[0]["type"] == "error" and received[0]["code"] == code and received[0]["message"]
+    assert received[-1] == {"type": "close", "code": 1008}
+
+
+def test_bad_frames_are_errors_and_the_stream_goes_on(url, registry, clips):
+    socket = connect(url, "model=en")
+    try:
+        socket.send_binary(b"\x01\x02\x03")  # not whole PCM16 samples
+        assert json.loads(socket.recv())["code"] == "invalid_audio"
+        socket.send("hello")
+        assert json.loads(socket.recv())["code"] == "invalid_message"
+        socket.send_binary(clips[1].tobytes())
+        socket.send(json.dumps({"type": "end"}))
+        received = events(socket)
+    finally:
+        socket.close()
+    assert received[-2]["type"] == "final" and received[-2]["text"] == offline_stream(registry, clips[1], "en")
+    big = connect(url, "model=en")
+    big.send_binary(bytes(2 << 20))
+    assert events(big)[-2:] == [{"type": "error", "code": "frame_too_large",
+                                 "message": "a frame holds at most 1,048,576 bytes"}, {"type": "close", "code": 1009}]
