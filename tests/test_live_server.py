@@ -149,3 +149,39 @@ def test_bad_frames_are_errors_and_the_stream_goes_on(url, registry, clips):
     big.send_binary(bytes(2 << 20))
     assert events(big)[-2:] == [{"type": "error", "code": "frame_too_large",
                                  "message": "a frame holds at most 1,048,576 bytes"}, {"type": "close", "code": 1009}]
+
+
+def test_live_streams_share_their_steps(registry, clips):
+    """Continuous batching: streams that are live at once run in shared mixed-task steps."""
+    app = create_app(registry, ServerConfig())
+    jobs = [(np.tile(clip, 2), task) for clip in clips for task in ("en", "es")]
+    alone = 0
+    for pcm, task in jobs:  # the steps each stream needs by itself
+        engine, stream = StreamEngine(registry.model), Stream(task, ServerConfig().stream)
+        stream.push(pcm.astype(np.float32) / 32768)
+        for last in (False, True):
+            if last:
+                stream.end()
+            while stream.ready:
+                engine.step([stream])
+                alone += 1
+    with serving(app) as address:
+        live = address.replace("http://", "ws://") + "/v1/stream"
+        start = threading.Barrier(len(jobs))
+
+        def one(job):
+            start.wait(TIMEOUT)
+            socket = websocket.create_connection(f"{live}?model={job[1]}", timeout=TIMEOUT)
+            try:
+                socket.send_binary(job[0].tobytes())  # all of it at once: every stream has all its chunks ready
+                socket.send(json.dumps({"type": "end"}))
+                return events(socket)
+            finally:
+                socket.close()
+
+        with ThreadPoolExecutor(len(jobs)) as pool:
+            results = list(pool.map(one, jobs))
+        shared = app.state.live.steps
+    assert all(r[-2]["type"] == "final" for r in results)
+    assert [r[-2]["text"] for r in results] == [offline_stream(registry, *job) for job in jobs]
+    assert shared < alone / 2, (shared, alone)

@@ -39,7 +39,7 @@ from wavadapt.inference.engine import CHUNK_SECONDS
 from wavadapt.inference.formats import cues, subtitles
 from wavadapt.inference.metrics import ServerMetrics
 from wavadapt.inference.registry import Registry, format_tasks
-from wavadapt.inference.streaming import Stream, StreamConfig, StreamEngine
+from wavadapt.inference.streaming import Stream, StreamConfig, StreamEngine, StreamScheduler
 from wavadapt.inference.transcription import Transcript
 from wavadapt.inference.uploads import TooLarge, read_upload
 
@@ -102,12 +102,11 @@ def create_app(registry: Registry, config: ServerConfig = ServerConfig()) -> Fas
         async with Batcher(registry.model, max_wait_s=config.max_wait_ms / 1000,
                            max_batch_seconds=config.max_batch_seconds, max_queue=config.max_queue,
                            chunk_seconds=config.chunk_seconds, on_batch=metrics.record_batch,
-                           pool=registry.pool) as batcher:
-            app.state.batcher = batcher
+                           pool=registry.pool) as batcher, StreamScheduler(StreamEngine(registry.model)) as live:
+            app.state.batcher, app.state.live = batcher, live
             yield
 
     app = FastAPI(title="wavadapt", lifespan=lifespan, docs_url=None, redoc_url=None)
-    streams = StreamEngine(registry.model)
     metrics = ServerMetrics(lambda: app.state.batcher.queued if hasattr(app.state, "batcher") else 0)
 
     @app.middleware("http")
@@ -225,13 +224,13 @@ def create_app(registry: Registry, config: ServerConfig = ServerConfig()) -> Fas
                 await socket.send_json({"type": "error", "code": "invalid_message",
                                         "message": 'send audio as binary frames, then {"type": "end"}'})
                 continue
-            while stream.ready:
-                await run_in_threadpool(streams.step, [stream])
+            live: StreamScheduler = socket.app.state.live
+            await live.advance(stream)  # in steps shared with every other live stream
             if stream.ended:
-                await socket.send_json({"type": "final", "text": streams.text(stream), "start": 0.0,
+                await socket.send_json({"type": "final", "text": live.engine.text(stream), "start": 0.0,
                                         "end": stream.received / SAMPLE_RATE})
                 return await socket.close()
-            if (text := streams.text(stream, partial=True)) != shown:
+            if (text := live.engine.text(stream, partial=True)) != shown:
                 shown = text
                 await socket.send_json({"type": "partial", "text": text, "start": 0.0,
                                         "end": stream.received / SAMPLE_RATE})

@@ -10,6 +10,8 @@ One step runs the windows of every stream that has a chunk ready as one padded b
 (per-row routing), so many live streams in many languages share one forward.
 """
 
+import asyncio
+import contextlib
 import threading
 from dataclasses import dataclass, field
 
@@ -132,3 +134,57 @@ class StreamEngine:
         """The stream's final text, or with ``partial`` the final text and the look-ahead's after it."""
         vocabulary = self.model.vocabularies[stream.task]
         return vocabulary.ctc_decode(stream.final + (stream.pending if partial else []))
+
+
+class StreamScheduler:
+    """Continuous batching of live streams: whenever streams have chunks ready, one step runs all of them in one
+    mixed-task batch on a worker thread; a connection waits for its stream's turn, so no stream runs alone while
+    others wait and none waits for more than the step under way."""
+
+    def __init__(self, engine: StreamEngine):
+        self.engine = engine
+        self.waiting: dict[int, tuple[Stream, asyncio.Future]] = {}
+        self.wake = asyncio.Event()
+        self.steps = 0
+        """Forwards run so far (how well the streams shared them)."""
+        self._task: asyncio.Task | None = None
+
+    async def __aenter__(self) -> "StreamScheduler":
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        for _, future in self.waiting.values():
+            if not future.done():
+                future.set_exception(WavadaptError("the server is shutting down"))
+
+    async def advance(self, stream: Stream) -> None:
+        """Return once every chunk ``stream`` has ready is decoded, in steps shared with the other streams."""
+        if not stream.ready:
+            return
+        future = asyncio.get_running_loop().create_future()
+        self.waiting[id(stream)] = (stream, future)
+        self.wake.set()
+        await future
+
+    async def _run(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            while self.waiting:
+                streams = [stream for stream, _ in self.waiting.values()]
+                try:
+                    await asyncio.to_thread(self.engine.step, streams)
+                    self.steps += 1
+                except Exception as e:  # the model failed: every stream of the step hears why, the next step goes on
+                    for key, (_, future) in list(self.waiting.items()):
+                        future.set_exception(e)
+                        del self.waiting[key]
+                    continue
+                for key, (stream, future) in list(self.waiting.items()):
+                    if not stream.ready:
+                        future.set_result(None)
+                        del self.waiting[key]
