@@ -2,12 +2,15 @@
 it grows and a final text equal to the engine's streamed text of the same samples; streams in several languages at
 once each get their own; every bad input is an error event or a close with its reason, never a crash."""
 
+import base64
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import openai
 import pytest
+import soxr
 import websocket
 from test_transcription import _two_task_model
 
@@ -185,3 +188,54 @@ def test_live_streams_share_their_steps(registry, clips):
     assert all(r[-2]["type"] == "final" for r in results)
     assert [r[-2]["text"] for r in results] == [offline_stream(registry, *job) for job in jobs]
     assert shared < alone / 2, (shared, alone)
+
+
+def test_the_official_clients_realtime_transcription(url, registry, clips):
+    """openai's own realtime client, pointed at this server: deltas as the text grows, the utterance on commit."""
+    http = url.replace("ws://", "http://").removesuffix("/v1/stream")
+    client = openai.OpenAI(api_key=KEY, base_url=f"{http}/v1", websocket_base_url=url.removesuffix("/stream"))
+    at_24k = soxr.resample(clips[0].astype(np.float32) / 32768, 16000, 24000)
+    pcm = np.round(np.clip(at_24k, -1, 1) * 32767).astype("<i2")
+    pieces = [pcm[i : i + 2400] for i in range(0, len(pcm), 2400)]  # 0.1 s each, as a microphone sends them
+    with client.realtime.connect(extra_query={"intent": "transcription"}) as connection:
+        connection.session.update(session={"type": "transcription", "audio": {"input": {
+            "format": {"type": "audio/pcm", "rate": 24000}, "transcription": {"model": "es"}, "turn_detection": None}}})
+        for piece in pieces:
+            connection.input_audio_buffer.append(audio=base64.b64encode(piece.tobytes()).decode())
+        connection.input_audio_buffer.commit()
+        received = []
+        for event in connection:
+            received.append(event)
+            if event.type in ("conversation.item.input_audio_transcription.completed", "error"):
+                break
+    kinds = [e.type for e in received]
+    assert kinds[:2] == ["session.created", "session.updated"] and "input_audio_buffer.committed" in kinds
+    completed = received[-1]
+    assert completed.type == "conversation.item.input_audio_transcription.completed"
+    deltas = [e.delta for e in received if e.type == "conversation.item.input_audio_transcription.delta"]
+    assert "".join(deltas) == completed.transcript
+    resampler = soxr.ResampleStream(24000, 16000, 1, dtype="float32")  # what the server did with the pieces
+    heard = [resampler.resample_chunk(p.astype(np.float32) / 32768) for p in pieces]
+    heard.append(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
+    assert completed.transcript == offline_stream(registry, np.concatenate(heard) * 32768, "es")
+
+
+@pytest.mark.parametrize("session,code", [
+    ({"audio": {"input": {"transcription": {"model": "fr"}}}}, "model_not_found"),
+    ({"audio": {"input": {"transcription": {"model": "en"}, "format": {"rate": 44100}}}}, "invalid_rate"),
+    ({"audio": {"input": {"transcription": {"model": "en"}, "turn_detection": {"type": "server_vad"}}}},
+     "unsupported_turn_detection")])
+def test_realtime_refusals_are_error_events_and_the_session_goes_on(url, session, code):
+    socket = websocket.create_connection(url.removesuffix("/stream") + "/realtime?intent=transcription",
+                                         timeout=TIMEOUT, header=[f"Authorization: Bearer {KEY}"])
+    try:
+        assert json.loads(socket.recv())["type"] == "session.created"
+        socket.send(json.dumps({"type": "session.update", "session": session}))
+        error = json.loads(socket.recv())
+        assert error["type"] == "error" and error["error"]["code"] == code and error["error"]["message"]
+        socket.send(json.dumps({"type": "response.create"}))
+        assert json.loads(socket.recv())["error"]["code"] == "unknown_event"
+        socket.send(json.dumps({"type": "input_audio_buffer.commit"}))
+        assert json.loads(socket.recv())["error"]["code"] in ("no_session", "input_audio_buffer_commit_empty")
+    finally:
+        socket.close()

@@ -38,6 +38,7 @@ from wavadapt.inference.batcher import Batcher, BatcherClosed, QueueFull
 from wavadapt.inference.engine import CHUNK_SECONDS
 from wavadapt.inference.formats import cues, subtitles
 from wavadapt.inference.metrics import ServerMetrics
+from wavadapt.inference.realtime import RealtimeSession
 from wavadapt.inference.registry import Registry, format_tasks
 from wavadapt.inference.streaming import Stream, StreamConfig, StreamEngine, StreamScheduler
 from wavadapt.inference.transcription import Transcript
@@ -234,6 +235,21 @@ def create_app(registry: Registry, config: ServerConfig = ServerConfig()) -> Fas
                 shown = text
                 await socket.send_json({"type": "partial", "text": text, "start": 0.0,
                                         "end": stream.received / SAMPLE_RATE})
+
+    @app.websocket("/v1/realtime")
+    async def realtime(socket: WebSocket, model: str | None = None) -> None:
+        """OpenAI's Realtime transcription (`realtime.RealtimeSession`)."""
+        await socket.accept()
+        session = RealtimeSession(socket, socket.app.state.live, lambda m, lang: _task_of(registry, m, lang),
+                                  config.stream)
+        try:
+            if config.api_key is not None:
+                _check_key(socket.headers.get("authorization", ""), config.api_key)
+            session.task = _task_of(registry, model, None) if model else None
+        except _Refused as e:
+            await session.error(e.code, e.message, e.param)
+            return await socket.close(code=1008)
+        await session.run()
 
     @app.get("/v1/models")
     async def models() -> dict:
