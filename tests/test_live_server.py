@@ -239,3 +239,26 @@ def test_realtime_refusals_are_error_events_and_the_session_goes_on(url, session
         assert json.loads(socket.recv())["error"]["code"] in ("no_session", "input_audio_buffer_commit_empty")
     finally:
         socket.close()
+
+
+def test_streams_beyond_the_limit_and_idle_ones_are_closed_with_a_reason(registry, clips):
+    app = create_app(registry, ServerConfig(max_streams=2, idle_seconds=1.0))
+    with serving(app) as address:
+        live = address.replace("http://", "ws://") + "/v1/stream?model=en"
+        first, second = (websocket.create_connection(live, timeout=TIMEOUT) for _ in range(2))
+        try:
+            first.send_binary(clips[0][:1600].tobytes())  # both are open and busy
+            second.send_binary(clips[0][:1600].tobytes())
+            third = websocket.create_connection(live, timeout=TIMEOUT)
+            assert events(third) == [{"type": "error", "code": "too_many_streams", "message": "2 live streams are "
+                                      "open, the most this server holds: retry later"}, {"type": "close", "code": 1013}]
+            for socket in (first, second):  # then silent for longer than idle_seconds
+                idle = events(socket)
+                assert idle[-2]["code"] == "idle_timeout" and idle[-1] == {"type": "close", "code": 1000}
+        finally:
+            first.close()
+            second.close()
+        again = websocket.create_connection(live, timeout=TIMEOUT)  # a closed stream frees its slot
+        again.send_binary(clips[1].tobytes())
+        again.send(json.dumps({"type": "end"}))
+        assert events(again)[-2]["text"] == offline_stream(registry, clips[1], "en")

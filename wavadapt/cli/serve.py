@@ -149,19 +149,22 @@ def serve(
     beam_size: BeamSize = 50,
     lm_weight: LmWeight = None,
     word_score: WordScore = None,
+    max_streams: Annotated[int, typer.Option(help="Live streams (/v1/stream, /v1/realtime) open at once; more are "
+                                             "closed with code 1013.")] = 64,
     ssl_certfile: Annotated[Path | None, typer.Option(help="Serve https with this certificate (PEM): browsers give "
                                                       "the page's microphone to https or localhost only.")] = None,
     ssl_keyfile: Annotated[Path | None, typer.Option(help="The certificate's private key (PEM).")] = None,
 ) -> None:
     """Serve tasks over an OpenAI-compatible HTTP API.
 
-    POST /v1/audio/transcriptions and GET /v1/models as OpenAI's API, /health, Prometheus /metrics and a page at /
-    to try it. Requests of any task share mixed-task batches.
+    POST /v1/audio/transcriptions and GET /v1/models as OpenAI's API, live transcription over WebSocket (OpenAI's
+    Realtime at /v1/realtime, plain PCM frames at /v1/stream), /health, Prometheus /metrics and a page at / to try
+    it. Requests and live streams of any task share mixed-task batches.
     """
     from wavadapt.inference.server import serve as run_server
 
     run_server(model, adapters, host, port, trust_pickle=trust_pickle, echo=typer.echo,
                decoder=decoder_config(decoder, beam_size, None, lm_weight, word_score, None), max_wait_ms=max_wait_ms,
                max_batch_seconds=max_batch_seconds, max_queue=max_queue, max_upload_mb=max_upload_mb,
-               max_audio_seconds=max_audio_seconds, api_key=api_key, ssl_certfile=ssl_certfile,
+               max_audio_seconds=max_audio_seconds, api_key=api_key, max_streams=max_streams, ssl_certfile=ssl_certfile,
                ssl_keyfile=ssl_keyfile)

@@ -8,6 +8,7 @@ the live-stream scheduler, in steps shared with every other stream. Server-side 
 here yet: a session that asks for it is told so, and commits its utterances itself.
 """
 
+import asyncio
 import base64
 import binascii
 import itertools
@@ -55,13 +56,17 @@ class RealtimeSession:
             "format": {"type": "audio/pcm", "rate": self.rate}, "transcription": {"model": self.task},
             "turn_detection": None}}}
 
-    async def run(self) -> None:
+    async def run(self, idle_seconds: float) -> None:
+        """Answer the client's events until it leaves or sends nothing for ``idle_seconds``."""
         await self.send({"type": "session.created", "session": self.session()})
         while True:
             try:
-                event = json.loads(await self.socket.receive_text())
+                event = json.loads(await asyncio.wait_for(self.socket.receive_text(), idle_seconds))
             except WebSocketDisconnect:
                 return
+            except TimeoutError:
+                await self.error("idle_timeout", f"nothing received for {idle_seconds:g} s")
+                return await self.socket.close(code=1000)
             except (ValueError, KeyError):
                 await self.error("invalid_json", "each message is one JSON event")
                 continue

@@ -10,6 +10,7 @@ uploads pass the audio gate (`uploads.read_upload`), the `batcher.Batcher` runs 
 status that says whose fault it is; nothing a client sends stops the server.
 """
 
+import asyncio
 import contextlib
 import hmac
 import json
@@ -70,7 +71,11 @@ class ServerConfig:
     api_key: str | None = None
     """When set, /v1 and /metrics need ``Authorization: Bearer <api_key>``."""
     stream: StreamConfig = StreamConfig()
-    """Chunking of live streams (/v1/stream)."""
+    """Chunking of live streams (/v1/stream, /v1/realtime)."""
+    max_streams: int = 64
+    """Live streams open at once; one more is closed with code 1013 (try again later)."""
+    idle_seconds: float = 30.0
+    """A live stream that sends nothing for this long is closed."""
 
     @property
     def max_bytes(self) -> int:
@@ -204,9 +209,20 @@ def create_app(registry: Registry, config: ServerConfig = ServerConfig()) -> Fas
         except _Refused as e:
             await socket.send_json({"type": "error", "code": e.code, "message": e.message})
             return await socket.close(code=1008)
-        stream, shown = Stream(task, config.stream), ""
+        async with live_slot(socket, lambda code, message: socket.send_json(
+                {"type": "error", "code": code, "message": message})) as admitted:
+            if admitted:
+                await _stream_live(socket, Stream(task, config.stream), decode)
+
+    async def _stream_live(socket: WebSocket, stream: Stream, decode: Callable[[bytes], np.ndarray]) -> None:
+        shown = ""
         while True:
-            message = await socket.receive()
+            try:
+                message = await asyncio.wait_for(socket.receive(), config.idle_seconds)
+            except TimeoutError:
+                await socket.send_json({"type": "error", "code": "idle_timeout", "message": f"nothing received for "
+                                        f"{config.idle_seconds:g} s"})
+                return await socket.close(code=1000)
             if message["type"] == "websocket.disconnect":
                 return
             if message.get("bytes") is not None:
@@ -249,7 +265,27 @@ def create_app(registry: Registry, config: ServerConfig = ServerConfig()) -> Fas
         except _Refused as e:
             await session.error(e.code, e.message, e.param)
             return await socket.close(code=1008)
-        await session.run()
+        async with live_slot(socket, session.error) as admitted:
+            if admitted:
+                await session.run(config.idle_seconds)
+
+    open_streams = 0
+
+    @contextlib.asynccontextmanager
+    async def live_slot(socket: WebSocket, refuse):
+        """Admit a live stream if fewer than ``max_streams`` are open (else refuse it, close 1013)."""
+        nonlocal open_streams
+        if open_streams >= config.max_streams:
+            await refuse("too_many_streams", f"{config.max_streams} live streams are open, the most this server "
+                         "holds: retry later")
+            await socket.close(code=1013)
+            yield False
+            return
+        open_streams += 1
+        try:
+            yield True
+        finally:
+            open_streams -= 1
 
     @app.get("/v1/models")
     async def models() -> dict:
