@@ -19,6 +19,7 @@ from wavadapt.data.corpora import open_corpus
 from wavadapt.inference.registry import Registry
 from wavadapt.inference.server import ServerConfig, create_app, serving
 from wavadapt.inference.streaming import Stream, StreamEngine
+from wavadapt.inference.transcription import Request, transcribe_requests
 
 TIMEOUT = 60.0
 KEY = "live-key"
@@ -262,3 +263,25 @@ def test_streams_beyond_the_limit_and_idle_ones_are_closed_with_a_reason(registr
         again.send_binary(clips[1].tobytes())
         again.send(json.dumps({"type": "end"}))
         assert events(again)[-2]["text"] == offline_stream(registry, clips[1], "en")
+
+
+def test_live_streams_and_file_requests_at_once_never_mix_their_tasks(url, registry, clips, synth_corpus, tmp_path):
+    """A forward routes rows through adapter state on the model: live steps share the batcher's one thread."""
+    files = [u.path for u in open_corpus(synth_corpus, "test", "es")[:2]]
+    expected = {f: t.text for f, t in zip(files, transcribe_requests(registry.model, [Request(f, "es") for f in files]),
+                                          strict=True)}
+    client = openai.OpenAI(api_key=KEY, base_url=url.replace("ws://", "http://").removesuffix("/stream"),
+                           max_retries=0, timeout=TIMEOUT)
+    jobs = [("live", clip) for clip in clips] + [("file", f) for f in files * 2]
+    start = threading.Barrier(len(jobs))
+
+    def one(job):
+        start.wait(TIMEOUT)
+        if job[0] == "live":
+            return stream_file(url, job[1], "en", frame=800)[-2]["text"]
+        return client.audio.transcriptions.create(model="es", file=job[1].open("rb")).text
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        answers = list(pool.map(one, jobs))
+    for (kind, what), answer in zip(jobs, answers, strict=True):
+        assert answer == (offline_stream(registry, what, "en") if kind == "live" else expected[what])

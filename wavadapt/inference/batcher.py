@@ -78,6 +78,12 @@ class Batcher:
         self._loop_task: asyncio.Task | None = None
 
     @property
+    def executor(self) -> ThreadPoolExecutor:
+        """The one thread every forward on the model runs on: a forward routes its rows through adapter state
+        on the model, so two at once would mix their tasks (live streams run their steps here too)."""
+        return self._executor
+
+    @property
     def queued(self) -> int:
         return len(self._pending)
 

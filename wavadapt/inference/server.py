@@ -108,7 +108,8 @@ def create_app(registry: Registry, config: ServerConfig = ServerConfig()) -> Fas
         async with Batcher(registry.model, max_wait_s=config.max_wait_ms / 1000,
                            max_batch_seconds=config.max_batch_seconds, max_queue=config.max_queue,
                            chunk_seconds=config.chunk_seconds, on_batch=metrics.record_batch,
-                           pool=registry.pool) as batcher, StreamScheduler(StreamEngine(registry.model)) as live:
+                           pool=registry.pool) as batcher, \
+                StreamScheduler(StreamEngine(registry.model), batcher.executor) as live:  # one thread for forwards
             app.state.batcher, app.state.live = batcher, live
             yield
 

@@ -12,7 +12,7 @@ One step runs the windows of every stream that has a chunk ready as one padded b
 
 import asyncio
 import contextlib
-import threading
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -108,11 +108,11 @@ class Stream:
 
 
 class StreamEngine:
-    """Runs steps over many streams on one model; a lock keeps one forward at a time."""
+    """Runs steps over many streams on one model. A forward routes its rows through adapter state on the model, so
+    steps must not overlap other forwards on it: run them on one thread (`StreamScheduler` does)."""
 
     def __init__(self, model: CTCModel):
         self.model = model
-        self.lock = threading.Lock()
 
     def step(self, streams: list[Stream]) -> list[Stream]:
         """One padded mixed-task forward over the windows of every ready stream; returns the streams it advanced."""
@@ -128,7 +128,7 @@ class StreamEngine:
             waveforms[i, : len(a)] = torch.from_numpy(a)
             mask[i, : len(a)] = 1
         device = next(self.model.parameters()).device
-        with self.lock, evaluating(self.model):
+        with evaluating(self.model):
             output = forward_padded(self.model, waveforms.to(device), mask.to(device), [s.task for s in ready])
         best = output.logits.argmax(-1).cpu()
         for i, (stream, (_, start, final_end)) in enumerate(zip(ready, windows, strict=True)):
@@ -146,8 +146,11 @@ class StreamScheduler:
     mixed-task batch on a worker thread; a connection waits for its stream's turn, so no stream runs alone while
     others wait and none waits for more than the step under way."""
 
-    def __init__(self, engine: StreamEngine):
+    def __init__(self, engine: StreamEngine, executor: Executor | None = None):
+        """``executor``: the one thread every forward on the model runs on (a server's batcher's), so live steps and
+        other requests never overlap; default: a thread of its own."""
         self.engine = engine
+        self.executor = executor or ThreadPoolExecutor(1, thread_name_prefix="wavadapt-live")
         self.waiting: dict[int, tuple[Stream, asyncio.Future]] = {}
         self.wake = asyncio.Event()
         self.steps = 0
@@ -182,7 +185,7 @@ class StreamScheduler:
             while self.waiting:
                 streams = [stream for stream, _ in self.waiting.values()]
                 try:
-                    await asyncio.to_thread(self.engine.step, streams)
+                    await asyncio.get_running_loop().run_in_executor(self.executor, self.engine.step, streams)
                     self.steps += 1
                 except Exception as e:  # the model failed: every stream of the step hears why, the next step goes on
                     for key, (_, future) in list(self.waiting.items()):
