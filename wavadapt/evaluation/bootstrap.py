@@ -32,8 +32,18 @@ def _resamples(n: int, resamples: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
 
 
+COLUMNS = {"wer": (0, 1), "cer": (2, 3)}
+"""Where a metric's edits and reference lengths are in a row of :func:`edit_counts`."""
+
+
+def rate(counts: list[list[int]], metric: str) -> float:
+    """The corpus ``metric`` of :func:`edit_counts`: all edits over all reference words (characters)."""
+    errors, total = COLUMNS[metric]
+    return sum(c[errors] for c in counts) / max(sum(c[total] for c in counts), 1)
+
+
 def _rates(counts: np.ndarray, picks: np.ndarray, metric: str) -> np.ndarray:
-    errors, total = (0, 1) if metric == "wer" else (2, 3)
+    errors, total = COLUMNS[metric]
     return counts[picks, errors].sum(axis=1) / np.maximum(counts[picks, total].sum(axis=1), 1)
 
 
@@ -55,3 +65,14 @@ def difference_interval(a: list[list[int]], b: list[list[int]], metric: str, res
     picks = _resamples(len(left), resamples, seed)
     differences = _rates(left, picks, metric) - _rates(right, picks, metric)
     return float(np.percentile(differences, 2.5)), float(np.percentile(differences, 97.5))
+
+
+def paired(a: dict[str, list[int]], b: dict[str, list[int]], metric: str
+           ) -> tuple[float, tuple[float, float]] | None:
+    """``metric`` of ``a`` minus that of ``b`` (counts by utterance id) over the utterances both scored, with the
+    difference's paired interval (:func:`difference_interval`); None when they share none."""
+    shared = [i for i in a if i in b]
+    if not shared:
+        return None
+    left, right = [a[i] for i in shared], [b[i] for i in shared]
+    return rate(left, metric) - rate(right, metric), difference_interval(left, right, metric)

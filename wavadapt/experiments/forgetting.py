@@ -35,7 +35,7 @@ from wavadapt.data.batching import filter_by_length
 from wavadapt.data.corpora import open_corpus
 from wavadapt.decoding import DecoderConfig
 from wavadapt.errors import WavadaptError
-from wavadapt.evaluation.bootstrap import difference_interval
+from wavadapt.evaluation.bootstrap import paired
 from wavadapt.evaluation.corpus import EvalResult, evaluate
 from wavadapt.experiments.accounting import count_parameters
 from wavadapt.experiments.workers import run_steps
@@ -368,7 +368,7 @@ def _bwt_interval(sequence: list[dict], earlier: list[str], metric: str) -> list
     before, now = (learnt or {}).get(f"counts_{lang}"), sequence[-1].get(f"counts_{lang}")
     if not before or not now or before.keys() != now.keys():
         return None
-    return list(difference_interval([before[i] for i in before], [now[i] for i in before], metric))
+    return list(paired(before, now, metric)[1])
 
 
 # --- efficiency (Fig. 6) ---

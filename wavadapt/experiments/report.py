@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from wavadapt.errors import WavadaptError
-from wavadapt.evaluation.bootstrap import difference_interval
+from wavadapt.evaluation.bootstrap import paired
 
 Series = dict[str, tuple[Sequence[float], Sequence[float]]]
 """Legend label -> (x values, y values)."""
@@ -167,17 +167,7 @@ def difference(a: dict, b: dict, metric: str, a_counts: str = "counts", b_counts
                ) -> tuple[float, tuple[float, float]] | None:
     """``metric`` of eval.json ``a`` minus that of ``b`` and the 95% paired bootstrap interval of the difference,
     over the utterances both scored; None when either lacks per-utterance counts."""
-    left, right = a.get(a_counts) or {}, b.get(b_counts) or {}
-    shared = [i for i in left if i in right]
-    if not shared:
-        return None
-    rows = {"wer": (0, 1), "cer": (2, 3)}[metric]
-
-    def rate(counts: dict) -> float:
-        return sum(counts[i][rows[0]] for i in shared) / max(sum(counts[i][rows[1]] for i in shared), 1)
-
-    return rate(left) - rate(right), difference_interval([left[i] for i in shared], [right[i] for i in shared],
-                                                         metric)
+    return paired(a.get(a_counts) or {}, b.get(b_counts) or {}, metric)
 
 
 def _compared(change: tuple[float, tuple[float, float]] | None, unit: str = "points") -> str:
