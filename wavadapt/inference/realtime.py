@@ -15,12 +15,9 @@ import itertools
 import json
 from collections.abc import Callable
 
-import numpy as np
-import soxr
 from fastapi import WebSocket, WebSocketDisconnect
 
-from wavadapt.data.audio import SAMPLE_RATE
-from wavadapt.inference.streaming import Stream, StreamConfig, StreamScheduler
+from wavadapt.inference.streaming import PcmInput, Stream, StreamConfig, StreamScheduler
 
 RATES = (16000, 24000)
 _ids = itertools.count(1)
@@ -39,7 +36,7 @@ class RealtimeSession:
         self.task: str | None = None
         self.rate = 24000
         self.stream: Stream | None = None
-        self.resampler = None
+        self.pcm: PcmInput | None = None
         self.item = _id("item")
         self.previous: str | None = None
         self.sent = ""
@@ -100,16 +97,15 @@ class RealtimeSession:
     async def append(self, event: dict) -> None:
         if self.task is None:
             return await self.error("no_session", "send session.update with a transcription model first")
+        if self.pcm is None:  # one resampler per utterance
+            self.pcm = PcmInput("pcm16", self.rate)
         try:
-            pcm = np.frombuffer(base64.b64decode(event.get("audio", ""), validate=True), "<i2")
+            samples = self.pcm(base64.b64decode(event.get("audio", ""), validate=True))
         except (binascii.Error, ValueError):
             return await self.error("invalid_audio", "audio must be base64 of 16-bit little-endian PCM", "audio")
         if self.stream is None:
             self.stream = Stream(self.task, self.config)
-            self.resampler = soxr.ResampleStream(self.rate, SAMPLE_RATE, 1, dtype="float32") \
-                if self.rate != SAMPLE_RATE else None
-        samples = pcm.astype(np.float32) / 32768
-        self.stream.push(self.resampler.resample_chunk(samples) if self.resampler is not None else samples)
+        self.stream.push(samples)
         await self.live.advance(self.stream)
         await self.delta()
 
@@ -124,8 +120,7 @@ class RealtimeSession:
     async def commit(self, event: dict) -> None:
         if self.stream is None:
             return await self.error("input_audio_buffer_commit_empty", "nothing to commit: the buffer is empty")
-        if self.resampler is not None:
-            self.stream.push(self.resampler.resample_chunk(np.zeros(0, np.float32), last=True))
+        self.stream.push(self.pcm.flush())
         self.stream.end()
         await self.live.advance(self.stream)
         await self.send({"type": "input_audio_buffer.committed", "item_id": self.item,
@@ -133,8 +128,8 @@ class RealtimeSession:
         await self.delta()
         await self.send({"type": "conversation.item.input_audio_transcription.completed", "item_id": self.item,
                          "content_index": 0, "transcript": self.live.engine.text(self.stream)})
-        self.previous, self.item, self.stream, self.sent = self.item, _id("item"), None, ""
+        self.previous, self.item, self.stream, self.pcm, self.sent = self.item, _id("item"), None, None, ""
 
     async def clear(self, event: dict) -> None:
-        self.stream, self.sent = None, ""
+        self.stream, self.pcm, self.sent = None, None, ""
         await self.send({"type": "input_audio_buffer.cleared"})

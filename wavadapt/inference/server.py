@@ -23,8 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
-import soxr
 import uvicorn
 from fastapi import FastAPI, File, Form, Request, UploadFile, WebSocket
 from fastapi.exceptions import RequestValidationError
@@ -41,7 +39,14 @@ from wavadapt.inference.formats import cues, subtitles
 from wavadapt.inference.metrics import ServerMetrics
 from wavadapt.inference.realtime import RealtimeSession
 from wavadapt.inference.registry import Registry, format_tasks
-from wavadapt.inference.streaming import Stream, StreamConfig, StreamEngine, StreamScheduler
+from wavadapt.inference.streaming import (
+    PCM_FORMATS,
+    PcmInput,
+    Stream,
+    StreamConfig,
+    StreamEngine,
+    StreamScheduler,
+)
 from wavadapt.inference.transcription import Transcript
 from wavadapt.inference.uploads import TooLarge, read_upload
 
@@ -206,7 +211,7 @@ def create_app(registry: Registry, config: ServerConfig = ServerConfig()) -> Fas
             if config.api_key is not None:
                 _check_key(socket.headers.get("authorization", ""), config.api_key)
             task = _task_of(registry, model, language)
-            decode = _pcm_reader(format, rate)
+            decode = _pcm_input(format, rate)
         except _Refused as e:
             await socket.send_json({"type": "error", "code": e.code, "message": e.message})
             return await socket.close(code=1008)
@@ -215,7 +220,7 @@ def create_app(registry: Registry, config: ServerConfig = ServerConfig()) -> Fas
             if admitted:
                 await _stream_live(socket, Stream(task, config.stream), decode)
 
-    async def _stream_live(socket: WebSocket, stream: Stream, decode: Callable[[bytes], np.ndarray]) -> None:
+    async def _stream_live(socket: WebSocket, stream: Stream, decode: PcmInput) -> None:
         shown = ""
         while True:
             try:
@@ -237,6 +242,7 @@ def create_app(registry: Registry, config: ServerConfig = ServerConfig()) -> Fas
                     await socket.send_json({"type": "error", "code": "invalid_audio", "message": str(e)})
                     continue
             elif _is_end(message.get("text")):
+                stream.push(decode.flush())
                 stream.end()
             else:
                 await socket.send_json({"type": "error", "code": "invalid_message",
@@ -319,23 +325,12 @@ MAX_FRAME_BYTES = 1 << 20
 """The largest binary frame a live stream takes (32 s of 16 kHz PCM16)."""
 
 
-def _pcm_reader(kind: str, rate: int) -> Callable[[bytes], np.ndarray]:
-    """Frames of ``kind`` (pcm16 or f32, little-endian, mono) at ``rate`` to 16 kHz float32, resampled as a stream."""
-    if kind not in ("pcm16", "f32"):
-        raise _Refused(400, f"format {kind!r}: choose pcm16 or f32", "invalid_format", "format")
-    if not 8000 <= rate <= 48000:
-        raise _Refused(400, f"rate {rate}: give 8000 to 48000 Hz", "invalid_rate", "rate")
-    dtype, scale = ("<i2", 1 / 32768) if kind == "pcm16" else ("<f4", 1.0)
-    resampler = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32") if rate != SAMPLE_RATE else None
-
-    def read(frame: bytes) -> np.ndarray:
-        if len(frame) % np.dtype(dtype).itemsize:
-            raise ValueError(f"a {kind} frame holds whole samples: {len(frame)} bytes is not a multiple of "
-                             f"{np.dtype(dtype).itemsize}")
-        samples = np.frombuffer(frame, dtype).astype(np.float32) * scale
-        return resampler.resample_chunk(samples) if resampler is not None else samples
-
-    return read
+def _pcm_input(kind: str, rate: int) -> PcmInput:
+    try:
+        return PcmInput(kind, rate)
+    except WavadaptError as e:
+        param = "format" if kind not in PCM_FORMATS else "rate"
+        raise _Refused(400, str(e), f"invalid_{param}", param) from None
 
 
 def _is_end(text: str | None) -> bool:

@@ -16,6 +16,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
+import soxr
 import torch
 
 from wavadapt.data.audio import SAMPLE_RATE, normalize_waveform
@@ -25,6 +26,36 @@ from wavadapt.model.ctc import CTCModel
 
 HOP = 320
 """Samples per output frame of the papers' CNN (20 ms)."""
+
+
+PCM_FORMATS = {"pcm16": ("<i2", 1 / 32768), "f32": ("<f4", 1.0)}
+"""Live audio's encodings (little-endian, mono): numpy dtype and the scale to [-1, 1]."""
+
+
+class PcmInput:
+    """A live stream's frames of ``kind`` (pcm16 or f32) at ``rate`` as 16 kHz float32, resampled as a stream:
+    soxr keeps a few samples back between frames, which :meth:`flush` gives at the end."""
+
+    def __init__(self, kind: str = "pcm16", rate: int = SAMPLE_RATE):
+        if kind not in PCM_FORMATS:
+            raise WavadaptError(f"format {kind!r}: choose {' or '.join(PCM_FORMATS)}")
+        if not 8000 <= rate <= 48000:
+            raise WavadaptError(f"rate {rate}: give 8000 to 48000 Hz")
+        self.kind, (self.dtype, self.scale) = kind, PCM_FORMATS[kind]
+        self.resampler = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32") if rate != SAMPLE_RATE else None
+
+    def __call__(self, frame: bytes) -> np.ndarray:
+        size = np.dtype(self.dtype).itemsize
+        if len(frame) % size:
+            raise ValueError(f"a {self.kind} frame holds whole samples: {len(frame)} bytes is not a multiple of {size}")
+        samples = np.frombuffer(frame, self.dtype).astype(np.float32) * self.scale
+        return self.resampler.resample_chunk(samples) if self.resampler is not None else samples
+
+    def flush(self) -> np.ndarray:
+        """The samples the resampler still holds, at the end of the audio."""
+        if self.resampler is None:
+            return np.zeros(0, np.float32)
+        return self.resampler.resample_chunk(np.zeros(0, np.float32), last=True)
 
 
 @dataclass(frozen=True)
