@@ -21,7 +21,7 @@ from wavadapt.decoding import DecoderConfig, DecoderPool
 from wavadapt.errors import CheckpointError, WavadaptError
 from wavadapt.interop.loading import load_asr_model
 from wavadapt.model.adapters import adapter_config, adapter_names, adapter_parameters, remove_adapter
-from wavadapt.model.checkpoint import load_task, safe_name
+from wavadapt.model.checkpoint import load_task, safe_name, task_name
 from wavadapt.model.ctc import CTCModel
 
 
@@ -165,7 +165,7 @@ def file_task_name(path: Path) -> str:
     trained under, so two runs' files of one language (``adapter.en.json``, ``adapter.en-top1.json``) serve side
     by side."""
     name = Path(path).name.removeprefix("adapter.").removesuffix(".json").removesuffix(".safetensors")
-    return name.replace("--", "/")
+    return task_name(name)
 
 
 def _read(path: Path) -> dict:

@@ -358,8 +358,10 @@ def _task_of(registry: Registry, model: str | None, language: str | None) -> str
         return model
     if language:
         of_language = [n for n in names if task_language(n) == language]
-        if language in names or len(of_language) == 1:
-            return language if language in names else of_language[0]
+        if language in names:
+            return language
+        if len(of_language) == 1:
+            return of_language[0]
         if of_language:
             raise _Refused(400, f"language {language!r} has several tasks here ({', '.join(of_language)}): name "
                            "one as the model", "ambiguous_language", "language")

@@ -65,6 +65,11 @@ def safe_name(task: str) -> str:
     return task.replace("/", "--")
 
 
+def task_name(part: str) -> str:
+    """The task a file-name part (:func:`safe_name`) stands for: ``es--asr`` -> ``es/asr``."""
+    return part.replace("--", "/")
+
+
 # --- fingerprints ---
 
 
@@ -325,7 +330,7 @@ def task_file_spec(spec: str | Path) -> tuple[Path, str | None]:
     text = str(spec)
     head, _, tail = text.rpartition(":")
     if head and tail and "/" not in tail and not Path(text).exists():
-        return Path(head), tail.replace("--", "/")
+        return Path(head), task_name(tail)
     return Path(spec), None
 
 
