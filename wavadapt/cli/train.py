@@ -277,10 +277,11 @@ def _cache_dir(out: Path, enabled: bool, directory: Path | None) -> Path | None:
 def _echo_last(history: list[dict], loss_per: str) -> None:
     """The last logged row of a run's training log, as people read it: the loss and what it is averaged over, the
     validation scores in percent."""
+    from wavadapt.training.loop import shown
+
     if not history:
         return
     last = history[-1]
-    shown = [f"update {int(last['update'])}"] + ([f"loss {last['loss']:.4g} per {loss_per}"] if "loss" in last else [])
-    shown += [f"validation {k[6:]} " + (f"{v:.2%}" if k.endswith(("wer", "cer", "accuracy")) else f"{v:.4g}")
-              for k, v in last.items() if k.startswith("valid_")]
-    typer.echo(", ".join(shown))
+    parts = [f"update {int(last['update'])}"] + ([f"loss {last['loss']:.4g} per {loss_per}"] if "loss" in last else [])
+    parts += [f"validation {k[6:]} {shown(k, v)}" for k, v in last.items() if k.startswith("valid_")]
+    typer.echo(", ".join(parts))

@@ -316,7 +316,7 @@ class Trainer:
                     row = row or {"update": self.update}
                     row.update({f"valid_{k}": v for k, v in self._validate().items()})
                     if config.progress and self.env.main:  # as it happens, above the bar
-                        scores = ", ".join(f"{k[6:]} {_shown(k, v)}" for k, v in row.items() if k.startswith("valid_"))
+                        scores = ", ".join(f"{k[6:]} {shown(k, v)}" for k, v in row.items() if k.startswith("valid_"))
                         tqdm.write(f"update {self.update}: validation {scores}", file=sys.stderr)
                 if row is not None:
                     self.history.append(row)
@@ -399,7 +399,7 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
 
 
-def _shown(name: str, value: float) -> str:
+def shown(name: str, value: float) -> str:
     """A logged value as people read it: error rates and accuracies in percent."""
     return f"{value:.2%}" if name.endswith(("wer", "cer", "accuracy")) else f"{value:.4g}"
 
