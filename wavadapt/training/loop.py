@@ -289,8 +289,8 @@ class Trainer:
         until = min(until or config.max_updates, config.max_updates)
         batches = self._batches()
         writer = _Logs(self.out_dir, self.env.main)
-        shown = config.progress and self.env.main
-        bar = tqdm(total=config.max_updates, initial=self.update, disable=None if shown else True, desc="train",
+        visible = config.progress and self.env.main
+        bar = tqdm(total=config.max_updates, initial=self.update, disable=None if visible else True, desc="train",
                    unit="upd")  # None: no bar where stderr is no terminal
         start, window_seconds, window_updates = time.perf_counter(), 0.0, 0
         try:
