@@ -11,7 +11,7 @@ from wavadapt.errors import WavadaptError
 from wavadapt.interop.fairseq import is_fairseq_file, load_fairseq_file
 from wavadapt.interop.hf import is_ctc_dir, load_ctc_dir, read_do_normalize
 from wavadapt.interop.mms import is_mms_dir, load_mms_dir
-from wavadapt.model.backbone import PRESETS, build_backbone, load_backbone, resolve_checkpoint
+from wavadapt.model.backbone import PRESETS, build_backbone, load_backbone, resolve_checkpoint, source_of
 from wavadapt.model.checkpoint import load_task, safe_name, task_file_spec
 from wavadapt.model.ctc import CTCModel
 
@@ -66,12 +66,9 @@ def load_asr_model(model: str | Path, adapters: list[Path], *, trust_pickle: boo
 def _source(model: str | Path, adapters: list[Path], family: str | None, seed: int) -> dict:
     """What loads this model again from anywhere: a preset with its family and seed, an absolute path, or a
     shipped checkpoint's name; and the task files, by absolute path."""
-    if str(model) in PRESETS:
-        base = {"model": str(model), "family": family or "wav2vec2", "seed": seed}
-    else:
-        base = {"model": str(Path(model).resolve()) if Path(model).exists() else str(model)}
     files = [task_file_spec(a) for a in adapters]
-    return base | {"adapters": [str(f.resolve()) + (f":{safe_name(name)}" if name else "") for f, name in files]}
+    return source_of(model, seed, family=family or "wav2vec2") | {
+        "adapters": [str(f.resolve()) + (f":{safe_name(name)}" if name else "") for f, name in files]}
 
 
 def _finetuning_run(path: Path) -> dict | None:

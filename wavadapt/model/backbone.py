@@ -145,6 +145,14 @@ def resolve_checkpoint(source: str | Path) -> Path:
     return path
 
 
+def source_of(model: str | Path, seed: int, **preset) -> dict:
+    """What builds or loads ``model`` again from anywhere, for a run's record: a preset with its ``seed`` (and
+    ``preset``'s fields, e.g. its family), an absolute path, or a shipped checkpoint's name."""
+    if str(model) in PRESETS:
+        return {"model": str(model), **preset, "seed": seed}
+    return {"model": str(Path(model).resolve()) if Path(model).exists() else str(model)}
+
+
 def load_backbone(path: str | Path, *, trust_pickle: bool = False, **overrides) -> PreTrainedModel:
     """Load the base encoder (Wav2Vec2Model / HubertModel / WavLMModel) from a checkpoint.
 

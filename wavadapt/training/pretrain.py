@@ -121,7 +121,13 @@ def build_model(source: str | Path, task: str, preset: str = "base", *, trust_pi
     one's name), a Hugging Face pre-training directory or a fairseq .pt (needs ``trust_pickle``). A head for
     ``task`` is added (fresh) when the source has none.
     """
-    from wavadapt.model.backbone import PRESETS, build_backbone, load_pretraining_model, resolve_checkpoint
+    from wavadapt.model.backbone import (
+        PRESETS,
+        build_backbone,
+        load_pretraining_model,
+        resolve_checkpoint,
+        source_of,
+    )
 
     r = recipe(preset)
     given, source = str(source), resolve_checkpoint(source)  # a preset's name stays itself: no shipped one bears it
@@ -143,9 +149,7 @@ def build_model(source: str | Path, task: str, preset: str = "base", *, trust_pi
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             model.add_head(task)
-    # what builds it again from anywhere: a preset and its seed, an absolute path, or a shipped checkpoint's name
-    model.source = ({"model": given, "seed": seed} if given in PRESETS
-                    else {"model": str(Path(given).resolve()) if Path(given).exists() else given})
+    model.source = source_of(given, seed)
     return model
 
 
