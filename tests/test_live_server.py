@@ -62,8 +62,8 @@ def events(socket: websocket.WebSocket) -> list[dict]:
         received.append(json.loads(data))
 
 
-def stream_file(url: str, pcm: np.ndarray, task: str, frame: int = 1600) -> list[dict]:
-    socket = connect(url, f"model={task}")
+def stream_file(url: str, pcm: np.ndarray, task: str, frame: int = 1600, endpoints: bool = False) -> list[dict]:
+    socket = connect(url, f"model={task}&endpoints={str(endpoints).lower()}")
     try:
         for i in range(0, len(pcm), frame):
             socket.send_binary(pcm[i : i + frame].tobytes())
@@ -112,7 +112,7 @@ def test_streams_in_two_languages_at_once_each_get_their_own(url, registry, clip
 def test_a_stream_at_another_rate_and_in_float(url, clips):
     samples = clips[0].astype(np.float32) / 32768
     at_8k = samples[::2].astype("<f4")
-    received = stream_file_raw(url, "model=en&format=f32&rate=8000", at_8k.tobytes(), 4000)
+    received = stream_file_raw(url, "model=en&format=f32&rate=8000&endpoints=false", at_8k.tobytes(), 4000)
     assert received[-2]["type"] == "final" and received[-2]["end"] == pytest.approx(len(samples) / 16000, abs=0.05)
 
 
@@ -137,7 +137,7 @@ def test_a_refused_stream_is_an_error_event_and_a_policy_close(url, query, key, 
 
 
 def test_bad_frames_are_errors_and_the_stream_goes_on(url, registry, clips):
-    socket = connect(url, "model=en")
+    socket = connect(url, "model=en&endpoints=false")
     try:
         socket.send_binary(b"\x01\x02\x03")  # not whole PCM16 samples
         assert json.loads(socket.recv())["code"] == "invalid_audio"
@@ -175,7 +175,7 @@ def test_live_streams_share_their_steps(registry, clips):
 
         def one(job):
             start.wait(TIMEOUT)
-            socket = websocket.create_connection(f"{live}?model={job[1]}", timeout=TIMEOUT)
+            socket = websocket.create_connection(f"{live}?model={job[1]}&endpoints=false", timeout=TIMEOUT)
             try:
                 socket.send_binary(job[0].tobytes())  # all of it at once: every stream has all its chunks ready
                 socket.send(json.dumps({"type": "end"}))
@@ -224,8 +224,10 @@ def test_the_official_clients_realtime_transcription(url, registry, clips):
 @pytest.mark.parametrize("session,code", [
     ({"audio": {"input": {"transcription": {"model": "fr"}}}}, "model_not_found"),
     ({"audio": {"input": {"transcription": {"model": "en"}, "format": {"rate": 44100}}}}, "invalid_rate"),
-    ({"audio": {"input": {"transcription": {"model": "en"}, "turn_detection": {"type": "server_vad"}}}},
-     "unsupported_turn_detection")])
+    ({"audio": {"input": {"transcription": {"model": "en"}, "turn_detection": {"type": "semantic_vad"}}}},
+     "unsupported_turn_detection"),
+    ({"audio": {"input": {"transcription": {"model": "en"}, "turn_detection": {"type": "server_vad", "threshold": 2}}}},
+     "invalid_turn_detection")])
 def test_realtime_refusals_are_error_events_and_the_session_goes_on(url, session, code):
     socket = websocket.create_connection(url.removesuffix("/stream") + "/realtime?intent=transcription",
                                          timeout=TIMEOUT, header=[f"Authorization: Bearer {KEY}"])
@@ -245,7 +247,7 @@ def test_realtime_refusals_are_error_events_and_the_session_goes_on(url, session
 def test_streams_beyond_the_limit_and_idle_ones_are_closed_with_a_reason(registry, clips):
     app = create_app(registry, ServerConfig(max_streams=2, idle_seconds=1.0))
     with serving(app) as address:
-        live = address.replace("http://", "ws://") + "/v1/stream?model=en"
+        live = address.replace("http://", "ws://") + "/v1/stream?model=en&endpoints=false"
         first, second = (websocket.create_connection(live, timeout=TIMEOUT) for _ in range(2))
         try:
             first.send_binary(clips[0][:1600].tobytes())  # both are open and busy
@@ -285,3 +287,78 @@ def test_live_streams_and_file_requests_at_once_never_mix_their_tasks(url, regis
         answers = list(pool.map(one, jobs))
     for (kind, what), answer in zip(jobs, answers, strict=True):
         assert answer == (offline_stream(registry, what, "en") if kind == "live" else expected[what])
+
+
+def spoken(clips: list[np.ndarray]) -> tuple[np.ndarray, list[int]]:
+    """The clips with a second of silence after each, and the sample where each clip's last sound is."""
+    pieces = [np.concatenate([c, np.zeros(16000, "<i2")]) for c in clips[:2]]
+    ends = np.cumsum([len(p) for p in pieces])
+    return np.concatenate(pieces), [e - len(p) + np.flatnonzero(np.abs(p) > 300)[-1] for e, p in zip(ends, pieces,
+                                                                                                       strict=True)]
+
+
+def test_pauses_end_utterances_each_a_final_with_its_words(url, clips):
+    pcm, sounds = spoken(clips)
+    received = stream_file(url, pcm, "en", endpoints=True)
+    finals = [e for e in received if e["type"] == "final"]
+    assert received[-1] == {"type": "close", "code": 1000} and len(finals) >= 2
+    assert received.index(finals[0]) < max(i for i, e in enumerate(received) if e["type"] == "partial")  # while live
+    for final, sound in zip(finals, sounds, strict=False):
+        assert final["end"] * 16000 > sound  # the pause after the clip, not inside it
+    for before, after in zip(finals, finals[1:], strict=False):
+        assert before["end"] == pytest.approx(after["start"], abs=0.02)
+    for final in finals:
+        assert final["text"] == " ".join(w["word"] for w in final["words"])
+        assert all(final["start"] <= w["start"] < w["end"] <= final["end"] + 0.02 for w in final["words"])
+
+
+def test_the_official_client_with_server_vad_gets_an_utterance_per_pause(url, clips):
+    """Turn detection on the server: speech_started / stopped, then committed and completed, without a commit."""
+    http = url.replace("ws://", "http://").removesuffix("/v1/stream")
+    client = openai.OpenAI(api_key=KEY, base_url=f"{http}/v1", websocket_base_url=url.removesuffix("/stream"))
+    pcm, sounds = spoken(clips)
+    with client.realtime.connect(extra_query={"intent": "transcription"}) as connection:
+        connection.session.update(session={"type": "transcription", "audio": {"input": {
+            "format": {"type": "audio/pcm", "rate": 16000}, "transcription": {"model": "en"},
+            "turn_detection": {"type": "server_vad", "silence_duration_ms": 500}}}})
+        for i in range(0, len(pcm), 1600):
+            connection.input_audio_buffer.append(audio=base64.b64encode(pcm[i : i + 1600].tobytes()).decode())
+        received, completed = [], 0
+        for event in connection:
+            received.append(event)
+            completed += event.type == "conversation.item.input_audio_transcription.completed"
+            if completed == 2 or event.type == "error":
+                break
+    updated = next(e for e in received if e.type == "session.updated")
+    assert updated.session.audio.input.turn_detection.type == "server_vad"
+    started = [e for e in received if e.type == "input_audio_buffer.speech_started"]
+    stopped = [e for e in received if e.type == "input_audio_buffer.speech_stopped"]
+    done = [e for e in received if e.type == "conversation.item.input_audio_transcription.completed"]
+    assert len(done) == 2 and [e.item_id for e in started[:2]] == [e.item_id for e in done]
+    assert [e.item_id for e in stopped[:2]] == [e.item_id for e in done]
+    for begin, end, sound in zip(started, stopped, sounds, strict=False):
+        assert begin.audio_start_ms < end.audio_end_ms <= sound / 16 + 1000
+    for item in done:
+        deltas = [e.delta for e in received if getattr(e, "delta", None) is not None and e.item_id == item.item_id]
+        assert "".join(deltas) == item.transcript
+
+
+def test_a_stream_killed_mid_utterance_does_not_disturb_the_others(url, registry, clips):
+    start = threading.Barrier(3)
+
+    def whole(clip):
+        start.wait(TIMEOUT)
+        return stream_file(url, clip, "es", frame=800)[-2]["text"]
+
+    def killed():
+        start.wait(TIMEOUT)
+        socket = connect(url, "model=en")
+        socket.send_binary(np.tile(clips[0], 2)[:40000].tobytes())
+        socket.recv()  # a partial: the stream is live
+        socket.sock.close()  # gone without a close frame, mid-utterance
+
+    with ThreadPoolExecutor(3) as pool:
+        jobs = [pool.submit(whole, clips[2]), pool.submit(killed), pool.submit(whole, clips[3])]
+        texts = [jobs[0].result(), jobs[1].result(), jobs[2].result()]
+    assert texts[0] == offline_stream(registry, clips[2], "es") and texts[2] == offline_stream(registry, clips[3], "es")
+    assert stream_file(url, clips[1], "en")[-2]["text"] == offline_stream(registry, clips[1], "en")  # still serving

@@ -8,6 +8,7 @@ from test_transcription import _two_task_model
 from wavadapt.data.audio import read_audio
 from wavadapt.data.corpora import open_corpus
 from wavadapt.errors import WavadaptError
+from wavadapt.inference.endpointing import Speech
 from wavadapt.inference.engine import transcribe
 from wavadapt.inference.streaming import Stream, StreamConfig, StreamEngine
 
@@ -44,9 +45,12 @@ def test_one_chunk_holding_the_file_is_the_offline_transcript(engine, audio, tas
 
 
 def test_a_mixed_step_gives_each_stream_what_it_gets_alone(engine, audio):
-    alone = [streamed(engine, Stream(task, CHUNKED), x, 1600)
-             for x, task in zip(audio, ["en", "es", "es", "en"], strict=True)]
-    together = [Stream(s.task, CHUNKED) for s in alone]
+    """Tasks mixed, and streams with and without an endpointer: the endpointer's batch is mixed too."""
+    audio = [np.concatenate([x, np.zeros(16000, np.float32), x]) for x in audio]  # a pause to end an utterance
+    kinds = [("en", None), ("es", Speech), ("es", None), ("en", Speech)]
+    alone = [streamed(engine, Stream(task, CHUNKED, speech and speech()), x, 1600)
+             for x, (task, speech) in zip(audio, kinds, strict=True)]
+    together = [Stream(task, CHUNKED, speech and speech()) for task, speech in kinds]
     position = 0
     while any(not s.ended for s in together) or any(s.ready for s in together):
         for stream, x in zip(together, audio, strict=True):
@@ -58,6 +62,8 @@ def test_a_mixed_step_gives_each_stream_what_it_gets_alone(engine, audio):
         engine.step(together)
     assert [s.final for s in together] == [s.final for s in alone]
     assert [engine.text(s) for s in together] == [engine.text(s) for s in alone]
+    assert [s.speech and s.speech.cuts for s in together] == [s.speech and s.speech.cuts for s in alone]
+    assert alone[1].speech.cuts and alone[3].speech.cuts
 
 
 def test_the_pieces_audio_arrives_in_do_not_matter(engine, audio):

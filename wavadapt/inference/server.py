@@ -19,7 +19,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -34,6 +34,7 @@ from wavadapt.data.audio import SAMPLE_RATE
 from wavadapt.decoding import DecoderConfig
 from wavadapt.errors import AudioError, WavadaptError
 from wavadapt.inference.batcher import Batcher, BatcherClosed, QueueFull
+from wavadapt.inference.endpointing import Speech
 from wavadapt.inference.engine import CHUNK_SECONDS
 from wavadapt.inference.formats import cues, subtitles
 from wavadapt.inference.metrics import ServerMetrics
@@ -203,9 +204,10 @@ def create_app(registry: Registry, config: ServerConfig = ServerConfig()) -> Fas
 
     @app.websocket("/v1/stream")
     async def live(socket: WebSocket, model: str | None = None, language: str | None = None, format: str = "pcm16",
-                   rate: int = 16000) -> None:
-        """Live transcription: binary frames of PCM16 (or ``format=f32``) at ``rate`` in; JSON ``partial`` events
-        as the text grows and a ``final`` one after the client's ``{"type": "end"}``."""
+                   rate: int = 16000, endpoints: bool = True) -> None:
+        """Live transcription: binary frames of PCM16 (or ``format=f32``) at ``rate`` in; JSON ``partial`` events as
+        the open utterance's text grows, a ``final`` one with its words where a pause ends it (silero-vad; with
+        ``endpoints=false`` the whole stream is one utterance) and after the client's ``{"type": "end"}``."""
         await socket.accept()
         try:
             if config.api_key is not None:
@@ -218,7 +220,7 @@ def create_app(registry: Registry, config: ServerConfig = ServerConfig()) -> Fas
         async with live_slot(socket, lambda code, message: socket.send_json(
                 {"type": "error", "code": code, "message": message})) as admitted:
             if admitted:
-                await _stream_live(socket, Stream(task, config.stream), decode)
+                await _stream_live(socket, Stream(task, config.stream, Speech() if endpoints else None), decode)
 
     async def _stream_live(socket: WebSocket, stream: Stream, decode: PcmInput) -> None:
         shown = ""
@@ -250,13 +252,14 @@ def create_app(registry: Registry, config: ServerConfig = ServerConfig()) -> Fas
                 continue
             live: StreamScheduler = socket.app.state.live
             await live.advance(stream)  # in steps shared with every other live stream
+            for utterance in live.engine.utterances(stream):
+                await socket.send_json({"type": "final", **asdict(utterance)})
+                shown = ""
             if stream.ended:
-                await socket.send_json({"type": "final", "text": live.engine.text(stream), "start": 0.0,
-                                        "end": stream.received / SAMPLE_RATE})
                 return await socket.close()
             if (text := live.engine.text(stream, partial=True)) != shown:
                 shown = text
-                await socket.send_json({"type": "partial", "text": text, "start": 0.0,
+                await socket.send_json({"type": "partial", "text": text, "start": stream.opened,
                                         "end": stream.received / SAMPLE_RATE})
 
     @app.websocket("/v1/realtime")

@@ -21,7 +21,9 @@ import torch
 
 from wavadapt.data.audio import SAMPLE_RATE, normalize_waveform
 from wavadapt.errors import WavadaptError
+from wavadapt.inference.endpointing import Speech, SpeechDetector
 from wavadapt.inference.engine import evaluating, forward_padded
+from wavadapt.inference.transcription import Word
 from wavadapt.model.ctc import CTCModel
 
 HOP = 320
@@ -82,11 +84,23 @@ class StreamConfig:
 
 
 @dataclass
+class Utterance:
+    """A finished stretch of a stream: its text, its words and its span, in seconds from the stream's start."""
+
+    text: str
+    words: list[Word]
+    start: float
+    end: float
+
+
+@dataclass
 class Stream:
-    """One live stream: the audio kept for context, and the greedy CTC labels of its frames so far."""
+    """One live stream: the audio kept for context, the greedy CTC labels of its frames so far, and, when it has an
+    endpointer (``speech``), where its utterances end."""
 
     task: str
     config: StreamConfig = field(default_factory=StreamConfig)
+    speech: Speech | None = None
     audio: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     offset: int = 0
     """Stream sample where ``audio`` begins (older audio is dropped once no window needs it)."""
@@ -94,9 +108,13 @@ class Stream:
     final_samples: int = 0
     """Samples whose frames are final."""
     final: list[int] = field(default_factory=list)
+    """Labels of the final frames from ``first_frame`` on (those before went out in closed utterances)."""
+    first_frame: int = 0
     pending: list[int] = field(default_factory=list)
     """Labels of the frames after the final ones, from the last step (the partial text's tail)."""
     ended: bool = False
+    closed: int = 0
+    """Utterances closed so far."""
 
     def push(self, samples: np.ndarray) -> None:
         """Append 16 kHz mono float32 samples."""
@@ -109,22 +127,48 @@ class Stream:
         """No more audio: the next step finalises the rest."""
         self.ended = True
 
+    def cuts(self) -> list[int]:
+        """The endpoints not yet closed, on frame boundaries (where windows begin)."""
+        return [c // HOP * HOP for c in self.speech.cuts] if self.speech else []
+
+    def _cut(self) -> int | None:
+        """The first endpoint whose frames are not all final yet."""
+        return next((c for c in self.cuts() if c > self.final_samples), None)
+
     @property
     def ready(self) -> bool:
-        """Whether a step has work: a whole chunk and its look-ahead, or the rest of an ended stream."""
+        """Whether a step has work: frames to decode or audio for the endpointer."""
+        return self.decodable or self.listening
+
+    @property
+    def decodable(self) -> bool:
+        """Whether a whole chunk and its look-ahead, an endpoint and its look-ahead, or the rest of an ended stream
+        await the encoder."""
         c = self.config
         if self.ended:
             return self.final_samples < self.received
-        return self.received - self.final_samples >= c.samples(c.chunk_seconds) + c.samples(c.lookahead_seconds)
+        ahead = c.samples(c.lookahead_seconds)
+        cut = self._cut()
+        return (self.received - self.final_samples >= c.samples(c.chunk_seconds) + ahead
+                or (cut is not None and self.received >= cut + ahead))
+
+    @property
+    def listening(self) -> bool:
+        """Whether the endpointer has 0.2 s to hear (it runs in steps, as the encoder does)."""
+        return self.speech is not None and self.received - self.speech.heard >= LISTEN_SAMPLES
 
     def window(self) -> tuple[np.ndarray, int, int]:
         """The audio a step encodes, the stream sample it starts at, and the stream sample up to which its
-        frames become final."""
+        frames become final: a chunk, or less where an endpoint comes first."""
         c = self.config
         start = max(0, self.final_samples - c.samples(c.left_seconds))
-        end = self.received if self.ended else self.final_samples + c.samples(c.chunk_seconds) + c.samples(
-            c.lookahead_seconds)
-        final_end = self.received if self.ended else self.final_samples + c.samples(c.chunk_seconds)
+        final_end = self.final_samples + c.samples(c.chunk_seconds)
+        if (cut := self._cut()) is not None:
+            final_end = min(final_end, cut)
+        if self.ended:
+            end = final_end = self.received
+        else:
+            end = min(self.received, final_end + c.samples(c.lookahead_seconds))
         return self.audio[start - self.offset:end - self.offset], start, final_end
 
     def advance(self, labels: list[int], start: int, final_end: int) -> None:
@@ -134,22 +178,52 @@ class Stream:
         self.final += labels[first:done]
         self.pending = labels[done:]
         self.final_samples = final_end
-        keep_from = max(0, self.final_samples - self.config.samples(self.config.left_seconds))
+        keep_from = min(self.final_samples - self.config.samples(self.config.left_seconds),
+                        self.speech.heard if self.speech else self.received)
+        keep_from = max(0, keep_from)
         self.audio, self.offset = self.audio[keep_from - self.offset:], keep_from
+
+    @property
+    def opened(self) -> float:
+        """Seconds into the stream where the open utterance starts."""
+        return self.first_frame * HOP / SAMPLE_RATE
+
+    def unheard(self) -> np.ndarray:
+        """The audio the endpointer has not judged yet."""
+        return self.audio[self.speech.heard - self.offset:]
+
+    def take_labels(self, until: int | None = None) -> tuple[list[int], int]:
+        """Remove the final labels of the frames before stream sample ``until`` (default: all): (labels, their first
+        frame)."""
+        n = len(self.final) if until is None else until // HOP - self.first_frame
+        labels, first = self.final[:n], self.first_frame
+        self.final, self.first_frame = self.final[n:], self.first_frame + len(labels)
+        self.closed += 1
+        return labels, first
+
+
+LISTEN_SAMPLES = 3200
+"""Unheard audio that makes a stream ready for its endpointer (0.2 s: a pause is found within 0.2 s of its end)."""
 
 
 class StreamEngine:
     """Runs steps over many streams on one model. A forward routes its rows through adapter state on the model, so
     steps must not overlap other forwards on it: run them on one thread (`StreamScheduler` does)."""
 
-    def __init__(self, model: CTCModel):
+    def __init__(self, model: CTCModel, detector: SpeechDetector | None = None):
+        """``detector``: the endpointer of streams that have ``speech`` (loaded when the first one comes)."""
         self.model = model
+        self.detector = detector
 
     def step(self, streams: list[Stream]) -> list[Stream]:
-        """One padded mixed-task forward over the windows of every ready stream; returns the streams it advanced."""
-        ready = [s for s in streams if s.ready]
+        """The endpointer over every stream with audio to hear, then one padded mixed-task forward over the windows
+        of every stream with a chunk ready; returns the streams it advanced."""
+        if hearing := [s for s in streams if s.listening]:
+            self.detector = self.detector or SpeechDetector()
+            self.detector.listen([(s.speech, s.unheard()) for s in hearing])
+        ready = [s for s in streams if s.decodable]
         if not ready:
-            return []
+            return hearing
         windows = [s.window() for s in ready]
         audio = [normalize_waveform(w) if self.model.normalize_waveforms else w for w, _, _ in windows]
         longest = max(len(a) for a in audio)
@@ -164,12 +238,35 @@ class StreamEngine:
         best = output.logits.argmax(-1).cpu()
         for i, (stream, (_, start, final_end)) in enumerate(zip(ready, windows, strict=True)):
             stream.advance(best[i, : output.lengths[i]].tolist(), start, final_end)
-        return ready
+        return list({id(s): s for s in hearing + ready}.values())
 
     def text(self, stream: Stream, partial: bool = False) -> str:
-        """The stream's final text, or with ``partial`` the final text and the look-ahead's after it."""
+        """The final text of the stream's open utterance, or with ``partial`` its final and look-ahead text."""
         vocabulary = self.model.vocabularies[stream.task]
         return vocabulary.ctc_decode(stream.final + (stream.pending if partial else []))
+
+    def utterances(self, stream: Stream) -> list[Utterance]:
+        """Take the stream's utterances whose frames are all final: those an endpoint closed and, once the stream has
+        ended and is decoded, the rest (unless it is silence after an utterance)."""
+        closed = []
+        for cut in stream.cuts():
+            if cut > stream.final_samples:
+                break
+            stream.speech.cuts.pop(0)
+            closed.append(self._utterance(stream, cut))
+        if stream.ended and not stream.decodable and (stream.final or not stream.closed):
+            first = not stream.closed
+            if (utterance := self._utterance(stream)).text or first:
+                closed.append(utterance)
+        return closed
+
+    def _utterance(self, stream: Stream, until: int | None = None) -> Utterance:
+        vocabulary = self.model.vocabularies[stream.task]
+        labels, first = stream.take_labels(until)
+        seconds = HOP / SAMPLE_RATE
+        words = [Word(w, (first + s) * seconds, (first + e) * seconds) for w, s, e in vocabulary.ctc_words(labels)]
+        end = (stream.received if until is None else until) / SAMPLE_RATE
+        return Utterance(" ".join(w.word for w in words), words, first * seconds, end)
 
 
 class StreamScheduler:
