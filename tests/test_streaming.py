@@ -1,8 +1,13 @@
 """Live streams: chunked CTC gives a file's offline transcript when one chunk holds it, a mixed-task step gives each
 stream what it gets alone, the pieces the audio arrives in do not matter, and a stream keeps bounded audio."""
 
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
+from cli_runner import run_cli
 from test_transcription import _two_task_model
 
 from wavadapt.data.audio import read_audio
@@ -10,7 +15,9 @@ from wavadapt.data.corpora import open_corpus
 from wavadapt.errors import WavadaptError
 from wavadapt.inference.endpointing import Speech
 from wavadapt.inference.engine import transcribe
-from wavadapt.inference.streaming import Stream, StreamConfig, StreamEngine
+from wavadapt.inference.streaming import PcmInput, Stream, StreamConfig, StreamEngine, transcribe_live
+from wavadapt.interop.loading import load_asr_model
+from wavadapt.model.checkpoint import save_backbone, save_task
 
 CHUNKED = StreamConfig(chunk_seconds=0.5, left_seconds=2.0, lookahead_seconds=0.2)
 
@@ -98,3 +105,24 @@ def test_partial_text_runs_ahead_of_the_final_and_memory_stays_bounded(engine, a
     stream.end()
     with pytest.raises(WavadaptError, match="ended"):
         stream.push(x[:10])
+
+
+def test_transcribe_live_prints_what_the_engine_hears_from_stdin(audio, tmp_path, capsys):
+    """`wavadapt transcribe - --live` in a real process, PCM16 piped in: its lines are the events of the same
+    frames through the engine (partials while live, a final per pause and at the end)."""
+    model = _two_task_model("layer")
+    backbone, task = save_backbone(model.backbone, tmp_path / "backbone"), save_task(model, "es", tmp_path / "tasks")
+    x = np.concatenate([audio[2], np.zeros(16000, np.float32), audio[3]])
+    pcm = np.round(np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()
+    run = subprocess.run([sys.executable, "-m", "wavadapt", "transcribe", "-", "--live", "--model", str(backbone),
+                          "--adapter", str(task), "--format", "jsonl"], input=pcm, capture_output=True, timeout=300)
+    assert run.returncode == 0, run.stderr.decode()
+    printed = [json.loads(line) for line in run.stdout.decode().splitlines()]
+    loaded = load_asr_model(backbone, [task])
+    frames = [pcm[i : i + 3200] for i in range(0, len(pcm), 3200)]  # 0.1 s, as the command reads them
+    expected = list(transcribe_live(StreamEngine(loaded), Stream("es", StreamConfig(), Speech()), frames,
+                                    PcmInput("pcm16", 16000)))
+    assert json.loads(json.dumps(expected)) == printed
+    assert [e["type"] for e in printed].count("final") >= 2 and printed[0]["type"] == "partial"
+    code, _, err = run_cli(capsys, "transcribe", "-", "--live", "--model", backbone, "--raw-format", "mulaw:8000")
+    assert code == 1 and err.strip() == "error: --raw-format mulaw:8000: live audio is mono s16le or f32le"

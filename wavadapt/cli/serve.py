@@ -58,12 +58,20 @@ def transcribe_files(
     lm_weight: LmWeight = None,
     word_score: WordScore = None,
     lexicon: LexiconOption = None,
+    live: Annotated[bool, typer.Option("--live", help="Transcribe live PCM from stdin (give - as the file; "
+                                       "--raw-format s16le or f32le at any rate, default s16le:16000), e.g. from "
+                                       "`arecord -f S16_LE -r 16000 -t raw`: a partial line as the text grows, a "
+                                       "final one with its start and end where a pause ends an utterance; greedy "
+                                       "CTC, Ctrl-C ends.")] = False,
 ) -> None:
     """Transcribe audio files with one or many tasks.
 
     Files are read in length-sorted batches that may mix tasks; greedy CTC, or a beam search with an LM. Each
     unreadable file gets one error line on stderr, the others are still transcribed, and the exit status is then 1.
     """
+    if live:
+        pcm = _live_input(files, raw_format or "s16le:16000", output_format)  # a bad option fails before loading
+        return _transcribe_live(asr_model(model, adapter, task, family, trust_pickle, vocab), pcm, output_format)
     from wavadapt.data.audio import RawFormat, is_headerless
     from wavadapt.data.corpora import read_audio_folder, read_manifest
     from wavadapt.decoding import DecoderPool
@@ -115,6 +123,46 @@ def transcribe_files(
     if len(good) < len(results):
         typer.echo(f"{len(results) - len(good)} of {len(results)} files could not be read", err=True)
         raise typer.Exit(1)
+
+
+def _live_input(files: list[Path], raw_format: str, output_format: str):
+    """The decoder of ``transcribe --live``'s stdin, once its options are checked."""
+    from wavadapt.data.audio import RawFormat
+    from wavadapt.inference.streaming import PcmInput
+
+    if [str(f) for f in files] != ["-"]:
+        raise WavadaptError("--live reads PCM from stdin: give - as the only file")
+    if output_format not in ("tsv", "jsonl"):
+        raise WavadaptError(f"--format {output_format} with --live: choose tsv or jsonl")
+    raw = RawFormat.parse(raw_format)
+    kind = {("s16", 1): "pcm16", ("f32", 1): "f32"}.get((raw.encoding, raw.channels))
+    if kind is None or raw.endian != "le":
+        raise WavadaptError(f"--raw-format {raw_format}: live audio is mono s16le or f32le")
+    return PcmInput(kind, raw.sample_rate)
+
+
+def _transcribe_live(asr, pcm, output_format: str) -> None:
+    import json
+    import sys
+
+    from wavadapt.inference.endpointing import Speech
+    from wavadapt.inference.streaming import Stream, StreamConfig, StreamEngine, transcribe_live
+
+    frame_bytes = pcm.rate // 10 * int(pcm.dtype[-1])  # 0.1 s of <i2 or <f4 samples
+
+    def frames():
+        try:
+            while frame := sys.stdin.buffer.read(frame_bytes):
+                yield frame
+        except KeyboardInterrupt:  # Ctrl-C ends the audio; the last utterance is still finished
+            return
+
+    for event in transcribe_live(StreamEngine(asr), Stream(asr.active, StreamConfig(), Speech()), frames(), pcm):
+        if output_format == "jsonl":
+            typer.echo(json.dumps(event, ensure_ascii=False))
+        else:
+            typer.echo(f"{event['type']}\t{event['start']:.2f}\t{event['end']:.2f}\t{event['text']}")
+        sys.stdout.flush()
 
 
 def _task_of(asr, task: str | None, language: str) -> str:

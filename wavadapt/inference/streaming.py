@@ -12,8 +12,9 @@ One step runs the windows of every stream that has a chunk ready as one padded b
 
 import asyncio
 import contextlib
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import soxr
@@ -43,7 +44,7 @@ class PcmInput:
             raise WavadaptError(f"format {kind!r}: choose {' or '.join(PCM_FORMATS)}")
         if not 8000 <= rate <= 48000:
             raise WavadaptError(f"rate {rate}: give 8000 to 48000 Hz")
-        self.kind, (self.dtype, self.scale) = kind, PCM_FORMATS[kind]
+        self.kind, self.rate, (self.dtype, self.scale) = kind, rate, PCM_FORMATS[kind]
         self.resampler = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32") if rate != SAMPLE_RATE else None
 
     def __call__(self, frame: bytes) -> np.ndarray:
@@ -115,6 +116,8 @@ class Stream:
     ended: bool = False
     closed: int = 0
     """Utterances closed so far."""
+    shown: str = ""
+    """The partial text the client last heard."""
 
     def push(self, samples: np.ndarray) -> None:
         """Append 16 kHz mono float32 samples."""
@@ -260,6 +263,18 @@ class StreamEngine:
                 closed.append(utterance)
         return closed
 
+    def events(self, stream: Stream) -> list[dict]:
+        """What a live client hears after a step: a ``final`` event per utterance closed, then a ``partial`` one if
+        the open utterance's text changed."""
+        found = [{"type": "final", **asdict(u)} for u in self.utterances(stream)]
+        if found:
+            stream.shown = ""
+        if not stream.ended and (text := self.text(stream, partial=True)) != stream.shown:
+            stream.shown = text
+            found.append({"type": "partial", "text": text, "start": stream.opened,
+                          "end": stream.received / SAMPLE_RATE})
+        return found
+
     def _utterance(self, stream: Stream, until: int | None = None) -> Utterance:
         vocabulary = self.model.vocabularies[stream.task]
         labels, first = stream.take_labels(until)
@@ -324,3 +339,18 @@ class StreamScheduler:
                     if not stream.ready:
                         future.set_result(None)
                         del self.waiting[key]
+
+
+def transcribe_live(engine: StreamEngine, stream: Stream, frames: Iterable[bytes], pcm: PcmInput) -> Iterator[dict]:
+    """One live stream on its own (``wavadapt transcribe --live``): the events after each frame, then the last
+    ones when the frames run out."""
+    for frame in frames:
+        stream.push(pcm(frame))
+        while stream.ready:
+            engine.step([stream])
+        yield from engine.events(stream)
+    stream.push(pcm.flush())
+    stream.end()
+    while stream.ready:
+        engine.step([stream])
+    yield from engine.events(stream)
