@@ -68,8 +68,9 @@ class StreamConfig:
 
     The defaults are from `benchmarks/streaming.py` on the demo's real Dutch test split (40 utterances, the adapter
     model): every chunking tried (0.5-2 s chunks, 2 or 8 s left, 0.2 or 0.4 s ahead) kept the offline CER (76.4%;
-    streamed 75.8-76.7%); 1 s chunks bound the partial text's lag at 1.4 s for 2.4x offline decoding's compute, where
-    8 s of left context cost more (2.7x) and gained nothing, and 2 s chunks cost 1.8x but lag 2.4 s."""
+    streamed 75.8-76.7%); 1 s chunks bound the partial text's lag (p95 1.05 s with 8 live streams) for 2.8x offline
+    decoding's CPU time, where 8 s of left context cost more (3.3x) and gained nothing, and 2 s chunks cost 1.95x but
+    lag a second more."""
 
     chunk_seconds: float = 1.0
     left_seconds: float = 2.0
