@@ -362,3 +362,26 @@ def test_a_stream_killed_mid_utterance_does_not_disturb_the_others(url, registry
         texts = [jobs[0].result(), jobs[1].result(), jobs[2].result()]
     assert texts[0] == offline_stream(registry, clips[2], "es") and texts[2] == offline_stream(registry, clips[3], "es")
     assert stream_file(url, clips[1], "en")[-2]["text"] == offline_stream(registry, clips[1], "en")  # still serving
+
+
+def test_a_browser_offers_its_key_as_a_subprotocol(url, registry, clips):
+    """Browsers cannot set headers on a WebSocket: the key comes as a subprotocol, OpenAI's way for browsers."""
+    def offering(key: str, path: str = "/stream?model=en&endpoints=false") -> websocket.WebSocket:
+        return websocket.create_connection(url.removesuffix("/stream") + path, timeout=TIMEOUT,
+                                           subprotocols=["realtime", f"openai-insecure-api-key.{key}"])
+
+    right = offering(KEY)
+    try:
+        assert right.getsubprotocol() == "realtime"  # a browser fails a handshake that answers none of its offers
+        right.send_binary(clips[1].tobytes())
+        right.send(json.dumps({"type": "end"}))
+        assert events(right)[-2]["text"] == offline_stream(registry, clips[1], "en")
+    finally:
+        right.close()
+    received = events(offering("wrong"))
+    assert received[0]["code"] == "invalid_api_key" and received[-1] == {"type": "close", "code": 1008}
+    realtime = offering(KEY, "/realtime?intent=transcription")
+    try:
+        assert json.loads(realtime.recv())["type"] == "session.created"
+    finally:
+        realtime.close()

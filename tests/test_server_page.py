@@ -1,5 +1,6 @@
 """The server's page in headless Chromium (driven over the DevTools protocol): pick a task, upload a file and read
-the offline transcript from the page; record from a (fake) microphone and get a transcript back."""
+the offline transcript from the page; record from a (fake) microphone and get a transcript back; transcribe the
+microphone live over the WebSocket, the text growing in the page."""
 
 import itertools
 import json
@@ -28,6 +29,8 @@ class Page:
     def __init__(self, ws_url: str):
         self.ws = websocket.create_connection(ws_url, timeout=TIMEOUT, suppress_origin=True)
         self.ids = itertools.count(1)
+        self.events: list[dict] = []
+        """The events of the domains enabled (Network.enable: the page's WebSocket frames), in order."""
 
     def send(self, method: str, **params) -> dict:
         message_id = next(self.ids)
@@ -37,6 +40,7 @@ class Page:
             if reply.get("id") == message_id:
                 assert "error" not in reply, reply["error"]
                 return reply["result"]
+            self.events.append(reply)
 
     def js(self, expression: str):
         result = self.send("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
@@ -147,3 +151,43 @@ def test_the_page_asks_for_the_key_of_a_server_that_needs_one(browser):
         tab.js("document.querySelector('#key').value = 'secret'; "
                "document.querySelector('#key').dispatchEvent(new Event('change'))")
         assert tab.wait_for("document.querySelector('#status').textContent === '2 task(s) ready.'")
+
+
+def test_the_page_transcribes_the_microphone_live(browser):
+    """Live mode: the key goes as a WebSocket subprotocol; partial text shows while the microphone streams, and the
+    page's lines are the server's final events (read off the page's WebSocket frames)."""
+    with serving(create_app(Registry(_two_task_model("layer")), ServerConfig(api_key="secret"))) as url:
+        tab = browser(url + "/")
+        tab.send("Network.enable")
+        tab.wait_for("document.querySelector('#status') && "
+                     "document.querySelector('#status').textContent.startsWith('This server needs an API key')")
+        tab.js("document.querySelector('#key').value = 'secret'; "
+               "document.querySelector('#key').dispatchEvent(new Event('change'))")
+        tab.wait_for("document.querySelector('#status').textContent === '2 task(s) ready.'")
+        tab.js("document.querySelector('#task').value = 'es'")
+
+        tab.js("document.querySelector('#key').value = 'wrong'")  # a server error lands in the error area
+        tab.js("document.querySelector('#live').click()")
+        status = tab.wait_for("document.querySelector('#live').textContent === 'Live' && "
+                              "document.querySelector('#status').className === 'error' && "
+                              "document.querySelector('#status').textContent")
+        assert status == "Error: missing or incorrect API key: send Authorization: Bearer <key>"
+
+        tab.js("document.querySelector('#key').value = 'secret'")
+        tab.js("document.querySelector('#live').click()")
+        tab.wait_for("document.querySelector('#status').textContent.startsWith('Live with es')")
+        shown = "document.querySelector('#transcript').textContent"
+        first = tab.wait_for(f"document.querySelector('#transcript .partial').textContent && {shown}")
+        tab.wait_for(f"{shown}.length > {len(first)}", timeout=30)  # it grows while the microphone streams
+        assert tab.js("document.querySelector('#status').textContent").startswith("Live with es")  # before the stop
+        tab.js("document.querySelector('#live').click()")
+        status = tab.wait_for("/^(Done|Error)/.test(document.querySelector('#status').textContent) && "
+                              "document.querySelector('#status').textContent")
+        assert status.startswith("Done") and status.endswith("s live by es."), status
+        lines = tab.js("[...document.querySelectorAll('#transcript .final')].map(e => e.textContent)")
+        assert tab.js("document.querySelector('#transcript .partial').textContent") == ""
+    sent = [json.loads(e["params"]["response"]["payloadData"]) for e in tab.events
+            if e["method"] == "Network.webSocketFrameReceived"]
+    finals = [e["text"] for e in sent if e["type"] == "final" and e["text"]]
+    assert lines and lines == finals
+    assert sent[-1]["type"] == "final" and float(status.split()[1]) == pytest.approx(sent[-1]["end"], abs=0.05)

@@ -19,7 +19,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -30,7 +30,6 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from wavadapt.data.audio import SAMPLE_RATE
 from wavadapt.decoding import DecoderConfig
 from wavadapt.errors import AudioError, WavadaptError
 from wavadapt.inference.batcher import Batcher, BatcherClosed, QueueFull
@@ -75,7 +74,8 @@ class ServerConfig:
     chunk_seconds: float = CHUNK_SECONDS
     """Longer audio is decoded in windows cut at pauses."""
     api_key: str | None = None
-    """When set, /v1 and /metrics need ``Authorization: Bearer <api_key>``."""
+    """When set, /v1 and /metrics need ``Authorization: Bearer <api_key>`` (a WebSocket may instead offer the
+    subprotocol ``openai-insecure-api-key.<api_key>``, as browsers must)."""
     stream: StreamConfig = StreamConfig()
     """Chunking of live streams (/v1/stream, /v1/realtime)."""
     max_streams: int = 64
@@ -208,10 +208,11 @@ def create_app(registry: Registry, config: ServerConfig = ServerConfig()) -> Fas
         """Live transcription: binary frames of PCM16 (or ``format=f32``) at ``rate`` in; JSON ``partial`` events as
         the open utterance's text grows, a ``final`` one with its words where a pause ends it (silero-vad; with
         ``endpoints=false`` the whole stream is one utterance) and after the client's ``{"type": "end"}``."""
-        await socket.accept()
+        authorization, subprotocol = _socket_key(socket)
+        await socket.accept(subprotocol=subprotocol)
         try:
             if config.api_key is not None:
-                _check_key(socket.headers.get("authorization", ""), config.api_key)
+                _check_key(authorization, config.api_key)
             task = _task_of(registry, model, language)
             decode = _pcm_input(format, rate)
         except _Refused as e:
@@ -223,7 +224,6 @@ def create_app(registry: Registry, config: ServerConfig = ServerConfig()) -> Fas
                 await _stream_live(socket, Stream(task, config.stream, Speech() if endpoints else None), decode)
 
     async def _stream_live(socket: WebSocket, stream: Stream, decode: PcmInput) -> None:
-        shown = ""
         while True:
             try:
                 message = await asyncio.wait_for(socket.receive(), config.idle_seconds)
@@ -252,25 +252,21 @@ def create_app(registry: Registry, config: ServerConfig = ServerConfig()) -> Fas
                 continue
             live: StreamScheduler = socket.app.state.live
             await live.advance(stream)  # in steps shared with every other live stream
-            for utterance in live.engine.utterances(stream):
-                await socket.send_json({"type": "final", **asdict(utterance)})
-                shown = ""
+            for event in live.engine.events(stream):
+                await socket.send_json(event)
             if stream.ended:
                 return await socket.close()
-            if (text := live.engine.text(stream, partial=True)) != shown:
-                shown = text
-                await socket.send_json({"type": "partial", "text": text, "start": stream.opened,
-                                        "end": stream.received / SAMPLE_RATE})
 
     @app.websocket("/v1/realtime")
     async def realtime(socket: WebSocket, model: str | None = None) -> None:
         """OpenAI's Realtime transcription (`realtime.RealtimeSession`)."""
-        await socket.accept()
+        authorization, subprotocol = _socket_key(socket)
+        await socket.accept(subprotocol=subprotocol)
         session = RealtimeSession(socket, socket.app.state.live, lambda m, lang: _task_of(registry, m, lang),
                                   config.stream)
         try:
             if config.api_key is not None:
-                _check_key(socket.headers.get("authorization", ""), config.api_key)
+                _check_key(authorization, config.api_key)
             session.task = _task_of(registry, model, None) if model else None
         except _Refused as e:
             await session.error(e.code, e.message, e.param)
@@ -341,6 +337,20 @@ def _is_end(text: str | None) -> bool:
         return json.loads(text or "").get("type") == "end"
     except (ValueError, AttributeError):
         return False
+
+
+_KEY_PROTOCOL = "openai-insecure-api-key."
+
+
+def _socket_key(socket: WebSocket) -> tuple[str, str | None]:
+    """A WebSocket's authorization (``Bearer <key>`` for a key offered as a subprotocol, else its Authorization
+    header) and the subprotocol to accept. A browser cannot set headers on a WebSocket, so it offers the key as a
+    subprotocol, as OpenAI's browser clients do (``realtime``, ``openai-insecure-api-key.<key>``); the answer must
+    name a subprotocol it offered, or Chromium fails the handshake."""
+    offered = [p.strip() for p in socket.headers.get("sec-websocket-protocol", "").split(",")]
+    keys = [p.removeprefix(_KEY_PROTOCOL) for p in offered if p.startswith(_KEY_PROTOCOL)]
+    authorization = f"Bearer {keys[0]}" if keys else socket.headers.get("authorization", "")
+    return authorization, "realtime" if "realtime" in offered else None
 
 
 def _check_key(header: str, key: str) -> None:
