@@ -133,6 +133,27 @@ class MmsAdapter(Wav2Vec2AttnAdapterLayer):
         return x + super().forward(x)
 
 
+@dataclass
+class Mixture:
+    """Rows that combine adapter stacks: the routing's stacks are ``components`` per row (row b's k-th at
+    ``b * components + k``), and each adapter and task layer norm mixes its components' outputs by ``weights``: (B,
+    K) for every place, or (places, B, K) per place (`place_of`), each row's weights summing to one."""
+
+    components: int
+    weights: torch.Tensor
+
+    def mix(self, y: torch.Tensor, place: int) -> torch.Tensor:
+        """(B * K, ...) component outputs -> (B, ...) their weighted sum at ``place``."""
+        w = self.weights[place] if self.weights.dim() == 3 else self.weights
+        y = y.view(w.shape[0], self.components, *y.shape[1:])
+        return (y * w.to(y.dtype).view(*w.shape, *[1] * (y.dim() - 2))).sum(1)
+
+
+def place_of(layer: int | None, num_layers: int) -> int:
+    """Where a module mixes in per-place weights: its layer, or ``num_layers`` for the encoder's own layer norm."""
+    return num_layers if layer is None else layer
+
+
 class Routing:
     """Which adapter stack each batch element uses; shared by every hook of one model."""
 
@@ -140,6 +161,15 @@ class Routing:
         self.stacks: Stack | list[Stack] | None = None
         self.grouped = False
         """Run mixed batches by the loop over distinct stacks instead of gathering (see `grouped_routing`)."""
+        self.mixture: Mixture | None = None
+        """Set while rows combine stacks (`combined`)."""
+
+    def combined(self, x: torch.Tensor, place: int, run: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """``run(x)`` on the current routing, or, while rows combine stacks, on each row's copies for its
+        components, mixed at ``place``: one routed pass for every row and component."""
+        if self.mixture is None:
+            return run(x)
+        return self.mixture.mix(run(x.repeat_interleave(self.mixture.components, 0)), place)
 
     def uniform(self, batch_size: int) -> Stack | None:
         """The stack every row runs, or None when rows differ."""
@@ -253,10 +283,11 @@ def _gathered_bottleneck(x: torch.Tensor, tables: list[torch.Tensor], index: tor
 class LayerAdapters(nn.Module):
     """The adapters of one transformer layer, keyed by set name; applied by forward hooks."""
 
-    def __init__(self, routing: Routing):
+    def __init__(self, routing: Routing, place: int):
         super().__init__()
         self.sets = nn.ModuleDict()
         self.routing = routing
+        self.place = place
         self.hooked_forms: set[str] = set()
         self.tables: dict[str, StackedTables] = {}
         """The gathered routing's stacked weights per hook kind (a plain attribute: no state-dict keys)."""
@@ -268,6 +299,9 @@ class LayerAdapters(nn.Module):
         return x
 
     def _adapt(self, which: str, x: torch.Tensor) -> torch.Tensor:
+        return self.routing.combined(x, self.place, lambda rows: self._route(which, rows))
+
+    def _route(self, which: str, x: torch.Tensor) -> torch.Tensor:
         stack = self.routing.uniform(x.shape[0])
         if stack is not None:
             return self._run(which, stack, x)
@@ -323,12 +357,13 @@ class TaskLayerNorm(nn.LayerNorm):
     routing: Routing
 
     @classmethod
-    def wrap(cls, base: nn.LayerNorm, routing: Routing) -> TaskLayerNorm:
+    def wrap(cls, base: nn.LayerNorm, routing: Routing, place: int) -> TaskLayerNorm:
         ln = cls(base.normalized_shape, eps=base.eps, elementwise_affine=True,
                  device=base.weight.device, dtype=base.weight.dtype)
         ln.weight, ln.bias = base.weight, base.bias  # the same Parameter objects: names unchanged
         ln.tasks = nn.ModuleDict()
         ln.routing = routing
+        ln.place = place
         ln.table = StackedTables()  # per-row gains and biases of a mixed batch
         return ln
 
@@ -350,6 +385,9 @@ class TaskLayerNorm(nn.LayerNorm):
         return nn.functional.layer_norm(x, self.normalized_shape, owner.weight, owner.bias, self.eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.routing.combined(x, self.place, self._route)
+
+    def _route(self, x: torch.Tensor) -> torch.Tensor:
         stack = self.routing.uniform(x.shape[0])
         if stack is not None:
             return self._norm(stack, x)
@@ -415,10 +453,10 @@ def _block(dim: int, config: AdapterConfig) -> nn.ModuleDict:
                           for kind in ("attention", "feed_forward")})
 
 
-def _task_layer_norm(owner: nn.Module, attr: str, routing: Routing) -> TaskLayerNorm:
+def _task_layer_norm(owner: nn.Module, attr: str, routing: Routing, place: int) -> TaskLayerNorm:
     ln = getattr(owner, attr)
     if not isinstance(ln, TaskLayerNorm):
-        ln = TaskLayerNorm.wrap(ln, routing)
+        ln = TaskLayerNorm.wrap(ln, routing, place)
         setattr(owner, attr, ln)
     return ln
 
@@ -440,18 +478,19 @@ def add_adapter(model: nn.Module, name: str, config: AdapterConfig, init_layer_n
     for i in layers:
         layer = encoder.layers[i]
         if not hasattr(layer, "adapters"):
-            layer.adapters = LayerAdapters(routing)
+            layer.adapters = LayerAdapters(routing, i)
         layer.adapters.hook(layer, config.form)
         ref = layer.feed_forward.output_dense.weight
         block = _block(ref.shape[0], config).to(device=ref.device, dtype=ref.dtype)
         layer.adapters.sets[name] = block
         if config.layer_norms:
             for attr in ("layer_norm", "final_layer_norm"):
-                _task_layer_norm(layer, attr, routing).add_task(name, init_layer_norms_from)
+                _task_layer_norm(layer, attr, routing, i).add_task(name, init_layer_norms_from)
     # The encoder-level norm runs after the layers in pre-LN models but before them in post-LN ones,
     # where a top-N set owning it would need backward through every frozen layer.
     if config.layer_norms and (config.top_n is None or _pre_ln(encoder)):
-        _task_layer_norm(encoder, "layer_norm", routing).add_task(name, init_layer_norms_from)
+        _task_layer_norm(encoder, "layer_norm", routing, place_of(None, len(encoder.layers))).add_task(
+            name, init_layer_norms_from)
     _registry(model)[name] = config
 
 
@@ -509,6 +548,22 @@ def set_active(model: nn.Module, stack: str | Sequence[str] | None = None,
 
 def active_stack(model: nn.Module) -> Stack | list[Stack] | None:
     return _routing(model).stacks
+
+
+@contextlib.contextmanager
+def combining(model: nn.Module, stacks: Sequence[Sequence[str | Sequence[str] | None]], weights: torch.Tensor):
+    """Inside the block, row b combines the stacks ``stacks[b]`` (padded with the bare backbone at weight 0 to the
+    longest row's count) with ``weights`` (B, K) or per place (places, B, K): see :class:`Mixture`."""
+    components = max(map(len, stacks))
+    padded = [s for row in stacks for s in [*row, *[None] * (components - len(row))]]
+    routing = _routing(model)
+    saved = routing.stacks, routing.mixture
+    set_active(model, per_sample=padded)
+    routing.mixture = Mixture(components, weights)
+    try:
+        yield
+    finally:
+        routing.stacks, routing.mixture = saved
 
 
 def disable_adapters(model: nn.Module):
