@@ -45,6 +45,7 @@ from wavadapt.model.adapters import (
 )
 from wavadapt.model.backbone import quiet_transformers
 from wavadapt.model.ctc import CTCModel
+from wavadapt.model.language_id import LanguageId, check_layer
 
 FORMAT = "wavadapt-task"
 VERSION = 1
@@ -159,6 +160,20 @@ def save_adapter(backbone: PreTrainedModel, name: str, out_dir: str | Path, dtyp
         "vocabulary": None,
     }
     return _write(backbone, name, [], _set_tensors(backbone, name), meta, Path(out_dir), dtype)
+
+
+LANGUAGE_ID = "lid"
+"""The task name of a language identifier's file (adapter.lid.json)."""
+
+
+def save_language_id(model: CTCModel, out_dir: str | Path) -> Path:
+    """Write the model's language identifier as ``adapter.lid.safetensors`` + ``.json`` (its languages and layer
+    in the JSON's ``language_id``); return the JSON's path."""
+    lid = model.language_id
+    meta = {"stack": [], "adapter": None, "layers": [], "vocabulary": None,
+            "language_id": {"labels": lid.labels, "layer": lid.layer}}
+    tensors = {f"language_id.{k}": p for k, p in lid.named_parameters()}
+    return _write(model.backbone, LANGUAGE_ID, [], tensors, meta, Path(out_dir), None)
 
 
 def _write(backbone, name, stacked_on, tensors, meta, out_dir: Path, dtype) -> Path:
@@ -300,6 +315,8 @@ def load_task(model: CTCModel, path: str | Path, name: str | None = None) -> str
             f"({info['backbone'].get('family')}), this backbone's is {actual} ({backbone.config.model_type})"
             + (f" with {stacked_on}" if stacked_on else "")
         )
+    if "language_id" in info:
+        return _load_language_id(model, info, json_path, weights)
     try:
         config = AdapterConfig(**info["adapter"]) if info["adapter"] is not None else None
         vocab = Vocabulary.from_task_info(info)
@@ -323,6 +340,28 @@ def load_task(model: CTCModel, path: str | Path, name: str | None = None) -> str
     if vocab is not None:
         model.activate(name)
     return name
+
+
+def _load_language_id(model: CTCModel, info: dict, json_path: Path, weights: Path) -> str:
+    if model.language_id is not None:
+        raise CheckpointError(f"{json_path}: the model already has a language identifier"
+                              + (f" (from {model.task_files[LANGUAGE_ID]})" if LANGUAGE_ID in model.task_files else ""))
+    try:
+        spec = info["language_id"]
+        check_layer(model.backbone, int(spec["layer"]))
+        lid = LanguageId(model.hidden_size, [str(label) for label in spec["labels"]], int(spec["layer"]))
+    except (KeyError, TypeError, ValueError, WavadaptError) as e:
+        raise CheckpointError(f"{json_path}: invalid language identifier ({e})") from None
+    expected = {f"language_id.{k}": tuple(p.shape) for k, p in lid.named_parameters()}
+    check_tensors(weights, file_shapes(weights), expected)
+    ref = next(model.parameters())
+    lid.to(device=ref.device, dtype=ref.dtype)
+    with torch.no_grad(), safe_open(weights, "pt") as f:
+        for key, p in lid.named_parameters():
+            p.copy_(f.get_tensor(f"language_id.{key}"))
+    model.language_id = lid.eval()
+    model.task_files[LANGUAGE_ID] = str(json_path)
+    return LANGUAGE_ID
 
 
 def task_file_spec(spec: str | Path) -> tuple[Path, str | None]:

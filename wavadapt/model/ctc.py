@@ -16,8 +16,9 @@ from transformers import PreTrainedModel
 
 from wavadapt.data.text import Vocabulary
 from wavadapt.errors import WavadaptError
-from wavadapt.model.adapters import set_active
+from wavadapt.model.adapters import disable_adapters, set_active
 from wavadapt.model.backbone import conv_geometry
+from wavadapt.model.language_id import LanguageId, run_to_layer
 from wavadapt.model.masked_group_norm import masked_group_norm
 
 
@@ -51,6 +52,8 @@ class CTCModel(nn.Module):
         self.source: dict | None = None
         """Where the model came from (``model``, and ``adapters`` loaded onto it), set by its loader: training
         records it in run.json, so a run folder can be loaded as a model."""
+        self.language_id: LanguageId | None = None
+        """The spoken-language identifier on this backbone, when one is loaded or trained."""
 
     @property
     def hidden_size(self) -> int:
@@ -168,6 +171,17 @@ class CTCModel(nn.Module):
             rows = torch.tensor([i for i, t in enumerate(tasks) if t == task], device=hidden.device)
             logits[rows, :, : self.heads[task].out_features] = self.heads[task](hidden[rows])
         return CTCOutput(logits, lengths)
+
+    def identify(self, waveforms: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, languages) identification scores of each row (``language_id.labels``): the bare backbone runs up to
+        the identifier's layer only, without autograd (it is frozen)."""
+        if self.language_id is None:
+            raise WavadaptError("the model has no language identifier: load its task file (adapter.lid.json)")
+        lengths = self.output_lengths(attention_mask, *waveforms.shape).to(waveforms.device)
+        with torch.no_grad(), disable_adapters(self.backbone):
+            hidden = run_to_layer(lambda: self._encode(waveforms, attention_mask), self.backbone,
+                                  self.language_id.layer)
+        return self.language_id(hidden, lengths)
 
     def ctc_loss(self, output: CTCOutput, labels: torch.Tensor, label_lengths: torch.Tensor) -> torch.Tensor:
         """CTC loss summed over the batch, in fp32; the training loop divides by the utterances of the whole
