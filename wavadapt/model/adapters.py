@@ -550,16 +550,21 @@ def active_stack(model: nn.Module) -> Stack | list[Stack] | None:
     return _routing(model).stacks
 
 
+def set_combination(model: nn.Module, stacks: Sequence[Sequence[str | Sequence[str] | None]],
+                    weights: torch.Tensor) -> None:
+    """Route row b through the combination of the stacks ``stacks[b]`` (padded with the bare backbone at weight 0
+    to the longest row's count) with ``weights`` (B, K) or per place (places, B, K): see :class:`Mixture`."""
+    components = max(map(len, stacks))
+    set_active(model, per_sample=[s for row in stacks for s in [*row, *[None] * (components - len(row))]])
+    _routing(model).mixture = Mixture(components, weights)
+
+
 @contextlib.contextmanager
 def combining(model: nn.Module, stacks: Sequence[Sequence[str | Sequence[str] | None]], weights: torch.Tensor):
-    """Inside the block, row b combines the stacks ``stacks[b]`` (padded with the bare backbone at weight 0 to the
-    longest row's count) with ``weights`` (B, K) or per place (places, B, K): see :class:`Mixture`."""
-    components = max(map(len, stacks))
-    padded = [s for row in stacks for s in [*row, *[None] * (components - len(row))]]
+    """:func:`set_combination` inside the block, then the previous routing."""
     routing = _routing(model)
     saved = routing.stacks, routing.mixture
-    set_active(model, per_sample=padded)
-    routing.mixture = Mixture(components, weights)
+    set_combination(model, stacks, weights)
     try:
         yield
     finally:

@@ -22,6 +22,9 @@ from wavadapt.errors import WavadaptError
 from wavadapt.model.adapters import combining, encoder_of
 from wavadapt.model.ctc import CTCModel, CTCOutput
 
+FLOOR = -1e9
+"""log 0 inside the mixture: a finite stand-in, so that gradients through it (EMEA's) stay finite."""
+
 
 def places(model: CTCModel) -> int:
     """Places with weights of their own: each encoder layer, the encoder's layer norm, the heads."""
@@ -51,6 +54,23 @@ def normalised(weights: torch.Tensor) -> torch.Tensor:
     return weights / weights.sum(-1, keepdim=True)
 
 
+def padded(components: Sequence[Sequence[str]], weights: torch.Tensor
+           ) -> tuple[list[list[str | None]], torch.Tensor]:
+    """Every row's components padded with None to the longest row's count, and the weights with 0 there, each
+    row's normalised."""
+    count = max(map(len, components))
+    if weights.shape[-2:] != (len(components), count) or weights.dim() not in (2, 3):
+        raise WavadaptError(f"weights of shape {tuple(weights.shape)} for {len(components)} rows of up to {count} "
+                            "components")
+    rows = [list(row) + [None] * (count - len(row)) for row in components]
+    absent = torch.tensor([[t is None for t in row] for row in rows], device=weights.device)
+    return rows, normalised(weights.masked_fill(absent, 0.0))
+
+
+def stacks_of(model: CTCModel, rows: Sequence[Sequence[str | None]]) -> list[list[tuple[str, ...] | None]]:
+    return [[model.stacks[t] if t else None for t in row] for row in rows]
+
+
 def forward_combined(model: CTCModel, waveforms: torch.Tensor, components: Sequence[Sequence[str]],
                      weights: torch.Tensor, attention_mask: torch.Tensor | None = None
                      ) -> tuple[CTCOutput, Vocabulary]:
@@ -59,24 +79,32 @@ def forward_combined(model: CTCModel, waveforms: torch.Tensor, components: Seque
     unknown = sorted({t for row in components for t in row} - set(model.heads))
     if unknown:
         raise WavadaptError(f"unknown task(s) {unknown}; the model has {sorted(model.heads)}")
-    count = max(map(len, components))
-    if weights.shape[-2:] != (len(components), count) or weights.dim() not in (2, 3):
-        raise WavadaptError(f"weights of shape {tuple(weights.shape)} for {len(components)} rows of up to {count} "
-                            "components")
-    rows = [list(row) + [None] * (count - len(row)) for row in components]
-    padding = torch.tensor([[t is None for t in row] for row in rows], device=weights.device)
-    weights = normalised(weights.masked_fill(padding, 0.0))
-    with combining(model.backbone, [[model.stacks[t] if t else None for t in row] for row in rows], weights):
+    rows, weights = padded(components, weights)
+    with combining(model.backbone, stacks_of(model, rows), weights):
         hidden, lengths = model._encode(waveforms, attention_mask)
+    return mixed_heads(model, hidden, lengths, rows, weights)
+
+
+def mixed_heads(model: CTCModel, hidden: torch.Tensor, lengths: torch.Tensor, rows: Sequence[Sequence[str | None]],
+                weights: torch.Tensor) -> tuple[CTCOutput, Vocabulary]:
+    """Each row's heads' frame posteriors mixed by its head weights, as log-probabilities over the merged
+    vocabulary of every task in ``rows``."""
     tasks = list(dict.fromkeys(t for row in rows for t in row if t))
     vocabulary, maps = merged_vocabulary([model.vocabularies[t] for t in tasks])
-    merged = {}
+    shape = (*hidden.shape[:2], len(vocabulary))
+    merged, support = {}, {}
     for task, ids in zip(tasks, maps, strict=True):  # each head over every row, in the merged vocabulary
-        scores = hidden.new_full((*hidden.shape[:2], len(vocabulary)), float("-inf"))
-        merged[task] = scores.index_copy(-1, ids.to(hidden.device), model.heads[task](hidden).float()
-                                         .log_softmax(-1).to(hidden.dtype))
-    absent = hidden.new_full((*hidden.shape[:2], len(vocabulary)), float("-inf"))
+        scores = model.heads[task](hidden).float().log_softmax(-1).to(hidden.dtype)
+        merged[task] = hidden.new_full(shape, FLOOR).index_copy(-1, ids.to(hidden.device), scores)
+        support[task] = torch.zeros(len(vocabulary), dtype=torch.bool, device=hidden.device).index_fill(
+            0, ids.to(hidden.device), True)
+    absent = hidden.new_full(shape, FLOOR)
     head_weights = weights[-1] if weights.dim() == 3 else weights
     terms = torch.stack([torch.stack([merged[t][b] if t else absent[b] for t in row]) for b, row in enumerate(rows)])
-    log_weights = head_weights.to(hidden.dtype).log()[:, :, None, None]
-    return CTCOutput(torch.logsumexp(terms + log_weights, dim=1), lengths), vocabulary
+    log_weights = torch.where(head_weights > 0, head_weights.clamp(min=1e-30).log(), FLOOR).to(hidden.dtype)
+    mixed = torch.logsumexp(terms + log_weights[:, :, None, None], dim=1)
+    # A letter no weighted component has is impossible: -inf (masked after the sum, so gradients stay finite).
+    possible = torch.stack([torch.stack([support[t] & (w > 0) if t else torch.zeros_like(support[tasks[0]])
+                                         for t, w in zip(row, head_weights[b], strict=True)]).any(0)
+                            for b, row in enumerate(rows)])
+    return CTCOutput(mixed.masked_fill(~possible[:, None, :], float("-inf")), lengths), vocabulary
