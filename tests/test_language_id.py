@@ -6,14 +6,18 @@ import json
 
 import pytest
 import torch
+from cli_runner import run_cli
 from safetensors import safe_open
+from test_transcription import _two_task_model
 
 from wavadapt.data.audio import read_audio
 from wavadapt.data.corpora import open_corpus
 from wavadapt.errors import CheckpointError
 from wavadapt.evaluation.language_id import identify_corpus
+from wavadapt.inference.transcription import Request, transcribe_requests
 from wavadapt.interop.loading import load_asr_model
 from wavadapt.model.adapters import base_state
+from wavadapt.model.checkpoint import save_backbone, save_task
 from wavadapt.training.language_id import train_language_id
 from wavadapt.training.loop import TrainConfig
 
@@ -75,3 +79,37 @@ def test_the_evaluation_counts_each_utterance_once_by_its_language(trained, synt
         alone = [model.identify(torch.from_numpy(read_audio(u.path))[None]).argmax().item() for u in test]
     right = sum(a == ["en", "es"].index(u.language) for a, u in zip(alone, test, strict=True))
     assert result.accuracy == right / len(test)
+
+
+def test_the_commands_train_evaluate_and_route_by_language(synth_corpus, tmp_path, capsys):
+    """finetune --objective lid, evaluate --task lid, then transcribe --task auto: each file's text is what the
+    task it was routed to gives it, and its row names that task and the language found."""
+    model = _two_task_model("layer")
+    backbone = save_backbone(model.backbone, tmp_path / "backbone")
+    tasks = [save_task(model, name, tmp_path / "tasks") for name in ("en", "es")]
+    code, out, err = run_cli(capsys, "finetune", synth_corpus, "--language", "en,es", "--objective", "lid", "--out",
+                             tmp_path / "lid", "--model", backbone, "--max-updates", "3", "--lid-layer", "2",
+                             "--max-seconds-per-batch", "20", "--no-progress")
+    assert code == 0, err
+    assert out.strip().startswith("update 3, loss") and "validation accuracy" in out
+    lid = tmp_path / "lid" / "adapter.lid.json"
+    code, out, err = run_cli(capsys, "evaluate", synth_corpus, "--language", "en,es", "--model", backbone,
+                             "--adapter", lid, "--task", "lid", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["labels"] == ["en", "es"] and result["utterances"] == sum(map(sum, result["confusion"]))
+    files = [u.path for lang in ("en", "es") for u in open_corpus(synth_corpus, "test", lang)[:2]]
+    code, out, err = run_cli(capsys, "transcribe", *files, "--model", backbone, "--adapter", tasks[0], "--adapter",
+                             tasks[1], "--adapter", lid, "--task", "auto", "--lid-threshold", "0", "--format", "jsonl")
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert all(r["task"] in ("en", "es") and r["language"] == r["task"] and 0 < r["language_probability"] <= 1
+               for r in rows)
+    loaded = load_asr_model(backbone, tasks)
+    for path, row in zip(files, rows, strict=True):
+        [alone] = transcribe_requests(loaded, [Request(path, row["task"])])
+        assert row["text"] == alone.text
+    code, out, err = run_cli(capsys, "transcribe", files[0], "--model", backbone, "--adapter", tasks[0],
+                             "--adapter", tasks[1], "--task", "auto")
+    assert code == 1 and err.strip() == ("error: task auto needs a language identifier: load its file "
+                                         "(adapter.lid.json, from `wavadapt finetune --objective lid`)")

@@ -48,24 +48,42 @@ def evaluate_corpus(
     lm_weight: LmWeight = None,
     word_score: WordScore = None,
     lexicon: LexiconOption = None,
+    combine: Annotated[str, typer.Option(help="With --task auto or a+b: uniform, lid or entropy (see transcribe).")
+                       ] = "lid",
+    lid_threshold: Annotated[float, typer.Option(help="With --task auto: see transcribe.")] = 0.5,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Score a task on a corpus: WER / CER per language.
+    """Score a task on a corpus: WER / CER per language; or a language identifier (--task lid): its accuracy and
+    confusion matrix.
 
     Greedy decoding, or a beam search with an LM (then greedy's scores of the same logits beside it). Rates are
-    corpus-level: edits over all reference words (characters).
+    corpus-level: edits over all reference words (characters). --language takes several languages, comma-separated
+    (a corpus with a folder per language).
     """
     import json
 
     from wavadapt.data.corpora import open_corpus
     from wavadapt.decoding import make_decoder
     from wavadapt.evaluation.corpus import evaluate
+    from wavadapt.model.auto_routing import AUTO, AutoConfig
+    from wavadapt.model.checkpoint import LANGUAGE_ID
 
-    config = decoder_config(decoder, beam_size, lm, lm_weight, word_score, lexicon)
+    languages = [lang.strip() for lang in language.split(",") if lang.strip()] if language else [None]
+    utterances = [u for lang in languages for u in open_corpus(data, split, lang, raw_format)]
+    routed = task is not None and (task in (AUTO, LANGUAGE_ID) or "+" in task)
     asr = asr_model(model, adapter, task, family, trust_pickle, vocab)
-    make_decoder(config, asr.vocabularies[asr.active])  # a bad LM or lexicon fails before the decoding
-    result = evaluate(asr, open_corpus(data, split, language, raw_format), max_seconds_per_batch=max_seconds_per_batch,
-                      out_dir=out, decoder=config)
+    if task == LANGUAGE_ID:
+        from wavadapt.evaluation.language_id import identify_corpus
+
+        identified = identify_corpus(asr, utterances, max_seconds_per_batch)
+        typer.echo(json.dumps(identified.to_dict(), indent=2) if json_output else identified.summary())
+        return
+    config = decoder_config(decoder, beam_size, lm, lm_weight, word_score, lexicon)
+    if not routed:
+        make_decoder(config, asr.vocabularies[asr.active])  # a bad LM or lexicon fails before the decoding
+    result = evaluate(asr, utterances, task=task if routed else None, max_seconds_per_batch=max_seconds_per_batch,
+                      language=language if len(languages) == 1 else None, out_dir=out, decoder=config,
+                      auto=AutoConfig(combine, lid_threshold))
     typer.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False) if json_output else result.summary())
 
 

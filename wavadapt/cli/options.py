@@ -54,7 +54,9 @@ AdapterOption = Annotated[
     typer.Option(help="A task file (adapter.<task>.json), or FILE:NAME to load it under another name (-- for /); "
                  "repeat to stack, the language adapter first."),
 ]
-TaskOption = Annotated[str | None, typer.Option(help="Task to run (default: the last task file's).")]
+TaskOption = Annotated[str | None, typer.Option(help="Task to run (default: the last task file's); auto: each "
+                                               "file's identified language's task (with a language identifier, "
+                                               "adapter.lid.json); a+b: those tasks combined.")]
 VocabOption = Annotated[Path | None, typer.Option(help="The dict.ltr.txt of a fine-tuned fairseq checkpoint, where "
                                                  "it is not beside the .pt.")]
 # The decoder: greedy, or flashlight's beam search with a KenLM word LM and a lexicon (DecoderConfig).
@@ -86,10 +88,15 @@ def decoder_config(kind: str | None, beam_size: int, lm: Path | None, lm_weight:
 
 def asr_model(model: str, adapters: list[Path] | None, task: str | None, family: str | None, trust_pickle: bool,
                vocab: Path | None = None):
-    """The backbone with its task files loaded and ``task`` (or the last loaded one) active."""
+    """The backbone with its task files loaded and ``task`` (or the last loaded one) active; a request routed by
+    language (auto, a+b) or for the identifier itself (lid) activates none."""
     from wavadapt.interop.loading import load_asr_model
+    from wavadapt.model.auto_routing import AUTO
+    from wavadapt.model.checkpoint import LANGUAGE_ID
 
-    asr = load_asr_model(model, adapters or [], trust_pickle=trust_pickle, family=family, task=task, vocab=vocab)
-    if asr.active is None:
+    routed = task is not None and (task in (AUTO, LANGUAGE_ID) or "+" in task)
+    asr = load_asr_model(model, adapters or [], trust_pickle=trust_pickle, family=family,
+                         task=None if routed else task, vocab=vocab)
+    if asr.active is None and not routed:
         raise WavadaptError("no task to run: pass a task file with --adapter")
     return asr

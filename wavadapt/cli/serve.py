@@ -58,6 +58,11 @@ def transcribe_files(
     lm_weight: LmWeight = None,
     word_score: WordScore = None,
     lexicon: LexiconOption = None,
+    combine: Annotated[str, typer.Option(help="With --task auto or a+b: how rows combine tasks: uniform, lid (the "
+                                         "language identifier's posterior) or entropy (EMEA, tuned per utterance).")
+                       ] = "lid",
+    lid_threshold: Annotated[float, typer.Option(help="With --task auto: a row whose identified language is less "
+                                                 "probable than this, or has no task, runs the combination.")] = 0.5,
     live: Annotated[bool, typer.Option("--live", help="Transcribe live PCM from stdin (give - as the file; "
                                        "--raw-format s16le or f32le at any rate, default s16le:16000), e.g. from "
                                        "`arecord -f S16_LE -r 16000 -t raw`: a partial line as the text grows, a "
@@ -78,7 +83,10 @@ def transcribe_files(
     from wavadapt.inference import transcription
     from wavadapt.inference.formats import FORMATS, SUBTITLES, jsonl_line, subtitle_paths, subtitles, tsv_line
     from wavadapt.inference.transcription import Request, transcribe_requests
+    from wavadapt.model.auto_routing import AUTO, AutoConfig
 
+    routed = task is not None and (task == AUTO or "+" in task)  # rows routed by language, or combined
+    auto = AutoConfig(combine, lid_threshold)
     if output_format not in FORMATS:
         raise WavadaptError(f"--format {output_format!r}: choose from {', '.join(FORMATS)}")
     if output_format in SUBTITLES and out is None:
@@ -86,15 +94,16 @@ def transcribe_files(
     raw = str(RawFormat.parse(raw_format)) if raw_format else None  # a typo fails before the model loads
     config = decoder_config(decoder, beam_size, lm, lm_weight, word_score, lexicon)
     asr = asr_model(model, adapter, task, family, trust_pickle, vocab)
+    default = task if routed else asr.active
     requests = []
     for f in files:
         if f.suffix in (".tsv", ".jsonl") and f.is_file():
             requests += [Request(u.path, _task_of(asr, u.task, u.language), u.raw_format or raw, config)
                          for u in read_manifest(f)]
         elif f.is_dir() and (found := read_audio_folder(f)):  # a folder of audio files, searched recursively
-            requests += [Request(u.path, asr.active, None, config) for u in found]
+            requests += [Request(u.path, default, None, config) for u in found]
         else:
-            requests.append(Request(f, asr.active, raw if is_headerless(f) else None, config))
+            requests.append(Request(f, default, raw if is_headerless(f) else None, config))
     targets = subtitle_paths([r.path for r in requests], out, output_format) if output_format in SUBTITLES else {}
     pool = DecoderPool()
     for t in dict.fromkeys(r.task for r in requests if r.task in asr.vocabularies):  # a bad LM fails here, first
@@ -102,7 +111,7 @@ def transcribe_files(
     if compile_model:
         transcription.compile_model(asr)
     results = transcribe_requests(asr, requests, max_seconds_per_batch, chunk_seconds,
-                                  progress=progress and len(requests) > 8, precision=precision, pool=pool)
+                                  progress=progress and len(requests) > 8, precision=precision, pool=pool, auto=auto)
     good = [t for t in results if t.error is None]
     for t in results:
         if t.error is not None:
@@ -113,8 +122,7 @@ def transcribe_files(
             targets[t.path].write_text(subtitles(t, output_format), encoding="utf-8")
             typer.echo(targets[t.path])
     else:
-        line = tsv_line if output_format == "tsv" else jsonl_line
-        text = "".join(line(t) + "\n" for t in good)
+        text = "".join((tsv_line(t, routed) if output_format == "tsv" else jsonl_line(t)) + "\n" for t in good)
         if out is None:
             typer.echo(text, nl=False)
         else:

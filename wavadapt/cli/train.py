@@ -25,12 +25,14 @@ from wavadapt.cli.options import (
     WarmupUpdates,
 )
 from wavadapt.cli.program import app
+from wavadapt.errors import WavadaptError
 
 
 @app.command()
 def finetune(
     data: CorpusArgument,
-    language: Annotated[str, typer.Option(help="Language of the data (text normalisation, corpus folder).")],
+    language: Annotated[str, typer.Option(help="Language of the data (text normalisation, corpus folder); with "
+                                          "--objective lid the languages to identify, comma-separated.")],
     out: Annotated[Path, typer.Option(help="Run directory: checkpoints, logs, task file, backbone if changed.")],
     model: Annotated[str, typer.Option(help="The model to start from: a shipped one (tiny-nl-real), a pretrain or "
                                        "fine-tuning run's folder, a Hugging Face checkpoint directory, a fairseq .pt, "
@@ -77,8 +79,12 @@ def finetune(
     progress: Progress = True,
     trust_pickle: TrustPickle = False,
     raw_format: RawFormatOption = None,
+    objective: Annotated[str, typer.Option(help="ctc (speech recognition) or lid (spoken language identification "
+                                           "on the frozen backbone: writes adapter.lid.*, for --task auto).")] = "ctc",
+    lid_layer: Annotated[int | None, typer.Option(help="--objective lid: the encoder layer whose frames it pools "
+                                                  "(default: the middle one).")] = None,
 ) -> None:
-    """Fine-tune CTC ASR with adapters or fully.
+    """Fine-tune CTC ASR with adapters or fully, or a language identifier.
 
     The papers' methods: full, top-n-full, adapters, top-n-adapters, head-only. Launch with torchrun for several
     processes or GPUs.
@@ -93,9 +99,18 @@ def finetune(
     from wavadapt.training.methods import MethodConfig, default_adapter_size, default_lr
     from wavadapt.training.run_folder import claim, data_source
 
+    if objective not in ("ctc", "lid"):
+        raise WavadaptError(f"--objective {objective!r}: choose ctc or lid")
     claim(out, resume=resume, overwrite=overwrite)  # before a model loads for minutes
     asr = load_asr_model(model, adapter or [], trust_pickle=trust_pickle)
     hidden = asr.backbone.config.hidden_size  # tiny models take other defaults than Base (methods.SMALL_MODEL)
+    if objective == "lid":
+        return _train_language_id(asr, data, language, out, split, valid_split, lid_layer, raw_format,
+                                  TrainConfig(max_updates=max_updates, lr=lr or 1e-3, update_freq=update_freq,
+                                              max_seconds_per_batch=max_seconds_per_batch, amp=amp,
+                                              validate_every=validate_every, checkpoint_every=checkpoint_every,
+                                              num_workers=num_workers, seed=seed, progress=progress),
+                                  resume, overwrite)
     method_config = MethodConfig(method, top_n, adapter_size or default_adapter_size(hidden), freeze_updates, stack_on,
                                  adapter_form)
     lr = lr or default_lr(method, hidden)
@@ -110,6 +125,20 @@ def finetune(
                   feature_cache=_cache_dir(out, feature_cache, feature_cache_dir), keep_foreign=keep_foreign_letters,
                   overwrite=overwrite, data_source=data_source(data, split, language))
     _echo_last(history, "utterance")  # the CTC loss sums over each utterance's frames
+
+
+def _train_language_id(asr, data: Path, language: str, out: Path, split: str, valid_split: str | None,
+                       layer: int | None, raw_format: str | None, config, resume: bool, overwrite: bool) -> None:
+    from wavadapt.data.corpora import open_corpus
+    from wavadapt.training.language_id import train_language_id
+    from wavadapt.training.run_folder import data_source
+
+    languages = [lang.strip() for lang in language.split(",") if lang.strip()]
+    train = [u for lang in languages for u in open_corpus(data, split, lang, raw_format)]
+    valid = [u for lang in languages for u in open_corpus(data, valid_split, lang, raw_format)] if valid_split else None
+    history = train_language_id(asr, languages, train, config, out, layer, valid=valid, resume=resume,
+                                overwrite=overwrite, data_source=data_source(data, split, language))
+    _echo_last(history, "utterance")
 
 
 @app.command()

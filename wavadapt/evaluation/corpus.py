@@ -15,6 +15,8 @@ from wavadapt.decoding import DecoderConfig, decode_in_processes, texts
 from wavadapt.errors import WavadaptError
 from wavadapt.evaluation.bootstrap import edit_counts, interval
 from wavadapt.inference.engine import decode_utterances, evaluating
+from wavadapt.inference.transcription import Request, transcribe_requests
+from wavadapt.model.auto_routing import AUTO, AUTO_DEFAULTS, AutoConfig, check_requests
 from wavadapt.model.checkpoint import safe_name
 from wavadapt.model.ctc import CTCModel
 
@@ -105,6 +107,7 @@ def evaluate(
     language: str | None = None,
     out_dir: str | Path | None = None,
     decoder: DecoderConfig | None = None,
+    auto: AutoConfig = AUTO_DEFAULTS,
 ) -> EvalResult:
     """Decode ``utterances`` with ``task`` (default: the active one) and score them: greedily, or with the beam
     search of ``decoder``, whose scores then come with greedy decoding's of the same logits beside them.
@@ -117,11 +120,18 @@ def evaluate(
     windows as by ``engine.transcribe`` (a beam search reads the windows' log-probabilities joined). With ``out_dir``,
     writes ``hyp.<task>.txt`` and ``ref.<task>.txt`` (``<id> <text>`` lines, in input order), and
     ``hyp.<task>.greedy.txt`` beside a beam search's.
+
+    ``task`` ``auto`` or ``a+b`` routes every utterance (:mod:`wavadapt.model.auto_routing`, with ``auto``) and
+    decodes it as ``transcribe`` does.
     """
     task = task or model.active
     if task is None:
         raise WavadaptError("no task to evaluate: the model has no active task")
-    model.activate(task)
+    routed = task == AUTO or "+" in task
+    if routed:
+        check_requests(model, {task})
+    else:
+        model.activate(task)
     require_unique_ids(utterances)
     # A test line with a foreign word is scored without it (the model cannot spell it): `check` names such lines.
     labeled, no_transcript, _, _ = transcribed(utterances, language, keep_foreign=True)
@@ -130,16 +140,20 @@ def evaluate(
 
     start = time.perf_counter()
     readable = filter_by_length(labeled).kept  # fills lengths from headers, drops unreadable headers
-    beam = decoder is not None and decoder.kind == "beam"
-    vocab = model.vocabularies[task]
-    with evaluating(model):
-        hypotheses, emissions = decode_utterances(model, readable, max_seconds_per_batch, beam)
+    beam = decoder is not None and decoder.kind == "beam" and not routed
+    if routed:
+        transcripts = transcribe_requests(model, [Request(u.path, task, u.raw_format) for u in readable],
+                                          max_seconds_per_batch, auto=auto)
+        hypotheses = {u.id: t.text for u, t in zip(readable, transcripts, strict=True) if t.error is None}
+    else:
+        with evaluating(model):
+            hypotheses, emissions = decode_utterances(model, readable, max_seconds_per_batch, beam)
     greedy = None
     if beam:
         ids = list(emissions)
         workers = min(os.cpu_count() or 1, max(1, len(ids) // 16))  # a process loads the LM in a second or so
         greedy, hypotheses = hypotheses, dict(zip(ids, texts(decode_in_processes(
-            decoder, vocab, [emissions[i] for i in ids], workers)), strict=True))
+            decoder, model.vocabularies[task], [emissions[i] for i in ids], workers)), strict=True))
     elapsed = time.perf_counter() - start
     scored = [u for u in labeled if u.id in hypotheses]
     if not scored:

@@ -36,6 +36,17 @@ class LanguageIdResult:
         return {label: row[i] / max(1, sum(row)) for i, (label, row) in enumerate(zip(self.labels, self.confusion,
                                                                                         strict=True))}
 
+    def summary(self) -> str:
+        """Accuracy, per language, and the confusion matrix (rows: the true language; columns: identified as)."""
+        width = max(6, *map(len, self.labels)) + 2
+        lines = [f"language identification: {self.accuracy:.2%} of {self.total} utterances"
+                 + (f" ({self.skipped} skipped)" if self.skipped else "")]
+        lines += [f"  {label}: {rate:.2%}" for label, rate in self.per_language().items()]
+        lines.append("  true \\ found".ljust(width + 2) + "".join(label.rjust(width) for label in self.labels))
+        lines += ["  " + label.ljust(width) + "".join(str(n).rjust(width) for n in row)
+                  for label, row in zip(self.labels, self.confusion, strict=True)]
+        return "\n".join(lines)
+
     def to_dict(self) -> dict:
         return {**asdict(self), "accuracy": self.accuracy, "utterances": self.total,
                 "per_language": self.per_language()}

@@ -27,15 +27,22 @@ def forward_padded(model: CTCModel, waveforms: torch.Tensor, attention_mask: tor
     """Run a zero-padded batch with the active task, or ``tasks[i]`` for row i (``CTCModel.forward_mixed``); audio
     shorter than one frame's receptive field (25 ms) decodes to nothing instead of failing in the CNN."""
     lengths = model.output_lengths(attention_mask, *waveforms.shape)
-    one_frame = _receptive_field(model.backbone.config)
-    if waveforms.shape[1] < one_frame:
-        waveforms = nn.functional.pad(waveforms, (0, one_frame - waveforms.shape[1]))
-    # transformers indexes every row's last frame: a row shorter than one frame gets one (never decoded).
-    attention_mask = nn.functional.pad(attention_mask, (0, waveforms.shape[1] - attention_mask.shape[1]))
-    attention_mask[:, :one_frame] = 1
+    waveforms, attention_mask = padded_batch(model, waveforms, attention_mask)
     if tasks is not None:
         return CTCOutput(model.forward_mixed(waveforms, tasks, attention_mask=attention_mask).logits, lengths)
     return CTCOutput(model(waveforms, attention_mask=attention_mask).logits, lengths)
+
+
+def padded_batch(model: CTCModel, waveforms: torch.Tensor, attention_mask: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch at least one frame long, every row's first frame in its mask (transformers indexes every row's last
+    frame: a row shorter than one frame gets one, which is never decoded: its length stays 0)."""
+    one_frame = _receptive_field(model.backbone.config)
+    if waveforms.shape[1] < one_frame:
+        waveforms = nn.functional.pad(waveforms, (0, one_frame - waveforms.shape[1]))
+    attention_mask = nn.functional.pad(attention_mask, (0, waveforms.shape[1] - attention_mask.shape[1]))
+    attention_mask[:, :one_frame] = 1
+    return waveforms, attention_mask
 
 
 def _receptive_field(config) -> int:

@@ -16,8 +16,9 @@ CUE_GAP = 0.8
 """A pause this long (seconds) between words starts a new cue."""
 
 
-def tsv_line(t: Transcript) -> str:
-    return f"{t.path}\t{t.text}"
+def tsv_line(t: Transcript, with_task: bool = False) -> str:
+    """``path TAB text``, or with ``with_task`` ``path TAB task TAB text`` (where rows were routed)."""
+    return f"{t.path}\t{t.task}\t{t.text}" if with_task else f"{t.path}\t{t.text}"
 
 
 def jsonl_line(t: Transcript) -> str:

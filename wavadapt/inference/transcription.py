@@ -23,7 +23,8 @@ from wavadapt.data.audio import SAMPLE_RATE, normalize_waveform, read_audio
 from wavadapt.data.corpora import samples_at_16k
 from wavadapt.decoding import DecoderConfig, DecoderPool
 from wavadapt.errors import AudioError, WavadaptError
-from wavadapt.inference.engine import CHUNK_SECONDS, cut_at_pauses, evaluating, forward_padded
+from wavadapt.inference.engine import CHUNK_SECONDS, cut_at_pauses, evaluating, forward_padded, padded_batch
+from wavadapt.model.auto_routing import AUTO, AUTO_DEFAULTS, AutoConfig, check_requests, route
 from wavadapt.model.ctc import CTCModel
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -62,6 +63,9 @@ class Transcript:
     duration: float = 0.0
     error: str | None = None
     """Why the file could not be read (its text is then empty)."""
+    language: str | None = None
+    language_probability: float | None = None
+    """The language identified, where the request asked for ``auto`` or a combination weighted by it."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -80,10 +84,12 @@ class _Piece:
 
 def transcribe_requests(model: CTCModel, requests: Sequence[Request], max_seconds_per_batch: float | None = None,
                         chunk_seconds: float | None = CHUNK_SECONDS, progress: bool = False,
-                        precision: str = "fp32", pool: DecoderPool | None = None) -> list[Transcript]:
+                        precision: str = "fp32", pool: DecoderPool | None = None,
+                        auto: AutoConfig = AUTO_DEFAULTS) -> list[Transcript]:
     """Transcripts of ``requests``, in their order (see the module's docstring); ``precision`` bf16 or fp16 runs the
-    model under autocast (GPU only); ``pool`` keeps beam decoders (and their LMs) for the next call."""
-    _check_tasks(model, {r.task for r in requests})
+    model under autocast (GPU only); ``pool`` keeps beam decoders (and their LMs) for the next call; ``auto`` routes
+    the requests for ``auto`` and ``a+b`` (:mod:`wavadapt.model.auto_routing`)."""
+    check_requests(model, {r.task for r in requests})
     results = [Transcript(str(r.path), r.task) for r in requests]
     pieces = []
     for i, r in enumerate(requests):
@@ -99,18 +105,18 @@ def transcribe_requests(model: CTCModel, requests: Sequence[Request], max_second
         except AudioError as e:
             results[i].error = str(e)
     return _decode_pieces(model, requests, pieces, results, max_seconds_per_batch, pool or DecoderPool(), progress,
-                          precision)
+                          precision, auto)
 
 
 def transcribe_waveforms(model: CTCModel, items: Sequence[tuple[np.ndarray, str]], names: Sequence[str] | None = None,
                          max_seconds_per_batch: float | None = None,
                          chunk_seconds: float | None = CHUNK_SECONDS,
                          decoders: Sequence[DecoderConfig | None] | None = None,
-                         pool: DecoderPool | None = None) -> list[Transcript]:
+                         pool: DecoderPool | None = None, auto: AutoConfig = AUTO_DEFAULTS) -> list[Transcript]:
     """Transcripts of decoded audio (16 kHz mono float32, with its task and, in ``decoders``, its decoder), in order:
     ``transcribe_requests`` for audio already in memory (a server's uploads); ``names`` become the transcripts'
     paths."""
-    _check_tasks(model, {task for _, task in items})
+    check_requests(model, {task for _, task in items})
     names = names or [f"<audio {i}>" for i in range(len(items))]
     decoders = decoders or [None] * len(items)
     requests = [Request(Path(name), task, decoder=decoder)
@@ -118,7 +124,7 @@ def transcribe_waveforms(model: CTCModel, items: Sequence[tuple[np.ndarray, str]
     results = [Transcript(name, task, duration=len(audio) / SAMPLE_RATE)
                for name, (audio, task) in zip(names, items, strict=True)]
     pieces = [piece for i, (audio, _) in enumerate(items) for piece in _windows(i, audio, chunk_seconds)]
-    return _decode_pieces(model, requests, pieces, results, max_seconds_per_batch, pool or DecoderPool())
+    return _decode_pieces(model, requests, pieces, results, max_seconds_per_batch, pool or DecoderPool(), auto=auto)
 
 
 def _autocast(device: torch.device, precision: str):
@@ -138,12 +144,6 @@ def compile_model(model: CTCModel) -> None:
     model.backbone.forward = torch.compile(model.backbone.forward, dynamic=True)
 
 
-def _check_tasks(model: CTCModel, tasks: set[str]) -> None:
-    unknown = sorted(tasks - set(model.heads))
-    if unknown:
-        raise WavadaptError(f"unknown task(s) {', '.join(unknown)}; the model has {', '.join(sorted(model.heads))}")
-
-
 def _windows(request: int, audio: np.ndarray, chunk_seconds: float | None) -> list[_Piece]:
     """Audio in memory as its windows (one when it is short), each placed at its offset in the file."""
     pieces, offset = [], 0
@@ -155,7 +155,7 @@ def _windows(request: int, audio: np.ndarray, chunk_seconds: float | None) -> li
 
 def _decode_pieces(model: CTCModel, requests: Sequence[Request], pieces: list[_Piece], results: list[Transcript],
                    max_seconds_per_batch: float | None, pool: DecoderPool, progress: bool = False,
-                   precision: str = "fp32") -> list[Transcript]:
+                   precision: str = "fp32", auto: AutoConfig = AUTO_DEFAULTS) -> list[Transcript]:
     """Run the pieces in length-sorted batches and join each file's windows back into its transcript."""
     device = next(model.parameters()).device
     autocast = _autocast(device, precision)
@@ -163,7 +163,7 @@ def _decode_pieces(model: CTCModel, requests: Sequence[Request], pieces: list[_P
     decoded: dict[int, list[tuple[float, list[Word]]]] = {}
     with evaluating(model), autocast:
         for batch in tqdm(batches, desc="transcribing", unit="batch", disable=None if progress else True):
-            for piece, words in _run(model, requests, batch, results, device, pool):
+            for piece, words in _run(model, requests, batch, results, device, pool, auto):
                 decoded.setdefault(piece.request, []).append((piece.offset, words))
     for i, found in decoded.items():
         if results[i].error is None:
@@ -186,7 +186,7 @@ def _batches(pieces: list[_Piece], cap: float) -> Iterator[list[_Piece]]:
 
 
 def _run(model: CTCModel, requests: Sequence[Request], batch: list[_Piece], results: list[Transcript],
-         device: torch.device, pool: DecoderPool) -> Iterator[tuple[_Piece, list[Word]]]:
+         device: torch.device, pool: DecoderPool, auto: AutoConfig) -> Iterator[tuple[_Piece, list[Word]]]:
     """Decode one batch; a file that fails to decode now gets its error and no row."""
     rows, waves = [], []
     for piece in batch:
@@ -204,13 +204,41 @@ def _run(model: CTCModel, requests: Sequence[Request], batch: list[_Piece], resu
     mask = (torch.arange(int(sizes.max()))[None, :] < sizes[:, None]).int().to(device)
     x = torch.nn.utils.rnn.pad_sequence([torch.from_numpy(w) for w in waves], batch_first=True).to(device)
     tasks = [requests[p.request].task for p in rows]
-    if len(set(tasks)) == 1:
-        model.activate(tasks[0])
-    output = forward_padded(model, x, mask, tasks if len(set(tasks)) > 1 else None)
-    logits = output.logits.float().cpu()
     frame = math.prod(model.backbone.config.conv_stride) / SAMPLE_RATE
-    for i, piece in enumerate(rows):
-        words = pool.decode_row(requests[piece.request].decoder, model.vocabularies[tasks[i]],
-                                logits[i, : output.lengths[i]])
+    if any(t == AUTO or "+" in t for t in tasks):
+        decoded = _routed(model, requests, rows, x, mask, pool, auto, results)
+    else:
+        if len(set(tasks)) == 1:
+            model.activate(tasks[0])
+        output = forward_padded(model, x, mask, tasks if len(set(tasks)) > 1 else None)
+        logits = output.logits.float().cpu()
+        decoded = (pool.decode_row(requests[piece.request].decoder, model.vocabularies[tasks[i]],
+                                   logits[i, : output.lengths[i]]) for i, piece in enumerate(rows))
+    for piece, words in zip(rows, decoded, strict=True):
         yield piece, [Word(w, round(piece.offset + s * frame, 3), round(piece.offset + e * frame, 3))
                       for w, s, e in words]
+
+
+def _routed(model: CTCModel, requests: Sequence[Request], rows: list[_Piece], x: torch.Tensor, mask: torch.Tensor,
+            pool: DecoderPool, auto: AutoConfig, results: list[Transcript]) -> list[list[tuple[str, int, int]]]:
+    """A batch with rows for ``auto`` or a combination: each row's route (recorded in its transcript) and words. A
+    row routed to one task is decoded in that task's vocabulary, by the request's decoder when it named the task;
+    a combination greedily in the merged vocabulary."""
+    lengths = model.output_lengths(mask, *x.shape)  # before padding: a row under one frame decodes to nothing
+    x, mask = padded_batch(model, x, mask)
+    output, vocabulary, routes = route(model, x, [requests[p.request].task for p in rows], auto, mask)
+    logits, decoded = output.logits.float().cpu(), []
+    for i, (piece, r) in enumerate(zip(rows, routes, strict=True)):
+        result, request = results[piece.request], requests[piece.request]
+        if piece.offset == 0:  # a long file's first window names its route
+            result.task, result.language, result.language_probability = r.task, r.language, r.probability
+        row = logits[i, : lengths[i]]
+        if len(r.components) == 1:
+            own = model.vocabularies[r.task]
+            columns = [vocabulary.tokens.index({own.blank: vocabulary.blank, own.unk: vocabulary.unk}.get(t, t))
+                       for t in own.tokens]
+            decoder = request.decoder if request.task == r.task else None
+            decoded.append(pool.decode_row(decoder, own, row[:, columns]))
+        else:
+            decoded.append(vocabulary.ctc_words(row.argmax(-1).tolist()))
+    return decoded

@@ -46,6 +46,9 @@ class AutoConfig:
             raise WavadaptError(f"--combine {self.combine!r}: choose from {', '.join(COMBINE)}")
 
 
+AUTO_DEFAULTS = AutoConfig()
+
+
 @dataclass
 class Route:
     """Where one row went: the task (or ``a+b`` combination) and its weights, and the language identified."""
