@@ -2,13 +2,20 @@
 tasks give them (in one shared forward when the adapters start above the identifier's layer, in two passes
 otherwise); a batch of auto rows, combined or not, equals each row alone; EMEA's weights stay distributions."""
 
+import json
+
+import openai
 import pytest
 import torch
+import websocket
 from test_transcription import _two_task_model
 from torch import nn
 
+from wavadapt.data.corpora import open_corpus
 from wavadapt.data.text import Vocabulary
 from wavadapt.errors import WavadaptError
+from wavadapt.inference.registry import Registry
+from wavadapt.inference.server import ServerConfig, create_app, serving
 from wavadapt.model import auto_routing
 from wavadapt.model.auto_routing import AutoConfig, route
 from wavadapt.model.backbone import build_backbone
@@ -110,3 +117,31 @@ def test_unroutable_requests_are_refused_by_name(audio):
     with pytest.raises(WavadaptError, match="unknown task"):
         route(model, audio, ["en+de"] * 3)
     assert auto_routing.task_of_language(model, "es") == "es"
+
+
+def test_the_server_routes_model_auto_and_combinations(synth_corpus):
+    """The official client asks for model=auto: each answer names the language and task it was routed to and
+    carries that task's own transcript; /v1/models lists auto; a combination answers; a live stream is refused."""
+    model = _two_task_model("layer")
+    torch.manual_seed(3)
+    model.language_id = LanguageId(model.hidden_size, ["en", "es"], layer=2).eval()
+    files = [u.path for lang in ("en", "es") for u in open_corpus(synth_corpus, "test", lang)[:2]]
+    with serving(create_app(Registry(model), ServerConfig(auto=AutoConfig(threshold=0.0)))) as url:
+        client = openai.OpenAI(api_key="none", base_url=f"{url}/v1", max_retries=0, timeout=60)
+        assert "auto" in [m.id for m in client.models.list().data]
+        for path in files:
+            answer = client.audio.transcriptions.create(model="auto", file=path.open("rb"),
+                                                        response_format="verbose_json")
+            extra = answer.model_extra
+            assert answer.language in ("en", "es") and extra["model"] == answer.language
+            assert 0.5 <= extra["language_probability"] <= 1
+            alone = client.audio.transcriptions.create(model=answer.language, file=path.open("rb"))
+            assert answer.text == alone.text
+        combined = client.audio.transcriptions.create(model="en+es", file=files[0].open("rb"))
+        assert isinstance(combined.text, str)
+        live = websocket.create_connection(url.replace("http", "ws") + "/v1/stream?model=auto", timeout=60)
+        try:
+            refusal = json.loads(live.recv())
+        finally:
+            live.close()
+        assert refusal["code"] == "invalid_model" and "routes whole files" in refusal["message"]

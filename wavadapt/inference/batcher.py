@@ -22,6 +22,7 @@ from wavadapt.decoding import DecoderConfig, DecoderPool
 from wavadapt.errors import WavadaptError
 from wavadapt.inference.engine import CHUNK_SECONDS
 from wavadapt.inference.transcription import Transcript, default_batch_seconds, transcribe_waveforms
+from wavadapt.model.auto_routing import AUTO_DEFAULTS, AutoConfig
 from wavadapt.model.ctc import CTCModel
 
 
@@ -62,9 +63,12 @@ class Batcher:
 
     def __init__(self, model: CTCModel, *, max_wait_s: float = 0.01, max_batch_seconds: float | None = None,
                  max_queue: int = 256, chunk_seconds: float = CHUNK_SECONDS,
-                 on_batch: Callable[[BatchStats], None] | None = None, pool: DecoderPool | None = None):
-        """``pool`` keeps the beam decoders requests ask for (a registry's, whose LMs are loaded)."""
+                 on_batch: Callable[[BatchStats], None] | None = None, pool: DecoderPool | None = None,
+                 auto: AutoConfig = AUTO_DEFAULTS):
+        """``pool`` keeps the beam decoders requests ask for (a registry's, whose LMs are loaded); ``auto`` routes
+        the requests for ``auto`` and ``a+b``."""
         self.model = model
+        self.auto = auto
         self.pool = pool or DecoderPool()
         self.max_wait_s = max_wait_s
         self.max_batch_seconds = max_batch_seconds or default_batch_seconds(next(model.parameters()).device)
@@ -174,7 +178,7 @@ class Batcher:
             results = await loop.run_in_executor(
                 self._executor, transcribe_waveforms, self.model, [(j.audio, j.task) for j in batch],
                 [j.name for j in batch], self.max_batch_seconds, self.chunk_seconds, [j.decoder for j in batch],
-                self.pool)
+                self.pool, self.auto)
         except Exception as e:  # a row the model cannot take: find it by running each alone
             if len(batch) > 1:
                 for job in batch:

@@ -49,6 +49,7 @@ from wavadapt.inference.streaming import (
 )
 from wavadapt.inference.transcription import Transcript
 from wavadapt.inference.uploads import TooLarge, read_upload
+from wavadapt.model.auto_routing import AUTO, AUTO_DEFAULTS, AutoConfig, check_requests, task_of_language
 
 RESPONSE_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
 MAX_BEAM_SIZE = 500
@@ -82,6 +83,8 @@ class ServerConfig:
     """Live streams open at once; one more is closed with code 1013 (try again later)."""
     idle_seconds: float = 30.0
     """A live stream that sends nothing for this long is closed."""
+    auto: AutoConfig = AUTO_DEFAULTS
+    """How ``model=auto`` and ``a+b`` requests are routed (with a language identifier loaded)."""
 
     @property
     def max_bytes(self) -> int:
@@ -114,7 +117,7 @@ def create_app(registry: Registry, config: ServerConfig = ServerConfig()) -> Fas
         async with Batcher(registry.model, max_wait_s=config.max_wait_ms / 1000,
                            max_batch_seconds=config.max_batch_seconds, max_queue=config.max_queue,
                            chunk_seconds=config.chunk_seconds, on_batch=metrics.record_batch,
-                           pool=registry.pool) as batcher, \
+                           pool=registry.pool, auto=config.auto) as batcher, \
                 StreamScheduler(StreamEngine(registry.model), batcher.executor) as live:  # one thread for forwards
             app.state.batcher, app.state.live = batcher, live
             yield
@@ -200,7 +203,7 @@ def create_app(registry: Registry, config: ServerConfig = ServerConfig()) -> Fas
             raise _Refused(500, f"{name}: transcription failed ({type(e).__name__}: {e})", "server_error") from None
         if stream:
             return StreamingResponse(_text_events(transcript), media_type="text/event-stream")
-        return _transcription_response(transcript, response_format, task_language(task))
+        return _transcription_response(transcript, response_format, transcript.language or task_language(task))
 
     @app.websocket("/v1/stream")
     async def live(socket: WebSocket, model: str | None = None, language: str | None = None, format: str = "pcm16",
@@ -213,7 +216,7 @@ def create_app(registry: Registry, config: ServerConfig = ServerConfig()) -> Fas
         try:
             if config.api_key is not None:
                 _check_key(authorization, config.api_key)
-            task = _task_of(registry, model, language)
+            task = _task_of(registry, model, language, live=True)
             decode = _pcm_input(format, rate)
         except _Refused as e:
             await socket.send_json({"type": "error", "code": e.code, "message": e.message})
@@ -262,12 +265,12 @@ def create_app(registry: Registry, config: ServerConfig = ServerConfig()) -> Fas
         """OpenAI's Realtime transcription (`realtime.RealtimeSession`)."""
         authorization, subprotocol = _socket_key(socket)
         await socket.accept(subprotocol=subprotocol)
-        session = RealtimeSession(socket, socket.app.state.live, lambda m, lang: _task_of(registry, m, lang),
-                                  config.stream)
+        session = RealtimeSession(socket, socket.app.state.live,
+                                  lambda m, lang: _task_of(registry, m, lang, live=True), config.stream)
         try:
             if config.api_key is not None:
                 _check_key(authorization, config.api_key)
-            session.task = _task_of(registry, model, None) if model else None
+            session.task = _task_of(registry, model, None, live=True) if model else None
         except _Refused as e:
             await session.error(e.code, e.message, e.param)
             return await socket.close(code=1008)
@@ -295,10 +298,13 @@ def create_app(registry: Registry, config: ServerConfig = ServerConfig()) -> Fas
 
     @app.get("/v1/models")
     async def models() -> dict:
-        return {"object": "list", "data": [_model_card(t, started) for t in registry.tasks()]}
+        auto = [_auto_card(registry, started)] if registry.model.language_id is not None else []
+        return {"object": "list", "data": [_model_card(t, started) for t in registry.tasks()] + auto}
 
     @app.get("/v1/models/{task:path}")
     async def model_card(task: str) -> dict:
+        if task == AUTO and registry.model.language_id is not None:
+            return _auto_card(registry, started)
         for t in registry.tasks():
             if t.task == task:
                 return _model_card(t, started)
@@ -360,10 +366,20 @@ def _check_key(header: str, key: str) -> None:
                        headers={"WWW-Authenticate": "Bearer"})
 
 
-def _task_of(registry: Registry, model: str | None, language: str | None) -> str:
+def _task_of(registry: Registry, model: str | None, language: str | None, live: bool = False) -> str:
     """``model`` names the task, and ``language`` must be the one it transcribes; a client that names no task of
-    this server (whisper-1, or none) gets the task of its ``language`` (``es``, else the one ``es/...``)."""
+    this server (whisper-1, or none) gets the task of its ``language`` (``es``, else the one ``es/...``). Files may
+    ask for ``auto`` or ``a+b`` (routed by language, combined); live streams name their task."""
     names = registry.names
+    if model == AUTO or (model and "+" in model):  # routed by the language identified, or a combination
+        if live:
+            raise _Refused(400, f"model {model!r} routes whole files; a live stream names its task ("
+                           f"{', '.join(names)})", "invalid_model", "model")
+        try:
+            check_requests(registry.model, {model})
+        except WavadaptError as e:
+            raise _Refused(400, str(e), "invalid_model", "model") from None
+        return model
     if model in names:
         if language and language != task_language(model):
             raise _Refused(400, f"language {language!r} contradicts model {model!r}, which transcribes "
@@ -407,12 +423,19 @@ def _model_card(info, created: int) -> dict:
             "language": task_language(info.task), **{k: v for k, v in info.to_dict().items() if k != "task"}}
 
 
+def _auto_card(registry: Registry, created: int) -> dict:
+    languages = registry.model.language_id.labels
+    return {"id": AUTO, "object": "model", "created": created, "owned_by": "wavadapt", "languages": languages,
+            "routes": {lang: task_of_language(registry.model, lang) for lang in languages}}
+
+
 def verbose_json(t: Transcript, language: str) -> dict:
     """OpenAI's verbose transcription: the text with segments (subtitle cues) and word timestamps; the scores a
     CTC model does not compute (log-probabilities, no-speech probability) are left out, not faked."""
     segments = [{"id": i, "start": c[0].start, "end": c[-1].end, "text": " ".join(w.word for w in c)}
                 for i, c in enumerate(cues(t.words))]
-    return {"task": "transcribe", "language": language, "duration": t.duration, "text": t.text,
+    identified = {"language_probability": t.language_probability, "model": t.task} if t.language else {}
+    return {"task": "transcribe", "language": language, **identified, "duration": t.duration, "text": t.text,
             "segments": segments, "words": [{"word": w.word, "start": w.start, "end": w.end} for w in t.words]}
 
 
