@@ -82,6 +82,12 @@ def _assert_report_layout(out: Path, exp: Experiment) -> None:
     if exp.decoding and exp.evaluate_continual:  # the probes beam-searched too, unless decoding.probes is false
         rows = json.loads((out / "evaluate-continual" / "forgetting.json").read_text())["rows"]
         assert any(key.startswith("greedy_wer_") for key in rows[0]) == exp.decoding.probes
+    if exp.language_id:  # tested on every language it names, its confusion matrix in the report
+        result = json.loads((out / "language-id" / "eval.json").read_text())
+        assert result["utterances"] == sum(map(sum, result["confusion"])) > 0
+        assert (out / "language-id" / "adapter.lid.json").is_file()
+        assert (out / "report" / "language_id_confusion.png").is_file()
+        assert "## Language identification" in (out / "report" / "report.md").read_text()
     assert (out / "report" / "report.md").is_file()
 
 

@@ -222,7 +222,8 @@ def test_a_folder_that_holds_no_experiment_is_refused(tmp_path, capsys):
     code, out, err = run_cli(capsys, "report", tmp_path)
     assert code == 1 and out == "" and not (tmp_path / "report").exists()
     assert err == (f"error: {tmp_path}: no experiment here (none of experiment.json, corpus, params.json, finetune, "
-                   "continual, evaluate-continual): give the folder `wavadapt run` or `wavadapt demo` wrote\n")
+                   "language-id, continual, evaluate-continual): give the folder `wavadapt run` or `wavadapt demo` "
+                   "wrote\n")
 
 
 def test_cli(run_dir, tmp_path):

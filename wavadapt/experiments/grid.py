@@ -139,6 +139,19 @@ class Finetune:
 
 
 @dataclass
+class LanguageIdentification:
+    """A spoken-language identifier on the backbone (`wavadapt finetune --objective lid`), trained on the train
+    splits of ``languages`` and tested on their test splits (accuracy, confusion matrix)."""
+
+    languages: list[str] = field(default_factory=list)
+    """Default: the fine-tuning languages and the continual one."""
+    layer: int | None = None
+    """The encoder layer it pools (default: the middle one)."""
+    train: dict = field(default_factory=dict)
+    """TrainConfig overrides."""
+
+
+@dataclass
 class Continual:
     """Continual pre-training of a new language with each method (`wavadapt continual`)."""
 
@@ -198,6 +211,7 @@ class Experiment:
     pretrain: Pretrain | None = None
     params: bool = False
     finetune: Finetune | None = None
+    language_id: LanguageIdentification | None = None
     continual: Continual | None = None
     evaluate_continual: EvaluateContinual | None = None
     decoding: Decoding | None = None
@@ -278,7 +292,8 @@ def load_experiment(path: str | Path) -> Experiment:
     except (OSError, yaml.YAMLError) as e:
         raise WavadaptError(f"{path}: cannot read the recipe ({e})") from None
     exp = _build(Experiment, data, "", str(path))
-    checks = [(exp.pretrain, "pretrain.train"), (exp.continual, "continual.train")]
+    checks = [(exp.pretrain, "pretrain.train"), (exp.continual, "continual.train"),
+              (exp.language_id, "language_id.train")]
     for section, where in checks:
         if section is not None:
             _check_overrides(section.train, TrainConfig, where, str(path))
@@ -317,7 +332,8 @@ def _toy_languages(exp: Experiment) -> dict[str, str]:
 
     languages = [exp.pretrain.language if exp.pretrain else exp.first_task, *(exp.finetune.languages if exp.finetune
                  else []), *([exp.continual.language] if exp.continual else []),
-                 *((exp.evaluate_continual and exp.evaluate_continual.languages) or [])]
+                 *((exp.evaluate_continual and exp.evaluate_continual.languages) or []),
+                 *(exp.language_id.languages if exp.language_id else [])]
     spare = [v for v in VOICES if v not in languages and v != "en"] + ["en"]
     mapping = {}
     for language in dict.fromkeys(languages):
@@ -351,17 +367,22 @@ def toy(exp: Experiment) -> Experiment:
     continual = exp.continual and replace(exp.continual, language=toy_language(exp.continual.language),
                                           preset="tiny", adapter_size=16, crop_seconds=2.0, checkpoint_every=0,
                                           train={**exp.continual.train, **TOY_TRAIN})
+    language_id = exp.language_id and replace(
+        exp.language_id, languages=list(dict.fromkeys(map(toy_language, _identified(exp)))),
+        layer=None if exp.language_id.layer is None else 1, train={**exp.language_id.train, **TOY_TRAIN})
     evaluate = exp.evaluate_continual and replace(
         exp.evaluate_continual,
         languages=exp.evaluate_continual.languages and [toy_language(x) for x in exp.evaluate_continual.languages],
         probe={**exp.evaluate_continual.probe, "max_updates": 1, "adapter_size": 16, "max_seconds_per_batch": 16.0,
                "ssl_crop_seconds": 2.0})
-    languages = [first, *(finetune.languages if finetune else []), *([continual.language] if continual else [])]
+    languages = [first, *(finetune.languages if finetune else []), *([continual.language] if continual else []),
+                 *(language_id.languages if language_id else [])]
     synth = SynthCorpus(languages=list(dict.fromkeys(["en", *languages])), minutes=TOY_MINUTES, speakers=2,
                         seed=exp.seed)
     backbone = exp.backbone if (SHIPPED / exp.backbone).is_dir() else "tiny"
     return replace(exp, corpus=Corpus(synth=synth), backbone=backbone, trust_pickle=False, first_task=first,
-                   pretrain=pretrain, finetune=finetune, continual=continual, evaluate_continual=evaluate)
+                   pretrain=pretrain, finetune=finetune, language_id=language_id, continual=continual,
+                   evaluate_continual=evaluate)
 
 
 def plan(exp: Experiment) -> list[str]:
@@ -385,6 +406,9 @@ def plan(exp: Experiment) -> list[str]:
         runs = sum(len(m.top_ns()) for m in f.methods)
         lines.append(f"finetune: {len(f.languages)} languages x {runs} runs = {len(f.languages) * runs} runs "
                      f"({', '.join(_label(m) for m in f.methods)}), overrides {f.train}")
+    if exp.language_id is not None:
+        lines.append(f"language-id: an identifier of {', '.join(_identified(exp))} on the backbone, overrides "
+                     f"{exp.language_id.train}")
     if exp.continual is not None:
         k = exp.continual
         lines.append(f"continual {k.language}: {len(k.methods)} runs ({', '.join(k.methods)}) with the {k.preset} "
@@ -547,6 +571,35 @@ def _finetune_one(exp: Experiment, data: Path, start: str | Path, language: str,
     (run_dir / "eval.json").write_text(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
 
 
+def _identified(exp: Experiment) -> list[str]:
+    """The languages of the identifier: its own list, else the fine-tuning languages and the continual one."""
+    return exp.language_id.languages or list(dict.fromkeys(
+        [*(exp.finetune.languages if exp.finetune else []), *([exp.continual.language] if exp.continual else [])]))
+
+
+def _language_id(exp: Experiment, data: Path, start: str | Path, out: Path, echo: Echo) -> None:
+    """The identifier's run in OUT/language-id, then its test on every language's test split (eval.json)."""
+    from wavadapt.data.corpora import open_corpus
+    from wavadapt.evaluation.language_id import identify_corpus
+    from wavadapt.interop.loading import load_asr_model
+    from wavadapt.training.language_id import train_language_id
+
+    run_dir, languages, splits = out / "language-id", _identified(exp), exp.corpus.splits
+    if (run_dir / "eval.json").is_file():
+        return echo("language-id: done, kept")
+    echo(f"language-id: {', '.join(languages)}")
+    model = load_asr_model(start, [], trust_pickle=exp.trust_pickle, seed=exp.seed)
+    config = TrainConfig(**{"seed": exp.seed, **exp.language_id.train})
+    train_language_id(model, languages, [u for lang in languages for u in open_corpus(data, splits.train, lang)],
+                      config, run_dir, exp.language_id.layer,
+                      valid=[u for lang in languages for u in open_corpus(data, splits.dev, lang)],
+                      resume=_resume(run_dir))
+    if _main_process():
+        result = identify_corpus(model, [u for lang in languages for u in open_corpus(data, splits.test, lang)],
+                                 config.max_seconds_per_batch)
+        (run_dir / "eval.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+
 def _fresh_like(model, seed: int):
     """A CTC model on a backbone of ``model``'s architecture with fresh weights drawn with ``seed``."""
     import torch
@@ -664,7 +717,8 @@ EXPERIMENT_FILE = "experiment.json"
 
 def _claim(exp: Experiment, out: Path, resume: bool, overwrite: bool) -> None:
     """Refuse a folder holding an experiment unless resumed (the same one) or overwritten; then record ``exp``."""
-    steps = (EXPERIMENT_FILE, "corpus", "pretrain", "finetune", "continual", "evaluate-continual", "report")
+    steps = (EXPERIMENT_FILE, "corpus", "pretrain", "finetune", "language-id", "continual", "evaluate-continual",
+             "report")
     if _main_process():
         claim(out, steps, resume=resume, overwrite=overwrite)
     recipe = json.loads(json.dumps(asdict(exp), default=str))
@@ -695,12 +749,14 @@ def run_experiment(exp: Experiment, out: str | Path, dry_run: bool = False, echo
         exp = toy(exp)
         echo(f"dry run at toy scale into {out}")
     _claim(exp, out, resume, overwrite)
-    needs_data = exp.pretrain or exp.finetune or exp.continual
+    needs_data = exp.pretrain or exp.finetune or exp.continual or exp.language_id
     data = _corpus(exp, out, echo) if needs_data else None
     lms = _language_models(exp, data, out, echo) if exp.decoding and needs_data else {}
     first_model = _pretrain(exp, data, out, echo) if exp.pretrain else _pretraining_run(exp.backbone)
     if exp.params and _main_process():
         _params(exp, out, echo)
+    if exp.language_id:
+        _language_id(exp, data, first_model or exp.backbone, out, echo)
     steps = _finetune(exp, data, first_model or exp.backbone, out, lms, jobs, echo) if exp.finetune else []
     if exp.continual:
         first = exp.pretrain.language if exp.pretrain else exp.first_task

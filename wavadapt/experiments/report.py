@@ -138,6 +138,24 @@ def bar_figure(title: str, xlabel: str, ylabel: str, groups: Sequence[str], seri
     return fig
 
 
+def matrix_figure(title: str, labels: Sequence[str], counts: Sequence[Sequence[int]]) -> Figure:
+    """A confusion matrix: rows the true class, columns the one found, each cell's count written in it."""
+    fig = Figure(figsize=(1.2 * len(labels) + 2.4, 1.0 * len(labels) + 1.6))
+    ax = fig.add_subplot()
+    ax.imshow(counts, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("identified as")
+    ax.set_ylabel("spoken")
+    ax.set_title(title)
+    top = max(max(row) for row in counts) or 1
+    for i, row in enumerate(counts):
+        for j, n in enumerate(row):
+            ax.text(j, i, str(n), ha="center", va="center", color="white" if n > top / 2 else "black")
+    fig.tight_layout()
+    return fig
+
+
 def _legend_outside(ax) -> None:
     """The legend right of the axes: inside, a dozen curves' legend hides the curves it names."""
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
@@ -357,6 +375,20 @@ def _convergence(report: Report, runs: list[FinetuneRun], target_cer: float) -> 
                    report.plot("valid_cer", line_figure("Validation CER vs updates", "update", "CER (%)", series)))
 
 
+def _language_identification(report: Report, directory: Path) -> None:
+    title = "Language identification"
+    result = _read_json(directory / "eval.json")
+    if result is None:
+        return
+    rows = [[label, _percent(rate), sum(row)] for (label, rate), row in zip(result["per_language"].items(),
+                                                                          result["confusion"], strict=True)]
+    report.section(title, f"An identifier on the frozen backbone (layer {_read_json(directory / 'run.json')['layer']})"
+                   f" names the language of {_percent(result['accuracy'])} of {result['utterances']} test utterances.",
+                   _table(["language", "accuracy", "test utterances"], rows),
+                   report.plot("language_id_confusion", matrix_figure("Language identification on the test splits",
+                                                                      result["labels"], result["confusion"])))
+
+
 def _continual_runs(report: Report, directory: Path) -> None:
     title = "Continual pre-training loss"
     infos = sorted(directory.glob("*/run.json"))
@@ -449,7 +481,16 @@ def _findings(run_dir: Path, runs: list[FinetuneRun]) -> list[str]:
     """What the numbers show, in plain words, each against the papers: pre-training (from-scratch row), adapters
     against full fine-tuning, the LM, forgetting and update time of the continual methods."""
     return (_data_findings(run_dir / "corpus") + _finetuning_findings(run_dir, runs)
-            + _continual_findings(run_dir / "evaluate-continual"))
+            + _language_id_findings(run_dir / "language-id") + _continual_findings(run_dir / "evaluate-continual"))
+
+
+def _language_id_findings(directory: Path) -> list[str]:
+    result = _read_json(directory / "eval.json")
+    if result is None:
+        return []
+    each = ", ".join(f"{label} {_percent(rate)}" for label, rate in result["per_language"].items())
+    return [f"The language identifier names the spoken language of {_percent(result['accuracy'])} of the test "
+            f"utterances ({each}): `--task auto` routes each file to its language's task on it."]
 
 
 def _finetuning_findings(run_dir: Path, runs: list[FinetuneRun]) -> list[str]:
@@ -537,7 +578,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, target_
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise WavadaptError(f"{run_dir}: no such directory")
-    parts = ("experiment.json", "corpus", "params.json", "finetune", "continual", "evaluate-continual")
+    parts = ("experiment.json", "corpus", "params.json", "finetune", "language-id", "continual", "evaluate-continual")
     if not any((run_dir / part).exists() for part in parts):
         raise WavadaptError(f"{run_dir}: no experiment here (none of {', '.join(parts)}): give the folder "
                             "`wavadapt run` or `wavadapt demo` wrote")
@@ -548,6 +589,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, target_
     _data(report, run_dir / "corpus")
     _parameters(report, run_dir)
     _finetuning(report, runs, target_cer)
+    _language_identification(report, run_dir / "language-id")
     _continual_runs(report, run_dir / "continual")
     _forgetting(report, run_dir / "evaluate-continual")
     _continual_learning(report, run_dir / "evaluate-continual")
