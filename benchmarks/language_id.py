@@ -12,7 +12,7 @@ splits. Then, on the test splits:
 
 Trained adapters and the identifier are kept in ``--work`` and reused by the next run.
 
-    python benchmarks/language_id.py --demo demo_out [--updates 800] [--work /tmp/wavadapt-lid]
+    python benchmarks/language_id.py --demo demo_out [--updates 1000] [--work /tmp/wavadapt-lid]
 """
 
 import argparse
@@ -54,9 +54,9 @@ def trained_task(work: Path, language: str, data: dict[str, list], updates: int)
     out = work / "tasks" / language
     if not (out / f"adapter.{language}.json").exists():
         model = load_asr_model(BACKBONE, [])
-        config = TrainConfig(max_updates=updates, lr=1e-2, max_seconds_per_batch=60, progress=False)
+        config = TrainConfig(max_updates=updates, lr=1e-2, max_seconds_per_batch=10, progress=False)  # as the demo
         finetune(model, language, data["train"], MethodConfig("top-n-adapters", top_n=2, adapter_size=64), config, out,
-                 augment=AugmentConfig.for_size(model.hidden_size), overwrite=True)
+                 augment=AugmentConfig.for_size(model.hidden_size), overwrite=True, feature_cache=work / "cache")
     return out / f"adapter.{language}.json"
 
 
@@ -66,7 +66,7 @@ def trained_identifier(work: Path, data: dict[str, dict[str, list]], updates: in
         model = load_asr_model(BACKBONE, [])
         train = [u for lang in IDENTIFIED for u in data[lang]["train"]]
         train_language_id(model, list(IDENTIFIED), train, TrainConfig(max_updates=updates, lr=1e-3,
-                          max_seconds_per_batch=60, progress=False), out, LAYER, overwrite=True)
+                          max_seconds_per_batch=10, progress=False), out, LAYER, overwrite=True)
     return out / "adapter.lid.json"
 
 
@@ -80,7 +80,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--demo", type=Path, required=True, help="a finished `wavadapt demo --out DIR`")
     parser.add_argument("--work", type=Path, default=Path("/tmp/wavadapt-lid"))
-    parser.add_argument("--updates", type=int, default=800, help="updates per adapter task and for the identifier")
+    parser.add_argument("--updates", type=int, default=1000, help="updates per adapter task and for the identifier")
     args = parser.parse_args()
     torch.set_num_threads(1)
     data = corpora(args.work, args.demo)
