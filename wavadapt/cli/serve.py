@@ -210,6 +210,9 @@ def serve(
     ssl_certfile: Annotated[Path | None, typer.Option(help="Serve https with this certificate (PEM): browsers give "
                                                       "the page's microphone to https or localhost only.")] = None,
     ssl_keyfile: Annotated[Path | None, typer.Option(help="The certificate's private key (PEM).")] = None,
+    combine: Annotated[str, typer.Option(help="model=auto and a+b: how rows combine tasks (uniform, lid, entropy; "
+                                         "see transcribe); an adapter.lid.json in --adapters enables auto.")] = "lid",
+    lid_threshold: Annotated[float, typer.Option(help="model=auto: see transcribe.")] = 0.5,
 ) -> None:
     """Serve tasks over an OpenAI-compatible HTTP API.
 
@@ -218,9 +221,10 @@ def serve(
     it. Requests and live streams of any task share mixed-task batches.
     """
     from wavadapt.inference.server import serve as run_server
+    from wavadapt.model.auto_routing import AutoConfig
 
     run_server(model, adapters, host, port, trust_pickle=trust_pickle, echo=typer.echo,
                decoder=decoder_config(decoder, beam_size, None, lm_weight, word_score, None), max_wait_ms=max_wait_ms,
                max_batch_seconds=max_batch_seconds, max_queue=max_queue, max_upload_mb=max_upload_mb,
                max_audio_seconds=max_audio_seconds, api_key=api_key, max_streams=max_streams, ssl_certfile=ssl_certfile,
-               ssl_keyfile=ssl_keyfile)
+               ssl_keyfile=ssl_keyfile, auto=AutoConfig(combine, lid_threshold))

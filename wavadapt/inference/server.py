@@ -522,6 +522,8 @@ def serve(model_path: str | Path, adapters_dir: Path | None = None, host: str = 
     url = _url(sock, https=ssl_certfile is not None)
     echo(f"serving {len(registry.names)} task(s) at {url} (OpenAI API at {url}/v1)")
     echo(format_tasks(registry))
+    if registry.model.language_id is not None:
+        echo(f"model=auto identifies {', '.join(registry.model.language_id.labels)} and routes each file to its task")
     ssl = {"ssl_certfile": str(ssl_certfile), "ssl_keyfile": str(ssl_keyfile)} if ssl_certfile else {}
     with contextlib.closing(sock):
         _server(app, **ssl).run(sockets=[sock])
