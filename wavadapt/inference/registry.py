@@ -157,6 +157,11 @@ def format_tasks(registry: Registry) -> str:
         decoder = t.decoder + (f" (LM {t.lm})" if t.lm and t.lm not in t.decoder else "")
         lines.append(f"  {t.task:<16}{' + '.join(t.stack) or '-':<24}{t.form or '-':<9}{t.tokens:>7}"
                      f"{t.parameters:>12,}{t.bytes / mb:>9.2f}  {decoder}")
+    if (lid := registry.model.language_id) is not None:
+        parameters = sum(p.numel() for p in lid.parameters())
+        size = sum(p.numel() * p.element_size() for p in lid.parameters())
+        lines.append(f"  {'auto':<16}{'identifier, layer ' + str(lid.layer):<24}{'-':<9}{len(lid.labels):>7}"
+                     f"{parameters:>12,}{size / mb:>9.2f}  routes {', '.join(lid.labels)}")
     return "\n".join(lines)
 
 
