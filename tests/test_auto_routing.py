@@ -14,7 +14,7 @@ from torch import nn
 from wavadapt.data.corpora import open_corpus
 from wavadapt.data.text import Vocabulary
 from wavadapt.errors import WavadaptError
-from wavadapt.inference.registry import Registry
+from wavadapt.inference.registry import Registry, format_tasks
 from wavadapt.inference.server import ServerConfig, create_app, serving
 from wavadapt.model import auto_routing
 from wavadapt.model.auto_routing import AutoConfig, route
@@ -126,7 +126,9 @@ def test_the_server_routes_model_auto_and_combinations(synth_corpus):
     torch.manual_seed(3)
     model.language_id = LanguageId(model.hidden_size, ["en", "es"], layer=2).eval()
     files = [u.path for lang in ("en", "es") for u in open_corpus(synth_corpus, "test", lang)[:2]]
-    with serving(create_app(Registry(model), ServerConfig(auto=AutoConfig(threshold=0.0)))) as url:
+    registry = Registry(model)
+    assert format_tasks(registry).splitlines()[-1].split()[:4] == ["auto", "identifier,", "layer", "2"]
+    with serving(create_app(registry, ServerConfig(auto=AutoConfig(threshold=0.0)))) as url:
         client = openai.OpenAI(api_key="none", base_url=f"{url}/v1", max_retries=0, timeout=60)
         assert "auto" in [m.id for m in client.models.list().data]
         for path in files:
