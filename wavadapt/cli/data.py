@@ -35,11 +35,11 @@ def check(
     import json
 
     from wavadapt.data.check import check_corpus
-    from wavadapt.data.corpora import corpus_languages, open_corpus
+    from wavadapt.data.corpora import corpus_languages, open_corpora
     from wavadapt.data.text import Vocabulary
 
     languages = [language] if language else corpus_languages(data) or [None]  # every language of a corpus root
-    utterances = [u for lang in languages for u in open_corpus(data, split, lang, raw_format)]
+    utterances = open_corpora(data, split, languages, raw_format)
     vocabulary = Vocabulary.load(vocab) if vocab is not None else None
     report = check_corpus(utterances, vocabulary, min_seconds, max_seconds, progress=progress and not json_output)
     typer.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) if json_output else report.summary())

@@ -53,23 +53,23 @@ def evaluate_corpus(
     lid_threshold: Annotated[float, typer.Option(help="With --task auto: see transcribe.")] = 0.5,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Score a task on a corpus: WER / CER per language; or a language identifier (--task lid): its accuracy and
-    confusion matrix.
+    """Score a task on a corpus: WER / CER per language.
 
     Greedy decoding, or a beam search with an LM (then greedy's scores of the same logits beside it). Rates are
     corpus-level: edits over all reference words (characters). --language takes several languages, comma-separated
-    (a corpus with a folder per language).
+    (a corpus with a folder per language). --task lid scores a language identifier instead: its accuracy and
+    confusion matrix.
     """
     import json
 
-    from wavadapt.data.corpora import open_corpus
+    from wavadapt.data.corpora import language_list, open_corpora
     from wavadapt.decoding import make_decoder
     from wavadapt.evaluation.corpus import evaluate
     from wavadapt.model.auto_routing import AUTO, AutoConfig
     from wavadapt.model.checkpoint import LANGUAGE_ID
 
-    languages = [lang.strip() for lang in language.split(",") if lang.strip()] if language else [None]
-    utterances = [u for lang in languages for u in open_corpus(data, split, lang, raw_format)]
+    languages = language_list(language) if language else [None]
+    utterances = open_corpora(data, split, languages, raw_format)
     routed = task is not None and (task in (AUTO, LANGUAGE_ID) or "+" in task)
     asr = asr_model(model, adapter, task, family, trust_pickle, vocab)
     if task == LANGUAGE_ID:

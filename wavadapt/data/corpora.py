@@ -317,6 +317,17 @@ def open_corpus(path: str | Path, split: str | None = None, language: str | None
     return with_raw_format(_open_layout(Path(path), split, language), raw_format)
 
 
+def open_corpora(path: str | Path, split: str | None, languages: Sequence[str | None],
+                 raw_format: str | None = None) -> list[Utterance]:
+    """:func:`open_corpus` of each language in turn (a corpus with a folder per language), one list."""
+    return [u for language in languages for u in open_corpus(path, split, language, raw_format)]
+
+
+def language_list(text: str) -> list[str]:
+    """Comma-separated languages (``en,es``) as a list."""
+    return [language.strip() for language in text.split(",") if language.strip()]
+
+
 def _open_layout(path: Path, split: str | None, language: str | None) -> list[Utterance]:
     if not path.exists():
         raise CorpusError(f"{path}: no such file or directory (expected a corpus directory or manifest)")
