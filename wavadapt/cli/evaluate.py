@@ -71,6 +71,7 @@ def evaluate_corpus(
     languages = language_list(language) if language else [None]
     utterances = open_corpora(data, split, languages, raw_format)
     routed = task is not None and (task in (AUTO, LANGUAGE_ID) or "+" in task)
+    config = decoder_config(decoder, beam_size, lm, lm_weight, word_score, lexicon)  # a bad LM fails before loading
     asr = asr_model(model, adapter, task, family, trust_pickle, vocab)
     if task == LANGUAGE_ID:
         from wavadapt.evaluation.language_id import identify_corpus
@@ -78,7 +79,6 @@ def evaluate_corpus(
         identified = identify_corpus(asr, utterances, max_seconds_per_batch)
         typer.echo(json.dumps(identified.to_dict(), indent=2) if json_output else identified.summary())
         return
-    config = decoder_config(decoder, beam_size, lm, lm_weight, word_score, lexicon)
     if not routed:
         make_decoder(config, asr.vocabularies[asr.active])  # a bad LM or lexicon fails before the decoding
     result = evaluate(asr, utterances, task=task if routed else None, max_seconds_per_batch=max_seconds_per_batch,
