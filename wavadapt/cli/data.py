@@ -6,6 +6,7 @@ from typing import Annotated
 import typer
 
 from wavadapt.cli.options import (
+    CORPUS_HELP,
     CorpusArgument,
     Progress,
     RawFormatOption,
@@ -128,9 +129,8 @@ def prepare(
 
 @app.command()
 def vocab(
-    source: Annotated[
-        Path, typer.Argument(help="A corpus directory or manifest, or a .txt file with one transcript per line.")
-    ],
+    source: Annotated[str, typer.Argument(metavar="DATA", help=f"{CORPUS_HELP} Or a .txt file, one transcript per "
+                                          "line.")],
     language: Annotated[str, typer.Option(help="Language whose normalisation applies (en, es, de, it, ...).")],
     out: Annotated[Path, typer.Option(help="Where to write the HF vocab.json.")] = Path("vocab.json"),
     fairseq_dict: Annotated[Path | None, typer.Option(help="Also write fairseq's dict.ltr.txt here.")] = None,
@@ -144,8 +144,8 @@ def vocab(
     from wavadapt.data.corpora import open_corpus
     from wavadapt.data.text import SPECIAL_TOKENS, Vocabulary
 
-    if source.suffix == ".txt" and source.is_file():
-        transcripts = source.read_text(encoding="utf-8").splitlines()
+    if source.endswith(".txt") and Path(source).is_file():
+        transcripts = Path(source).read_text(encoding="utf-8").splitlines()
     else:
         transcripts = [u.text for u in open_corpus(source, split, language) if u.text]
     vocabulary = Vocabulary.build(transcripts, language)
@@ -160,8 +160,8 @@ def vocab(
 def language_model(
     language: Annotated[str, typer.Option(help="Language whose normalisation applies (en, es, de, it, ...).")],
     text: Annotated[list[Path] | None, typer.Argument(help="Text files, one sentence per line.")] = None,
-    corpus: Annotated[Path | None, typer.Option(help="Also the transcripts of a corpus (a directory or manifest, as "
-                                                "`evaluate` reads) ...")] = None,
+    corpus: Annotated[str | None, typer.Option(metavar="DATA", help="Also the transcripts of a corpus (any that "
+                                               "`evaluate` reads) ...")] = None,
     split: Annotated[str, typer.Option(help="... of this split (never the test split you will score).")] = "train",
     order: Annotated[int, typer.Option(help="n-gram order.")] = 3,
     out: Annotated[Path, typer.Option(help="Where to write the ARPA model.")] = Path("lm.arpa"),
@@ -188,3 +188,37 @@ def language_model(
         sentences += corpus_sentences(corpus, split, language)
     build_arpa(sentences, order, out, discount_fallback)
     typer.echo(f"{out}: " + ", ".join(f"{c} {n}-grams" for n, c in arpa_stats(out).items()))
+
+
+@app.command()
+def shard(
+    data: CorpusArgument,
+    out: Annotated[Path, typer.Option(help="Folder to write the shards into.")],
+    split: Annotated[str, typer.Option(help="Split(s) to write, comma-separated: train,dev,test.")] = "train",
+    language: Annotated[str | None, typer.Option(help="Language directory / the language of the records.")] = None,
+    output_format: Annotated[str, typer.Option("--format", help="webdataset (OUT/<split>-NNNNNN.tar: each "
+                                               "utterance's audio as stored and a .json of id, text, language, "
+                                               "speaker) or shar (Lhotse Shar in OUT/<split>/, audio as FLAC).")
+                             ] = "webdataset",
+    shard_size: Annotated[int, typer.Option(help="Utterances per shard.")] = 1000,
+    raw_format: RawFormatOption = None,
+) -> None:
+    """Write a corpus as WebDataset or Lhotse Shar shards.
+
+    Any corpus wavadapt reads; what `finetune` and `pretrain` then read back, also behind a URL (WebDataset). An
+    unreadable file is named and left out.
+    """
+    from wavadapt.data.corpora import open_corpus
+    from wavadapt.data.stores.lhotse_cuts import write_shar
+    from wavadapt.data.stores.tar_shards import write_shards
+
+    if output_format not in ("webdataset", "shar"):
+        raise WavadaptError(f"--format {output_format!r}: choose webdataset or shar")
+    if shard_size < 1:
+        raise WavadaptError(f"--shard-size {shard_size}: give 1 or more utterances per shard")
+    for name in [s.strip() for s in split.split(",") if s.strip()]:
+        utterances = open_corpus(data, name, language, raw_format)
+        files, written = (write_shards(utterances, out, name, shard_size) if output_format == "webdataset"
+                          else write_shar(utterances, out / name, shard_size))
+        left_out = f" ({len(utterances) - written} unreadable, left out)" if written < len(utterances) else ""
+        typer.echo(f"{name}: {written} utterances{left_out} -> {len(files)} files in {out}")

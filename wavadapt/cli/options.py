@@ -7,10 +7,11 @@ import typer
 
 from wavadapt.errors import WavadaptError
 
-CorpusArgument = Annotated[Path, typer.Argument(help="A corpus: a folder (written by `wavadapt prepare` or `wavadapt "
-                                                "synth`, LibriSpeech or Common Voice) or a manifest (.tsv or .jsonl "
-                                                "with path and text columns, paths relative to the manifest; or "
-                                                "fairseq's .tsv with its .ltr).")]
+CORPUS_HELP = ("A corpus: a folder (written by `wavadapt prepare` or `wavadapt synth`, LibriSpeech or Common Voice), a "
+               "manifest (.tsv or .jsonl with path and text columns, paths relative to the manifest; or fairseq's .tsv "
+               "with its .ltr), Lhotse cuts (cuts.jsonl.gz, or a Shar folder), a Hugging Face dataset (a save_to_disk "
+               "folder, Parquet files) or WebDataset shards (a folder of .tar files, a brace pattern or a URL).")
+CorpusArgument = Annotated[str, typer.Argument(metavar="DATA", help=CORPUS_HELP)]
 Jobs = Annotated[int, typer.Option(help="Independent runs (fine-tuning runs, continual runs, probes) at a time, each a "
                                    "process of one thread: on a CPU, one per core trains small models fastest.")]
 Amp = Annotated[str, typer.Option(help="auto | bf16 | fp16 | none")]

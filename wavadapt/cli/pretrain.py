@@ -8,6 +8,7 @@ import typer
 from wavadapt.cli.options import (
     Amp,
     CheckpointEvery,
+    CorpusArgument,
     FeatureCache,
     FeatureCacheDir,
     KeepSnapshots,
@@ -28,7 +29,7 @@ from wavadapt.cli.train import cache_dir, echo_last
 
 @app.command()
 def pretrain(
-    data: Annotated[Path, typer.Argument(help="Unlabeled corpus: synth root, LibriSpeech / Common Voice, manifest.")],
+    data: CorpusArgument,
     language: Annotated[str, typer.Option(help="Language(s) of the data, comma-separated for joint multilingual "
                                           "pre-training on mixed-language batches (the default task name).")],
     out: Annotated[Path, typer.Option(help="Run directory: checkpoints, logs, model/ (HF), pretraining.safetensors.")],
@@ -106,7 +107,7 @@ def pretrain(
 
 @app.command()
 def continual(
-    data: Annotated[Path, typer.Argument(help="Unlabeled corpus of the new language.")],
+    data: CorpusArgument,
     language: Annotated[str, typer.Option(help="Language of the data (corpus folder; the default task name).")],
     out: Annotated[Path, typer.Option(help="Run directory (as for pretrain).")],
     model: Annotated[str, typer.Option(help="The model so far: a pretrain/continual run directory, an HF "

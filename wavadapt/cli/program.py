@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from wavadapt import __version__
+from wavadapt.data.stores.hf_datasets import TEXT_COLUMN_ENV
 from wavadapt.errors import WarningLines, WavadaptError
 
 
@@ -69,9 +70,15 @@ def _global_options(
                                         "WAVADAPT_DEBUG=1).")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
+    text_column: Annotated[str | None, typer.Option(help="The transcript column of Hugging Face datasets (default: the "
+                                                    "first of text, sentence, transcript, transcription, "
+                                                    "normalized_text), before the command: wavadapt --text-column "
+                                                    "raw_transcription check DATA.")] = None,
 ) -> None:
     if debug:
         os.environ["WAVADAPT_DEBUG"] = "1"
+    if text_column:
+        os.environ[TEXT_COLUMN_ENV] = text_column  # every corpus the command reads, in its worker processes too
 
 
 def main() -> None:

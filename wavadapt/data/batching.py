@@ -51,7 +51,7 @@ def filter_by_length(
     for u in utterances:
         if u.num_samples is None:
             try:
-                u = replace(u, num_samples=samples_at_16k(u.path, u.raw_format))
+                u = replace(u, num_samples=samples_at_16k(u.audio, u.raw_format))
             except AudioError as e:
                 log.warning("skipping %s: %s", u.id, e)
                 unreadable.append(u.id)
@@ -266,7 +266,7 @@ class AudioDataset(Dataset):
     def __getitem__(self, index: int) -> dict | None:
         u = self.utterances[index]
         try:
-            x = read_audio(u.path, raw=u.raw_format)
+            x = read_audio(u.audio, raw=u.raw_format)
         except AudioError as e:
             if u.id not in self.stats.skipped_ids:  # named once, not once per epoch
                 log.warning("skipping %s: %s", u.id, e)

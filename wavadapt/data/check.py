@@ -115,7 +115,7 @@ def check_corpus(
         if rate:
             rates[rate] += 1
         found += _check_text(u, vocab, labeled)
-        problems += [Problem(u.id, str(u.path), kind, detail) for kind, detail in found]
+        problems += [Problem(u.id, str(u.audio), kind, detail) for kind, detail in found]
     return CheckReport(len(utterances), seconds, dict(rates), problems)
 
 
@@ -124,10 +124,10 @@ def _check_audio(
 ) -> tuple[float, int | None, list[tuple[str, str]]]:
     """Seconds of usable audio, sample rate, and the (kind, detail) problems of ``u``'s file."""
     try:
-        x, rate = decode(u.path, u.raw_format)
+        x, rate = decode(u.audio, u.raw_format)
     except AudioError as e:
         kind = "truncated" if isinstance(e, TruncatedAudioError) else "unreadable"
-        return 0.0, None, [(kind, str(e).removeprefix(f"{u.path}: ").removeprefix("truncated: "))]
+        return 0.0, None, [(kind, str(e).removeprefix(f"{u.audio}: ").removeprefix("truncated: "))]
     if x.size == 0:
         return 0.0, rate, [("empty", "no audio samples")]
     if not np.isfinite(x).all():

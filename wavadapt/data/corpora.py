@@ -8,37 +8,20 @@ import csv
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
-from wavadapt.data.audio import SAMPLE_RATE, RawFormat, audio_info, is_headerless
+from wavadapt.data.audio import AUDIO_SUFFIXES, SAMPLE_RATE, AudioSource, RawFormat, audio_info, is_headerless
+from wavadapt.data.records import is_url
+from wavadapt.data.stores.hf_datasets import hf_dataset, read_hf_dataset
+from wavadapt.data.stores.lhotse_cuts import lhotse_manifests, read_lhotse
+from wavadapt.data.stores.tar_shards import read_shards, shard_paths
+from wavadapt.data.utterance import UNKNOWN_LANGUAGE, Utterance, path_id
 from wavadapt.errors import CorpusError, WavadaptError
 
-UNKNOWN_LANGUAGE = "und"  # ISO 639-2 "undetermined", for manifests that do not say
 
-
-@dataclass(frozen=True)
-class Utterance:
-    """One audio file and what the corpus says about it.
-
-    ``num_samples`` is the length at 16 kHz when the layout records it (fairseq manifests), else None.
-    ``text`` is None for unlabeled audio (pre-training splits, Common Voice rows without a sentence).
-    ``raw_format`` says how to read a headerless PCM file (``s16le:16000``, see audio.RawFormat).
-    """
-
-    id: str
-    path: Path
-    text: str | None
-    language: str
-    speaker: str | None = None
-    num_samples: int | None = None
-    raw_format: str | None = None
-    task: str | None = None
-    """The task to transcribe it with, where a manifest names one (a ``task`` column)."""
-
-
-def samples_at_16k(path: str | Path, raw_format: str | None = None) -> int:
+def samples_at_16k(path: AudioSource, raw_format: str | None = None) -> int:
     """Length of ``path`` in samples once resampled to 16 kHz, from its header."""
     frames, rate, _ = audio_info(path, raw_format)
     return round(frames * SAMPLE_RATE / rate)
@@ -191,12 +174,6 @@ def read_fairseq_manifest(
     return utterances
 
 
-def path_id(path: str) -> str:
-    """The id of an utterance that its corpus does not name: its path as the manifest writes it, without the
-    suffix (``cabin1/nl/k1-pap.ogg`` -> ``cabin1/nl/k1-pap``), unique where file names repeat across folders."""
-    return Path(path).with_suffix("").as_posix()
-
-
 def _require_unique_ids(manifest: Path, utterances: list[Utterance], lines: list[int]) -> None:
     """Refuse a manifest that gives two entries one id, naming both lines (ids key caches and outputs)."""
     seen: dict[str, int] = {}
@@ -308,12 +285,18 @@ def read_manifest(path: str | Path, language: str | None = None) -> list[Utteran
 def open_corpus(path: str | Path, split: str | None = None, language: str | None = None,
                 raw_format: str | None = None) -> list[Utterance]:
     """Read whatever corpus ``path`` is: a LibriSpeech or Common Voice directory, a fairseq manifest
-    (``.tsv``, or a directory holding ``<split>.tsv``), a ``.tsv``/``.jsonl`` manifest, or a synthetic
-    corpus root (``corpus.json``; ``language`` picks the language directory).
+    (``.tsv``, or a directory holding ``<split>.tsv``), a ``.tsv``/``.jsonl`` manifest, a synthetic
+    corpus root (``corpus.json``; ``language`` picks the language directory), or a store of the field's data
+    libraries (`wavadapt.data.stores`): Lhotse cuts or Shar, a Hugging Face dataset, WebDataset shards (also
+    behind a URL or a brace pattern).
 
     ``split=None`` means the only split, else ``train``. ``raw_format`` is the format of its headerless
     PCM files (see :func:`with_raw_format`).
     """
+    if is_url(str(path)) or "{" in str(path):
+        if (shards := shard_paths(str(path), split)) is None:
+            raise CorpusError(f"{path}: a URL or a brace pattern names WebDataset shards: .tar files")
+        return in_language(read_shards(shards), language, str(path))
     return with_raw_format(_open_layout(Path(path), split, language), raw_format)
 
 
@@ -332,7 +315,8 @@ def _open_layout(path: Path, split: str | None, language: str | None) -> list[Ut
     if not path.exists():
         raise CorpusError(f"{path}: no such file or directory (expected a corpus directory or manifest)")
     if path.is_file():
-        return _open_manifest(path, language)
+        found = _open_store(path, split, language)
+        return found if found is not None else _open_manifest(path, language)
     if (path / "corpus.json").is_file():
         path = path / _corpus_language(path / "corpus.json", language)
     elif language and (path / language).is_dir():
@@ -343,6 +327,8 @@ def _open_layout(path: Path, split: str | None, language: str | None) -> list[Ut
         manifest = path / f"{split or 'train'}{suffix}"
         if manifest.is_file():
             return _open_manifest(manifest, language)
+    if (found := _open_store(path, split, language)) is not None:
+        return found
     if (
         (path / "LibriSpeech").is_dir()
         or _is_librispeech_split(path)
@@ -353,13 +339,36 @@ def _open_layout(path: Path, split: str | None, language: str | None) -> list[Ut
         return files
     raise CorpusError(
         f"{path}: unknown corpus layout (expected LibriSpeech <split>/<speaker>/<chapter>/*.flac, "
-        "Common Voice clips/ + <split>.tsv, a fairseq or manifest <split>.tsv/.jsonl, corpus.json, or a folder "
-        f"of audio files: {' '.join(AUDIO_SUFFIXES)})"
+        "Common Voice clips/ + <split>.tsv, a fairseq or manifest <split>.tsv/.jsonl, corpus.json, Lhotse cuts, "
+        f"a Hugging Face dataset, WebDataset .tar shards, or a folder of audio files: {' '.join(AUDIO_SUFFIXES)})"
     )
 
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".aiff", ".aif", ".au", ".w64", ".caf")
-"""What a plain folder of audio files is searched for (the containers soundfile reads, by their usual names)."""
+def _open_store(path: Path, split: str | None, language: str | None) -> list[Utterance] | None:
+    """The utterances of a Lhotse, Hugging Face datasets or WebDataset store at ``path``; None when it is none."""
+    if (lhotse := lhotse_manifests(path, split)) is not None:
+        utterances = read_lhotse(*lhotse)
+    elif (dataset := hf_dataset(path, split)) is not None:
+        utterances = read_hf_dataset(*dataset)
+    elif (shards := shard_paths(str(path), split)) is not None:
+        utterances = read_shards(shards)
+    else:
+        return None
+    return in_language(utterances, language, str(path))
+
+
+def in_language(utterances: list[Utterance], language: str | None, where: str) -> list[Utterance]:
+    """A store's utterances of ``language``: those its records say are in it, or all of them when the records name
+    no language."""
+    if language is None:
+        return utterances
+    if all(u.language == UNKNOWN_LANGUAGE for u in utterances):
+        return [replace(u, language=language) for u in utterances]
+    chosen = [u for u in utterances if u.language == language]
+    if not chosen:
+        held = ", ".join(sorted({u.language for u in utterances}))
+        raise CorpusError(f"{where}: no utterances in {language!r} (its records are in {held})")
+    return chosen
 
 
 def read_audio_folder(path: Path, language: str | None = None) -> list[Utterance]:

@@ -142,7 +142,7 @@ def evaluate(
     readable = filter_by_length(labeled).kept  # fills lengths from headers, drops unreadable headers
     beam = decoder is not None and decoder.kind == "beam" and not routed
     if routed:
-        transcripts = transcribe_requests(model, [Request(u.path, task, u.raw_format) for u in readable],
+        transcripts = transcribe_requests(model, [Request(u.audio, task, u.raw_format) for u in readable],
                                           max_seconds_per_batch, auto=auto)
         hypotheses = {u.id: t.text for u, t in zip(readable, transcripts, strict=True) if t.error is None}
     else:

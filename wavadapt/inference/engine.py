@@ -114,7 +114,7 @@ def decode_utterances(model: CTCModel, utterances: list[Utterance], max_seconds_
     hypotheses, emissions = {}, {}
     for u in [u for u in utterances if u.num_samples > chunked]:  # in windows, as transcribe does: bounded memory
         try:
-            outputs = list(window_outputs(model, read_audio(u.path, raw=u.raw_format), CHUNK_SECONDS))
+            outputs = list(window_outputs(model, read_audio(u.audio, raw=u.raw_format), CHUNK_SECONDS))
         except AudioError as e:
             log.warning("skipping %s: %s", u.id, e)
             continue

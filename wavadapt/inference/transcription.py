@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from wavadapt.data.audio import SAMPLE_RATE, normalize_waveform, read_audio
+from wavadapt.data.audio import SAMPLE_RATE, AudioSource, normalize_waveform, read_audio
 from wavadapt.data.corpora import samples_at_16k
 from wavadapt.decoding import DecoderConfig, DecoderPool
 from wavadapt.errors import AudioError, WavadaptError
@@ -38,9 +38,10 @@ def default_batch_seconds(device: torch.device) -> float:
 
 @dataclass(frozen=True)
 class Request:
-    """One file to transcribe, with its task, its decoder (None: greedy) and the format of a headerless file."""
+    """One file (or record) to transcribe, with its task, its decoder (None: greedy) and the format of a headerless
+    file."""
 
-    path: Path
+    path: AudioSource
     task: str
     raw_format: str | None = None
     decoder: DecoderConfig | None = None

@@ -267,7 +267,7 @@ def _build_or_reuse(model: PretrainingModel, utterances: Sequence[Utterance], ou
     def waveforms():
         for u in utterances:
             try:
-                x = read_audio(u.path, raw=u.raw_format)
+                x = read_audio(u.audio, raw=u.raw_format)
             except AudioError as e:
                 log.warning("skipping %s: %s", u.id, e)
                 skipped.append(u.id)

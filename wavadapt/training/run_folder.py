@@ -12,6 +12,7 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
+from wavadapt.data.records import is_url
 from wavadapt.errors import WavadaptError
 
 KEPT_ON_OVERWRITE = ("feature_cache",)
@@ -58,4 +59,5 @@ def provenance() -> dict:
 
 def data_source(corpus: str | Path, split: str, language: str) -> dict:
     """Where a run's training data came from, as its run.json records it."""
-    return {"corpus": str(Path(corpus).resolve()), "split": split, "language": language}
+    where = str(corpus) if is_url(str(corpus)) or "{" in str(corpus) else str(Path(corpus).resolve())
+    return {"corpus": where, "split": split, "language": language}
