@@ -8,6 +8,7 @@ import soundfile as sf
 from wavadapt.data.corpora import (
     Utterance,
     letters_to_words,
+    open_corpora,
     open_corpus,
     read_common_voice,
     read_fairseq_manifest,
@@ -225,3 +226,14 @@ def test_open_corpus_errors_are_one_line(tmp_path, make, message):
     with pytest.raises(CorpusError, match=message) as e:
         open_corpus(path)
     assert "\n" not in str(e.value) and str(path) in str(e.value)
+
+
+def test_a_corpus_of_several_languages_gives_each_language_its_own_ids(tmp_path):
+    for language in ("nl", "cs"):  # one game's lines in two languages: the same names
+        write_audio(tmp_path / language / "audio" / "poh-m-dobre.wav", 0.5)
+        (tmp_path / language / "train.tsv").write_text(f"path\ttext\tlanguage\naudio/poh-m-dobre.wav\tx\t{language}\n")
+    assert [u.id for u in open_corpora(tmp_path, "train", ["nl"])] == ["audio/poh-m-dobre"]
+    both = open_corpora(tmp_path, "train", ["nl", "cs"])
+    assert [(u.id, u.language) for u in both] == [("nl/audio/poh-m-dobre", "nl"), ("cs/audio/poh-m-dobre", "cs")]
+    with pytest.raises(CorpusError, match="is given to"):  # joined by hand, the clash is refused, not overwritten
+        require_unique_ids(open_corpus(tmp_path, "train", "nl") + open_corpus(tmp_path, "train", "cs"))

@@ -302,8 +302,13 @@ def open_corpus(path: str | Path, split: str | None = None, language: str | None
 
 def open_corpora(path: str | Path, split: str | None, languages: Sequence[str | None],
                  raw_format: str | None = None) -> list[Utterance]:
-    """:func:`open_corpus` of each language in turn (a corpus with a folder per language), one list."""
-    return [u for language in languages for u in open_corpus(path, split, language, raw_format)]
+    """:func:`open_corpus` of each language in turn (a corpus with a folder per language), one list. With several
+    languages each id becomes ``<language>/<id>``: corpora of one game or one text in several languages name their
+    lines alike, and ids key labels, caches and hypotheses."""
+    if len(languages) < 2:
+        return [u for language in languages for u in open_corpus(path, split, language, raw_format)]
+    return [replace(u, id=f"{language}/{u.id}") for language in languages
+            for u in open_corpus(path, split, language, raw_format)]
 
 
 def language_list(text: str) -> list[str]:

@@ -7,7 +7,7 @@ import numpy as np
 
 from wavadapt.data.audio import SAMPLE_RATE
 from wavadapt.data.batching import AudioDataset, filter_by_length, make_dataloader
-from wavadapt.data.corpora import Utterance
+from wavadapt.data.corpora import Utterance, require_unique_ids
 from wavadapt.errors import WavadaptError
 from wavadapt.inference.engine import evaluating
 from wavadapt.model.ctc import CTCModel
@@ -60,6 +60,7 @@ def identify_corpus(model: CTCModel, utterances: list[Utterance], max_seconds_pe
     labels = model.language_id.labels
     known = filter_by_length([u for u in utterances if u.language in labels]).kept  # lengths from the headers
     confusion = np.zeros((len(labels), len(labels)), dtype=int)
+    require_unique_ids(known)  # ids key the true languages
     truth = {u.id: labels.index(u.language) for u in known}
     longest = max((u.num_samples for u in known), default=0) / SAMPLE_RATE
     device, seen = next(model.parameters()).device, 0

@@ -579,7 +579,7 @@ def _identified(exp: Experiment) -> list[str]:
 
 def _language_id(exp: Experiment, data: Path, start: str | Path, out: Path, echo: Echo) -> None:
     """The identifier's run in OUT/language-id, then its test on every language's test split (eval.json)."""
-    from wavadapt.data.corpora import open_corpus
+    from wavadapt.data.corpora import open_corpora
     from wavadapt.evaluation.language_id import identify_corpus
     from wavadapt.interop.loading import load_asr_model
     from wavadapt.training.language_id import train_language_id
@@ -590,13 +590,10 @@ def _language_id(exp: Experiment, data: Path, start: str | Path, out: Path, echo
     echo(f"language-id: {', '.join(languages)}")
     model = load_asr_model(start, [], trust_pickle=exp.trust_pickle, seed=exp.seed)
     config = TrainConfig(**{"seed": exp.seed, **exp.language_id.train})
-    train_language_id(model, languages, [u for lang in languages for u in open_corpus(data, splits.train, lang)],
-                      config, run_dir, exp.language_id.layer,
-                      valid=[u for lang in languages for u in open_corpus(data, splits.dev, lang)],
-                      resume=_resume(run_dir))
+    train_language_id(model, languages, open_corpora(data, splits.train, languages), config, run_dir,
+                      exp.language_id.layer, valid=open_corpora(data, splits.dev, languages), resume=_resume(run_dir))
     if _main_process():
-        result = identify_corpus(model, [u for lang in languages for u in open_corpus(data, splits.test, lang)],
-                                 config.max_seconds_per_batch)
+        result = identify_corpus(model, open_corpora(data, splits.test, languages), config.max_seconds_per_batch)
         (run_dir / "eval.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
 
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from wavadapt.data.batching import AudioDataset, filter_by_length
-from wavadapt.data.corpora import Utterance
+from wavadapt.data.corpora import Utterance, require_unique_ids
 from wavadapt.errors import WavadaptError
 from wavadapt.model.checkpoint import backbone_fingerprint, save_language_id
 from wavadapt.model.ctc import CTCModel
@@ -65,6 +65,7 @@ def train_language_id(model: CTCModel, languages: list[str], train: list[Utteran
     model.requires_grad_(False)
     model.language_id.requires_grad_(True)
     params = {f"model.language_id.{k}": p for k, p in model.language_id.named_parameters()}
+    require_unique_ids(kept)  # ids key the labels
     target = {u.id: languages.index(u.language) for u in kept}
 
     def objective(net: nn.Module, batch: dict) -> tuple[torch.Tensor, int, dict[str, float]]:
