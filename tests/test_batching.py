@@ -242,3 +242,45 @@ def test_transcribed_skips_foreign_letters_unless_kept_and_counts_what_normalisa
     assert result.dropped == {"©": 2, "®": 1}
     assert "b.wav): letters outside the nl alphabet (веипрт)" in caplog.text
     assert [u.id for u in transcribed(utts, keep_foreign=True).kept] == ["a", "b", "c"]
+
+
+def _seconds_by_language(sampler, lengths, groups) -> dict[str, float]:
+    seconds: dict[str, float] = {}
+    for batch in sampler._batches:
+        for i in batch:
+            seconds[groups[i]] = seconds.get(groups[i], 0.0) + lengths[i] / SAMPLE_RATE
+    return seconds
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.5])
+def test_language_temperature_gives_each_language_its_share_of_the_audio(temperature):
+    rng = np.random.default_rng(0)
+    groups = ["en"] * 300 + ["es"] * 60 + ["nl"] * 12  # 25 : 5 : 1 utterances
+    lengths = rng.integers(SAMPLE_RATE, 4 * SAMPLE_RATE, len(groups)).tolist()
+    sampler = LengthBucketBatchSampler(lengths, 20, seed=1, groups=groups, temperature=temperature)
+    hours = _seconds_by_language(LengthBucketBatchSampler(lengths, 20, seed=1), lengths, groups)
+    got = _seconds_by_language(sampler, lengths, groups)
+    weights = {g: h**temperature for g, h in hours.items()}
+    total = sum(hours.values())
+    for g in hours:  # each share reached, overshot by less than one utterance
+        target = weights[g] / sum(weights.values()) * total
+        assert target <= got[g] < target + 4
+    assert sum(got.values()) == pytest.approx(total, abs=12)
+    first = [list(b) for b in sampler._batches]
+    sampler.set_epoch(1)
+    assert [list(b) for b in sampler._batches] != first  # another draw each epoch
+    sampler.set_epoch(0)
+    assert [list(b) for b in sampler._batches] == first  # the same draw again: resume repeats it
+
+
+def test_language_temperature_one_is_the_corpus_as_it_is():
+    groups = ["en", "es", "en", "nl"] * 10
+    lengths = [SAMPLE_RATE * (1 + i % 3) for i in range(len(groups))]
+    plain = LengthBucketBatchSampler(lengths, 8, seed=2)
+    weighted = LengthBucketBatchSampler(lengths, 8, seed=2, groups=groups, temperature=1.0)
+    assert list(plain) == list(weighted)
+    ranks = [LengthBucketBatchSampler(lengths, 8, seed=2, groups=groups, temperature=0.0, num_replicas=2, rank=r)
+             for r in (0, 1)]
+    assert len(list(ranks[0])) == len(list(ranks[1])) > 0  # ranks step in lockstep
+    with pytest.raises(WavadaptError, match="3 languages given for 40"):
+        LengthBucketBatchSampler(lengths, 8, groups=groups[:3], temperature=0.5)

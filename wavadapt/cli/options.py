@@ -101,3 +101,8 @@ def asr_model(model: str, adapters: list[Path] | None, task: str | None, family:
     if asr.active is None and not routed:
         raise WavadaptError("no task to run: pass a task file with --adapter")
     return asr
+
+
+LanguageTemperature = Annotated[float | None, typer.Option(
+    help="Several languages: each epoch gives a language a share of the audio proportional to its hours ** this "
+         "(1: as the corpus holds them; 0.5 as XLS-R and MMS raise the smaller ones; 0: all alike).")]

@@ -12,6 +12,7 @@ from wavadapt.cli.options import (
     FeatureCache,
     FeatureCacheDir,
     KeepSnapshots,
+    LanguageTemperature,
     NumWorkers,
     Overwrite,
     Progress,
@@ -57,6 +58,7 @@ def pretrain(
                                                                  "(Base: 10; tiny: 0).")] = None,
     codevectors_per_group: Annotated[int | None, typer.Option(help="Entries per quantizer codebook of a fresh "
                                                               "--model preset (V; Base: 320, tiny: 64).")] = None,
+    language_temperature: LanguageTemperature = None,
     amp: Amp = "auto",
     validate_every: ValidateEvery = 0,
     checkpoint_every: CheckpointEvery = 0,
@@ -87,7 +89,8 @@ def pretrain(
     name, r = _pretrain_recipe(preset, model, max_updates=max_updates, lr=lr, warmup_updates=warmup_updates,
                                max_seconds_per_batch=max_seconds_per_batch, update_freq=update_freq, amp=amp,
                                validate_every=validate_every, checkpoint_every=checkpoint_every,
-                               num_workers=num_workers, seed=seed, progress=progress)
+                               num_workers=num_workers, seed=seed, progress=progress,
+                               language_temperature=language_temperature)
     languages = language_list(language)
     task = task or "+".join(languages)
     pt = build_model(model, task, name, trust_pickle=trust_pickle, seed=seed,

@@ -11,6 +11,7 @@ from wavadapt.cli.options import (
     CheckpointEvery,
     CorpusArgument,
     FeatureCache,
+    LanguageTemperature,
     NumWorkers,
     Overwrite,
     Progress,
@@ -57,6 +58,7 @@ def finetune(
                                                             "0.5; 0 on tiny models).")] = None,
     layerdrop: Annotated[float | None, typer.Option(help="Probability of skipping a transformer layer (default: "
                                                     "0.05; 0 on tiny models).")] = None,
+    language_temperature: LanguageTemperature = None,
     amp: Amp = "auto",
     validate_every: ValidateEvery = 0,
     checkpoint_every: CheckpointEvery = 0,
@@ -97,6 +99,8 @@ def finetune(
 
     if objective not in ("ctc", "lid"):
         raise WavadaptError(f"--objective {objective!r}: choose ctc or lid")
+    if language_temperature is not None and objective != "lid":
+        raise WavadaptError("--language-temperature weighs the languages of --objective lid (a CTC task has one)")
     claim(out, resume=resume, overwrite=overwrite)  # before a model loads for minutes
     asr = load_asr_model(model, adapter or [], trust_pickle=trust_pickle)
     hidden = asr.backbone.config.hidden_size  # tiny models take other defaults than Base (methods.SMALL_MODEL)
@@ -105,7 +109,9 @@ def finetune(
                                   TrainConfig(max_updates=max_updates, lr=lr or 1e-3, update_freq=update_freq,
                                               max_seconds_per_batch=max_seconds_per_batch, amp=amp,
                                               validate_every=validate_every, checkpoint_every=checkpoint_every,
-                                              num_workers=num_workers, seed=seed, progress=progress),
+                                              num_workers=num_workers, seed=seed, progress=progress,
+                                              language_temperature=1.0 if language_temperature is None
+                                              else language_temperature),
                                   resume, overwrite)
     method_config = MethodConfig(method, top_n, adapter_size or default_adapter_size(hidden), freeze_updates, stack_on,
                                  adapter_form)

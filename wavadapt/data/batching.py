@@ -122,6 +122,11 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
     before each epoch.
 
     ``lengths`` are in samples at ``sample_rate`` (use the cropped lengths when the dataset crops).
+
+    ``groups`` (each utterance's language) with a ``temperature`` other than 1 resamples the epoch by language, as
+    XLS-R, MMS and Omnilingual ASR pre-train: language l gets a share of the epoch's audio proportional to
+    ``hours_l ** temperature`` (1: as the corpus holds them; 0.5: XLS-R's; 0: every language alike), its own
+    utterances drawn in a new random order each epoch, repeated where its share exceeds them.
     """
 
     def __init__(
@@ -135,8 +140,16 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
         drop_last: bool = False,
         sample_rate: int = SAMPLE_RATE,
         jitter: float = 0.05,
+        groups: Sequence[str] | None = None,
+        temperature: float = 1.0,
     ):
         self.lengths = np.asarray(lengths, dtype=np.int64)
+        if temperature < 0:
+            raise WavadaptError(f"language temperature {temperature}: give 0 (languages alike) to 1 (as the corpus)")
+        if groups is not None and len(groups) != len(self.lengths):
+            raise WavadaptError(f"{len(groups)} languages given for {len(self.lengths)} utterances")
+        self.groups = None if groups is None or temperature == 1 else np.asarray(groups)
+        self.temperature = temperature
         self.cap = int(max_seconds_per_batch * sample_rate)
         if not 0 <= rank < num_replicas:
             raise WavadaptError(f"rank {rank} is not in 0..{num_replicas - 1}")
@@ -157,11 +170,12 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
 
     def _make_batches(self) -> list[list[int]]:
         rng = np.random.default_rng((self.seed, self.epoch))
-        keys = self.lengths.astype(np.float64)
+        chosen = self._by_language(rng) if self.groups is not None else np.arange(len(self.lengths))
+        keys = self.lengths[chosen].astype(np.float64)
         if self.shuffle:
             keys = keys * rng.uniform(1.0 - self.jitter, 1.0 + self.jitter, size=len(keys))
         batches, batch, longest = [], [], 0
-        for i in np.argsort(keys, kind="stable").tolist():
+        for i in chosen[np.argsort(keys, kind="stable")].tolist():
             n = int(self.lengths[i])
             if batch and max(longest, n) * (len(batch) + 1) > self.cap:
                 batches.append(batch)
@@ -173,6 +187,20 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
         if self.shuffle:  # before dividing, so drop_last drops random batches, not the longest ones
             rng.shuffle(batches)
         return self._divide_evenly(batches)
+
+    def _by_language(self, rng: np.random.Generator) -> np.ndarray:
+        """The epoch's utterances (indices, some repeated or left out) with each language's share of the audio
+        proportional to its hours ** temperature; as much audio in all as the corpus holds."""
+        languages = sorted(set(self.groups.tolist()))
+        members = [np.flatnonzero(self.groups == g) for g in languages]
+        hours = np.array([self.lengths[m].sum() for m in members], dtype=np.float64)
+        share = hours**self.temperature / (hours**self.temperature).sum() * hours.sum()
+        chosen = []
+        for m, target in zip(members, share, strict=True):
+            order = np.concatenate([rng.permutation(m) for _ in range(int(target // self.lengths[m].sum()) + 1)])
+            taken = np.searchsorted(np.cumsum(self.lengths[order]), target) + 1  # the first reaching its share
+            chosen.append(order[:taken])
+        return np.concatenate(chosen)
 
     def _divide_evenly(self, batches: list[list[int]]) -> list[list[int]]:
         if self.drop_last:

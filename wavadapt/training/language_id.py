@@ -79,7 +79,7 @@ def train_language_id(model: CTCModel, languages: list[str], train: list[Utteran
 
     trainer = Trainer(Identifier(model), params, objective, AudioDataset(kept, normalize=model.normalize_waveforms,
                                                                          seed=config.seed), config, out_dir,
-                      validate=validate if valid else None)
+                      validate=validate if valid else None, languages=[u.language for u in kept])
     trainer.start({
         "task": "lid", "objective": "lid", "languages": languages, "layer": layer, "train": asdict(config),
         "backbone": {**(model.source or {}), "fingerprint": backbone_fingerprint(model.backbone)},

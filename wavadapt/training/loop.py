@@ -22,7 +22,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -78,6 +78,9 @@ class TrainConfig:
     checkpoint_every: int = 0
     """0: checkpoint at the end only."""
     num_workers: int = 0
+    language_temperature: float = 1.0
+    """Several languages: each epoch gives language l a share of the audio proportional to hours_l ** this (1: as
+    the corpus holds them; XLS-R's 0.5 raises the smaller ones; 0: all alike)."""
     seed: int = 0
     progress: bool = True
     extra: dict = field(default_factory=dict)
@@ -156,14 +159,16 @@ class Trainer:
 
     ``dataset`` is an AudioDataset or another dataset with ``lengths()`` and ``set_epoch()`` whose
     ``collate`` (default :func:`collate`) makes batches with ``ids``, ``num_skipped`` and ``audio_seconds``
-    (e.g. ``feature_cache.CachedFeatureDataset``)."""
+    (e.g. ``feature_cache.CachedFeatureDataset``); ``languages`` (each item's) lets ``config.language_temperature``
+    weigh them."""
 
     def __init__(self, model: nn.Module, params: dict[str, nn.Parameter], objective: Objective,
                  dataset: AudioDataset | Dataset, config: TrainConfig, out_dir: Path,
                  validate: Callable[[nn.Module], dict[str, float]] | None = None,
                  on_update: Callable[[nn.Module, int], None] | None = None,
                  on_checkpoint: Callable[[nn.Module, int], None] | None = None,
-                 find_unused_parameters: bool = False, dist_env: Distributed | None = None):
+                 find_unused_parameters: bool = False, dist_env: Distributed | None = None,
+                 languages: Sequence[str] | None = None):
         self.env = dist_env or Distributed.from_env()
         # Dropout uses torch's generator, transformers' SpecAugment masks numpy's global one.
         torch.manual_seed(config.seed + self.env.rank)
@@ -179,7 +184,8 @@ class Trainer:
         self.dataset = dataset
         self.sampler = LengthBucketBatchSampler(dataset.lengths(), config.max_seconds_per_batch, shuffle=True,
                                                 seed=config.seed, num_replicas=self.env.world_size,
-                                                rank=self.env.rank)
+                                                rank=self.env.rank, groups=languages,
+                                                temperature=config.language_temperature)
         self.net = model
         if self.env.world_size > 1:
             self.net = DistributedDataParallel(model, find_unused_parameters=find_unused_parameters)

@@ -325,6 +325,8 @@ def pretrain(model: PretrainingModel, task: str, utterances: Sequence[Utterance]
     else:
         dataset, cache_info = _cached_dataset(model, kept, Path(feature_cache), feature_cache_dtype, crop_seconds,
                                               config.seed, env)
+    language = {u.id: u.language for u in kept}
+    ids = dataset.ids if feature_cache is not None else [u.id for u in kept]  # the cache leaves unreadable ones out
     if valid:
         valid = maskable(model, filter_by_length(valid, min_seconds, max_seconds)[0], crop_seconds)[0]
     warmup = config.warmup_updates if config.warmup_updates is not None else int(0.08 * config.max_updates)
@@ -339,7 +341,8 @@ def pretrain(model: PretrainingModel, task: str, utterances: Sequence[Utterance]
 
     trainer = Trainer(model, params, objective, dataset, config, out_dir, validate=validate if valid else None,
                       on_update=objective.on_update, on_checkpoint=snapshot if keep_snapshots else None,
-                      find_unused_parameters=model.backbone.config.layerdrop > 0, dist_env=env)
+                      find_unused_parameters=model.backbone.config.layerdrop > 0, dist_env=env,
+                      languages=[language[i] for i in ids])
     trainer.start({
         "task": task, "adapters": list(model.stacks[task]), "backbone": model.source, "data": data_source,
         "languages": sorted({u.language for u in kept}), "train": asdict(config), "objective": asdict(model.config),
