@@ -10,6 +10,7 @@ from torch import nn
 
 from wavadapt.data.batching import AudioDataset, filter_by_length, transcribed
 from wavadapt.data.corpora import Utterance
+from wavadapt.data.shard_stream import Shards, ShardStream
 from wavadapt.data.text import Vocabulary
 from wavadapt.errors import WavadaptError
 from wavadapt.model.checkpoint import backbone_fingerprint, save_backbone, save_task
@@ -64,7 +65,7 @@ def ctc_objective(model: CTCModel):
     return objective
 
 
-def finetune(model: CTCModel, task: str, train: list[Utterance], method: MethodConfig, config: TrainConfig,
+def finetune(model: CTCModel, task: str, train: list[Utterance] | Shards, method: MethodConfig, config: TrainConfig,
              out_dir: Path, vocab: Vocabulary | None = None, valid: list[Utterance] | None = None,
              augment: AugmentConfig | None = None, resume: bool = False,
              min_seconds: float = 0.5, max_seconds: float = 30.0,
@@ -82,6 +83,10 @@ def finetune(model: CTCModel, task: str, train: list[Utterance], method: MethodC
     the run was made: the backbone (``model.source`` and its fingerprint), ``data_source`` (where ``train``
     came from), the languages, the command line and wavadapt's version.
 
+    ``train`` given as :class:`~wavadapt.data.shard_stream.Shards` streams them (``finetune --stream``): their
+    transcripts are listed first (and build the vocabulary), then each epoch reads every record once, across
+    data-loader workers and ranks; files out of the length limits are skipped as they come.
+
     ``feature_cache`` (a root directory) trains on the CNN's cached output (no method trains the CNN), in
     ``feature_cache_dtype``: computed once per utterance in the root's subdirectory for this CNN and these
     utterances (``feature_cache.keyed_dir``), which other runs reuse. In fp32 it trains as without, up to float
@@ -91,23 +96,37 @@ def finetune(model: CTCModel, task: str, train: list[Utterance], method: MethodC
     from wavadapt.evaluation.corpus import evaluate
 
     out_dir = Path(out_dir)
-    if Distributed.from_env().main:
+    env = Distributed.from_env()
+    if env.main:
         claim(out_dir, resume=resume, overwrite=overwrite)
-    labeled, no_transcript, foreign, dropped = transcribed(train, keep_foreign=keep_foreign)
+    streamed = isinstance(train, Shards)
+    if streamed and feature_cache is not None:
+        raise WavadaptError("a feature cache is built over an indexed corpus: stream without it, or index the shards "
+                            "(give their folder without --stream)")
+    listed = train.listing() if streamed else train
+    labeled, no_transcript, foreign, dropped = transcribed(listed, keep_foreign=keep_foreign)
     if not labeled:
-        raise WavadaptError(f"none of the {len(train)} training utterances has a transcript")
+        raise WavadaptError(f"none of the {len(listed)} training utterances has a transcript")
     if vocab is None:  # a continued task keeps its own; a new one gets the training transcripts' characters
         vocab = model.vocabularies.get(task) or Vocabulary.build([u.text for u in labeled], labeled[0].language)
     torch.manual_seed(config.seed)  # the same new weights on every rank
     params = prepare(model, task, vocab, method)
     augment = augment or AugmentConfig()
     augment.apply(model)
-    # An utterance longer than a batch holds could never be batched: it is outside the limits too.
-    kept, unreadable, outside = filter_by_length(labeled, min_seconds, min(max_seconds, config.max_seconds_per_batch))
-    if not kept:
-        raise WavadaptError(f"no usable training utterance: {len(unreadable)} unreadable, {len(outside)} outside "
-                            f"{min_seconds}-{max_seconds} s, {len(no_transcript)} without a transcript")
-    dataset, cache_info = AudioDataset(kept, vocab, normalize=model.normalize_waveforms, seed=config.seed), None
+    if streamed:  # lengths are read as the shards stream; a file out of the limits is skipped then
+        kept, unreadable, outside, cache_info = labeled, [], [], None
+        dataset = ShardStream(train.paths, config.max_seconds_per_batch, vocab, labeled[0].language,
+                              normalize=model.normalize_waveforms, min_seconds=min_seconds, max_seconds=max_seconds,
+                              buffer_size=train.buffer_size, seed=config.seed, rank=env.rank,
+                              world_size=env.world_size, ids={u.id for u in labeled})
+    else:
+        # An utterance longer than a batch holds could never be batched: it is outside the limits too.
+        kept, unreadable, outside = filter_by_length(labeled, min_seconds,
+                                                     min(max_seconds, config.max_seconds_per_batch))
+        if not kept:
+            raise WavadaptError(f"no usable training utterance: {len(unreadable)} unreadable, {len(outside)} outside "
+                                f"{min_seconds}-{max_seconds} s, {len(no_transcript)} without a transcript")
+        dataset, cache_info = AudioDataset(kept, vocab, normalize=model.normalize_waveforms, seed=config.seed), None
     if feature_cache is not None:
         dataset, cache_info = _cached(model, dataset, Path(feature_cache), feature_cache_dtype, config.seed)
 
@@ -127,6 +146,7 @@ def finetune(model: CTCModel, task: str, train: list[Utterance], method: MethodC
         "backbone": {**(model.source or {}), "fingerprint": backbone_fingerprint(model.backbone)},
         "data": data_source, "languages": sorted({u.language for u in kept}),
         "train_utterances": len(kept), "dropped_by_length": len(outside), "feature_cache": cache_info,
+        "streamed": streamed,
         # Files dropped before training; those that fail to decode later are counted in log.csv.
         "skipped": {"unreadable": unreadable, "no_transcript": no_transcript, "foreign_letters": foreign,
                     "outside_length": outside},

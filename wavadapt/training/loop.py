@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from wavadapt.data.batching import AudioDataset, DataStats, LengthBucketBatchSampler, collate
+from wavadapt.data.shard_stream import ShardStream, stream_batches
 from wavadapt.errors import WavadaptError
 from wavadapt.training.run_folder import provenance
 
@@ -159,8 +160,8 @@ class Trainer:
 
     ``dataset`` is an AudioDataset or another dataset with ``lengths()`` and ``set_epoch()`` whose
     ``collate`` (default :func:`collate`) makes batches with ``ids``, ``num_skipped`` and ``audio_seconds``
-    (e.g. ``feature_cache.CachedFeatureDataset``); ``languages`` (each item's) lets ``config.language_temperature``
-    weigh them."""
+    (e.g. ``feature_cache.CachedFeatureDataset``), or a :class:`~wavadapt.data.shard_stream.ShardStream`, whose
+    readers make the batches; ``languages`` (each item's) lets ``config.language_temperature`` weigh them."""
 
     def __init__(self, model: nn.Module, params: dict[str, nn.Parameter], objective: Objective,
                  dataset: AudioDataset | Dataset, config: TrainConfig, out_dir: Path,
@@ -182,10 +183,10 @@ class Trainer:
         self.on_update = on_update
         self.on_checkpoint = on_checkpoint
         self.dataset = dataset
-        self.sampler = LengthBucketBatchSampler(dataset.lengths(), config.max_seconds_per_batch, shuffle=True,
-                                                seed=config.seed, num_replicas=self.env.world_size,
-                                                rank=self.env.rank, groups=languages,
-                                                temperature=config.language_temperature)
+        self.sampler = None if isinstance(dataset, ShardStream) else LengthBucketBatchSampler(
+            dataset.lengths(), config.max_seconds_per_batch, shuffle=True, seed=config.seed,
+            num_replicas=self.env.world_size, rank=self.env.rank, groups=languages,
+            temperature=config.language_temperature)
         self.net = model
         if self.env.world_size > 1:
             self.net = DistributedDataParallel(model, find_unused_parameters=find_unused_parameters)
@@ -200,6 +201,7 @@ class Trainer:
         self.update = 0
         self.epoch = 0
         self.batches_done = 0  # micro-batches of the current epoch already consumed
+        self.stream_position: dict[int, int] = {}  # of a stream: batches of the epoch consumed, by reader
         self.bad_in_a_row = 0
         self.skipped_updates = 0
         self.data_stats = DataStats()
@@ -209,6 +211,8 @@ class Trainer:
 
     def _batches(self) -> Iterator[dict | None]:
         """Micro-batches forever, epoch after epoch, starting at the resumed position."""
+        if self.sampler is None:
+            yield from self._streamed()
         while True:
             self.sampler.set_epoch(self.epoch)
             self.dataset.set_epoch(self.epoch)
@@ -223,6 +227,18 @@ class Trainer:
                 yield batch
             self.epoch += 1
             self.batches_done = 0
+
+    def _streamed(self) -> Iterator[dict | None]:
+        """A stream's batches forever; each rank runs its own epochs (its readers' shards), so ranks stay in lockstep
+        by counting updates, not epochs."""
+        while True:
+            self.dataset.set_epoch(self.epoch)
+            self.dataset.resume_at(self.stream_position)
+            for item in stream_batches(self.dataset, self.config.num_workers):
+                self.stream_position[item["reader"]] = item["number"] + 1
+                yield item["batch"]
+            self.epoch += 1
+            self.stream_position = {}
 
     # --- one update ---
 
@@ -364,12 +380,24 @@ class Trainer:
 
     def save_checkpoint(self, path: Path) -> None:
         """Everything ``resume`` needs; written by rank 0 atomically (a crash never leaves half a file)."""
+        streams = self._stream_positions()  # every rank takes part
         if not self.env.main:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        torch.save(self.state_dict(), tmp)
+        torch.save({**self.state_dict(), "streams": streams}, tmp)
         os.replace(tmp, path)
+
+    def _stream_positions(self) -> list[dict]:
+        """Of a stream, each rank's epoch and position (ranks read other shards, so each has its own)."""
+        if self.sampler is not None:
+            return []
+        mine = {"epoch": self.epoch, "position": self.stream_position}
+        if self.env.world_size == 1:
+            return [mine]
+        gathered: list = [None] * self.env.world_size
+        dist.all_gather_object(gathered, mine)
+        return gathered
 
     def start(self, info: dict, resume: bool = False) -> None:
         """Continue the run in ``out_dir`` from its last checkpoint (``resume``), or begin one, described in
@@ -397,6 +425,11 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         for k, v in state["progress"].items():
             setattr(self, k, v)
+        if streams := state.get("streams"):
+            if len(streams) != self.env.world_size:
+                raise WavadaptError(f"{path}: a run streamed by {len(streams)} processes resumes on as many, not "
+                                    f"{self.env.world_size} (each read its own shards)")
+            self.epoch, self.stream_position = streams[self.env.rank]["epoch"], streams[self.env.rank]["position"]
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate((3, tuple(state["rng"]["python"]), None))
         keys, pos, has_gauss, gauss = state["rng"]["numpy"]
