@@ -3,6 +3,9 @@ processes and ranks), exact resume from the saved position, a bad record skipped
 streams and resumes bit for bit."""
 
 import json
+import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -117,4 +120,26 @@ def test_finetune_stream_on_the_command_line(synth_corpus, shards, tmp_path, cap
     assert result.exit_code == 0, result.output
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["streamed"] is True and run["train_utterances"] == len(Shards(shards).listing())
+    assert (tmp_path / "run" / "adapter.en.safetensors").is_file()
+
+
+def test_pretrain_streams_too(shards, tmp_path):
+    result = CliRunner().invoke(app, ["pretrain", str(Path(shards[0]).parent), "--language", "en", "--split", "train",
+                                      "--model", "tiny", "--out", str(tmp_path / "run"), "--stream",
+                                      "--max-updates", "2", "--crop-seconds", "2", "--max-seconds-per-batch", "8"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["streamed"] is True
+
+
+def test_two_torchrun_processes_stream_their_own_shards(shards, tmp_path):
+    """Two CPU processes (gloo) fine-tune from one folder of shards; the checkpoint keeps each rank's readers."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+                    "wavadapt", "finetune", str(Path(shards[0]).parent), "--language", "en", "--model", "tiny",
+                    "--out", str(tmp_path / "run"), "--stream", "--method", "top-n-adapters", "--top-n", "1",
+                    "--max-updates", "3", "--max-seconds-per-batch", "6", "--valid-split", "", "--no-progress"],
+                   check=True, env=env, timeout=300, capture_output=True)
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    readers = [set(s["position"]) for s in state["streams"]]
+    assert len(readers) == 2 and readers[0] and readers[1] and not readers[0] & readers[1]
     assert (tmp_path / "run" / "adapter.en.safetensors").is_file()

@@ -106,3 +106,21 @@ def asr_model(model: str, adapters: list[Path] | None, task: str | None, family:
 LanguageTemperature = Annotated[float | None, typer.Option(
     help="Several languages: each epoch gives a language a share of the audio proportional to its hours ** this "
          "(1: as the corpus holds them; 0.5 as XLS-R and MMS raise the smaller ones; 0: all alike).")]
+
+
+Stream = Annotated[bool, typer.Option("--stream", help="Stream WebDataset shards (DATA: their folder, a brace pattern "
+                                      "or a URL) instead of indexing them: each epoch reads every record once, across "
+                                      "workers and processes, shuffled in a buffer of 500.")]
+
+
+def stream_shards(data: str, split: str, language: str | None):
+    """The shards ``--stream`` reads, checked before a model loads."""
+    from wavadapt.data.shard_stream import Shards
+    from wavadapt.data.stores.tar_shards import shard_paths
+
+    paths = shard_paths(data, split)
+    if paths is None:
+        raise WavadaptError(f"--stream reads WebDataset shards: {data} holds none of split {split} (write them with "
+                            "wavadapt shard)")
+    return Shards(paths, language)
+

@@ -20,9 +20,11 @@ from wavadapt.cli.options import (
     Resume,
     Seed,
     SslValidSplit,
+    Stream,
     TrustPickle,
     ValidateEvery,
     WarmupUpdates,
+    stream_shards,
 )
 from wavadapt.cli.program import app
 from wavadapt.cli.train import cache_dir, echo_last
@@ -59,6 +61,7 @@ def pretrain(
     codevectors_per_group: Annotated[int | None, typer.Option(help="Entries per quantizer codebook of a fresh "
                                                               "--model preset (V; Base: 320, tiny: 64).")] = None,
     language_temperature: LanguageTemperature = None,
+    stream: Stream = False,
     amp: Amp = "auto",
     validate_every: ValidateEvery = 0,
     checkpoint_every: CheckpointEvery = 0,
@@ -85,13 +88,14 @@ def pretrain(
     from wavadapt.training.pretrain import pretrain as run
     from wavadapt.training.run_folder import claim, data_source
 
+    languages = language_list(language)
+    shards = stream_shards(data, split, languages[0] if len(languages) == 1 else None) if stream else None
     claim(out, resume=resume, overwrite=overwrite)
     name, r = _pretrain_recipe(preset, model, max_updates=max_updates, lr=lr, warmup_updates=warmup_updates,
                                max_seconds_per_batch=max_seconds_per_batch, update_freq=update_freq, amp=amp,
                                validate_every=validate_every, checkpoint_every=checkpoint_every,
                                num_workers=num_workers, seed=seed, progress=progress,
                                language_temperature=language_temperature)
-    languages = language_list(language)
     task = task or "+".join(languages)
     pt = build_model(model, task, name, trust_pickle=trust_pickle, seed=seed,
                      codevectors_per_group=codevectors_per_group)
@@ -99,7 +103,7 @@ def pretrain(
                  "feature_penalty_weight": feature_penalty_weight}
     pt.config = replace(pt.config, **{k: v for k, v in objective.items() if v is not None})
     valid = open_corpora(data, valid_split, languages, raw_format) if valid_split else None
-    history = run(pt, task, open_corpora(data, split, languages, raw_format), r.train,
+    history = run(pt, task, shards or open_corpora(data, split, languages, raw_format), r.train,
                   out,
                   crop_seconds=r.crop_seconds if crop_seconds is None else crop_seconds,
                   min_seconds=r.min_seconds if min_seconds is None else min_seconds, valid=valid, resume=resume,

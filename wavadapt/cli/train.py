@@ -18,8 +18,10 @@ from wavadapt.cli.options import (
     RawFormatOption,
     Resume,
     Seed,
+    Stream,
     TrustPickle,
     ValidateEvery,
+    stream_shards,
 )
 from wavadapt.cli.program import app
 from wavadapt.errors import WavadaptError
@@ -59,10 +61,7 @@ def finetune(
     layerdrop: Annotated[float | None, typer.Option(help="Probability of skipping a transformer layer (default: "
                                                     "0.05; 0 on tiny models).")] = None,
     language_temperature: LanguageTemperature = None,
-    stream: Annotated[bool, typer.Option("--stream", help="Stream WebDataset shards (DATA: their folder, a brace "
-                                         "pattern or a URL) instead of indexing them: each epoch reads every record "
-                                         "once, across workers and processes, shuffled in a buffer of 500.")
-                      ] = False,
+    stream: Stream = False,
     amp: Amp = "auto",
     validate_every: ValidateEvery = 0,
     checkpoint_every: CheckpointEvery = 0,
@@ -105,7 +104,7 @@ def finetune(
         raise WavadaptError(f"--objective {objective!r}: choose ctc or lid")
     if language_temperature is not None and objective != "lid":
         raise WavadaptError("--language-temperature weighs the languages of --objective lid (a CTC task has one)")
-    shards = _shards(data, split) if stream else None  # before a model loads
+    shards = stream_shards(data, split, language) if stream else None  # before a model loads
     if stream and objective == "lid":
         raise WavadaptError("--stream trains CTC tasks; the language identifier reads an indexed corpus")
     claim(out, resume=resume, overwrite=overwrite)  # before a model loads for minutes
@@ -135,17 +134,6 @@ def finetune(
                   feature_cache=cache_dir(out, feature_cache, feature_cache_dir), keep_foreign=keep_foreign_letters,
                   overwrite=overwrite, data_source=data_source(data, split, language))
     echo_last(history, "utterance")  # the CTC loss sums over each utterance's frames
-
-
-def _shards(data: str, split: str):
-    from wavadapt.data.shard_stream import Shards
-    from wavadapt.data.stores.tar_shards import shard_paths
-
-    paths = shard_paths(data, split)
-    if paths is None:
-        raise WavadaptError(f"--stream reads WebDataset shards: {data} holds none of split {split} (write them with "
-                            "wavadapt shard)")
-    return Shards(paths)
 
 
 def _train_language_id(asr, data: Path, language: str, out: Path, split: str, valid_split: str | None,

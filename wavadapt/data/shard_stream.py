@@ -22,6 +22,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from wavadapt.data.audio import SAMPLE_RATE, audio_info, normalize_waveform, read_audio
 from wavadapt.data.batching import Encoder, collate
+from wavadapt.data.corpora import in_language
 from wavadapt.data.stores.tar_shards import read_shards
 from wavadapt.data.text import normalize, normalize_text
 from wavadapt.data.utterance import UNKNOWN_LANGUAGE, Utterance
@@ -32,16 +33,17 @@ log = logging.getLogger("wavadapt.data")
 
 @dataclass(frozen=True)
 class Shards:
-    """WebDataset shards to stream rather than index (``finetune --stream``): paths or URLs, and the reader's
-    buffer."""
+    """WebDataset shards to stream rather than index (``finetune`` / ``pretrain --stream``): paths or URLs, the
+    language to keep (records that name another are skipped), and the readers' buffer."""
 
     paths: list[str]
+    language: str | None = None
     buffer_size: int = 500
 
     def listing(self) -> list[Utterance]:
         """Every sample's id and transcript, audio not decoded: a local shard's tar headers and text members, a
         remote shard read once."""
-        return read_shards(self.paths)
+        return in_language(read_shards(self.paths), self.language, self.paths[0])
 
 
 class ShardStream(IterableDataset):

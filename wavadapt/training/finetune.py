@@ -115,7 +115,7 @@ def finetune(model: CTCModel, task: str, train: list[Utterance] | Shards, method
     augment.apply(model)
     if streamed:  # lengths are read as the shards stream; a file out of the limits is skipped then
         kept, unreadable, outside, cache_info = labeled, [], [], None
-        dataset = ShardStream(train.paths, config.max_seconds_per_batch, vocab, labeled[0].language,
+        dataset = ShardStream(train.paths, config.max_seconds_per_batch, vocab, train.language or labeled[0].language,
                               normalize=model.normalize_waveforms, min_seconds=min_seconds, max_seconds=max_seconds,
                               buffer_size=train.buffer_size, seed=config.seed, rank=env.rank,
                               world_size=env.world_size, ids={u.id for u in labeled})

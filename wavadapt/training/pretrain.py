@@ -27,6 +27,7 @@ from torch import nn
 from wavadapt.data.audio import SAMPLE_RATE
 from wavadapt.data.batching import AudioDataset, filter_by_length, make_dataloader
 from wavadapt.data.corpora import Utterance
+from wavadapt.data.shard_stream import Shards, ShardStream
 from wavadapt.errors import WavadaptError
 from wavadapt.model.adapters import adapter_names, adapter_parameters, base_state
 from wavadapt.model.pretraining import (
@@ -276,7 +277,15 @@ def maskable(model: PretrainingModel, utterances: Sequence[Utterance],
     return kept, len(utterances) - len(kept)
 
 
-def pretrain(model: PretrainingModel, task: str, utterances: Sequence[Utterance], config: TrainConfig,
+def shortest_maskable(model: PretrainingModel) -> float:
+    """Seconds of the shortest utterance that holds the minimum masked spans (what :func:`maskable` keeps)."""
+    samples = torch.arange(0, 60 * SAMPLE_RATE, SAMPLE_RATE // 100)
+    frames = model.backbone._get_feat_extract_output_lengths(samples)
+    need = model.config.mask_length * model.config.min_masks + 1
+    return float(samples[frames >= need][0]) / SAMPLE_RATE
+
+
+def pretrain(model: PretrainingModel, task: str, utterances: Sequence[Utterance] | Shards, config: TrainConfig,
              out_dir: str | Path, trainable: dict[str, nn.Parameter] | None = None,
              crop_seconds: float | None = 250_000 / SAMPLE_RATE, min_seconds: float = 0.0,
              valid: Sequence[Utterance] | None = None, resume: bool = False,
@@ -313,18 +322,30 @@ def pretrain(model: PretrainingModel, task: str, utterances: Sequence[Utterance]
     for p in params.values():
         p.requires_grad_(True)
     max_seconds = config.max_seconds_per_batch if crop_seconds is None else math.inf
-    kept, unreadable, outside = filter_by_length(utterances, min_seconds, max_seconds)
-    kept, too_short = maskable(model, kept, crop_seconds)
-    if not kept:
-        raise WavadaptError(f"no usable utterances: {len(unreadable)} unreadable, {len(outside)} outside the length "
-                            f"limits, {too_short} too short to mask")
     env = Distributed.from_env()
-    cache_info = None
-    if feature_cache is None:
-        dataset = AudioDataset(kept, crop_seconds=crop_seconds, normalize=model.normalize_waveforms, seed=config.seed)
+    cache_info, streamed = None, isinstance(utterances, Shards)
+    if streamed:  # lengths are read as the shards stream: what is too short to mask is skipped then
+        if feature_cache is not None or config.language_temperature != 1:
+            raise WavadaptError("a feature cache and the language temperature need an indexed corpus: stream "
+                                "without them, or index the shards (give their folder without --stream)")
+        kept, unreadable, outside, too_short = [], [], [], 0
+        dataset = ShardStream(utterances.paths, config.max_seconds_per_batch, language=utterances.language,
+                              crop_seconds=crop_seconds, normalize=model.normalize_waveforms,
+                              min_seconds=max(min_seconds, shortest_maskable(model)), max_seconds=max_seconds,
+                              buffer_size=utterances.buffer_size, seed=config.seed, rank=env.rank,
+                              world_size=env.world_size)
     else:
-        dataset, cache_info = _cached_dataset(model, kept, Path(feature_cache), feature_cache_dtype, crop_seconds,
-                                              config.seed, env)
+        kept, unreadable, outside = filter_by_length(utterances, min_seconds, max_seconds)
+        kept, too_short = maskable(model, kept, crop_seconds)
+        if not kept:
+            raise WavadaptError(f"no usable utterances: {len(unreadable)} unreadable, {len(outside)} outside the "
+                                f"length limits, {too_short} too short to mask")
+        if feature_cache is None:
+            dataset = AudioDataset(kept, crop_seconds=crop_seconds, normalize=model.normalize_waveforms,
+                                   seed=config.seed)
+        else:
+            dataset, cache_info = _cached_dataset(model, kept, Path(feature_cache), feature_cache_dtype,
+                                                  crop_seconds, config.seed, env)
     language = {u.id: u.language for u in kept}
     ids = dataset.ids if feature_cache is not None else [u.id for u in kept]  # the cache leaves unreadable ones out
     if valid:
@@ -342,10 +363,11 @@ def pretrain(model: PretrainingModel, task: str, utterances: Sequence[Utterance]
     trainer = Trainer(model, params, objective, dataset, config, out_dir, validate=validate if valid else None,
                       on_update=objective.on_update, on_checkpoint=snapshot if keep_snapshots else None,
                       find_unused_parameters=model.backbone.config.layerdrop > 0, dist_env=env,
-                      languages=[language[i] for i in ids])
+                      languages=None if streamed else [language[i] for i in ids])
     trainer.start({
         "task": task, "adapters": list(model.stacks[task]), "backbone": model.source, "data": data_source,
-        "languages": sorted({u.language for u in kept}), "train": asdict(config), "objective": asdict(model.config),
+        "languages": [utterances.language] if streamed else sorted({u.language for u in kept}),
+        "train": asdict(config), "objective": asdict(model.config), "streamed": streamed,
         "crop_seconds": crop_seconds, "min_seconds": min_seconds, "train_utterances": len(kept),
         "dropped_by_length": len(outside), "unreadable": unreadable, "too_short_to_mask": too_short,
         "trainable_parameters": sum(p.numel() for p in params.values()),
