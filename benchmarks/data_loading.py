@@ -1,12 +1,16 @@
-"""Data pipeline throughput and padding, measured in one run.
+"""Loading training data from files and from the field's stores, and two length-bucketing samplers, measured in one
+run on a finished demo's real Dutch train split (Fish Fillets NG, Ogg Vorbis).
 
-Throughput: seconds of audio decoded + resampled + batched per wall-clock second, for LibriSpeech
-flac (16 kHz, English) and Common Voice mp3 (48 kHz, Spanish), with 0 and 2 DataLoader workers.
-Padding: the fraction of a padded batch that is padding, length-bucketed batches vs random batches
-under the same max-seconds-per-batch cap.
+1. Throughput: audio seconds decoded, resampled and batched per wall second, over one epoch (worker start-up
+   included, as in training), with 0 and 2 DataLoader workers: the files themselves; the same audio as WebDataset
+   shards (indexed: each record read by its byte offset; streamed: `finetune --stream`), as Lhotse Shar, and as
+   Parquet (a Hugging Face dataset, the hub's layout, audio bytes embedded).
+2. Bucketing: wavadapt's LengthBucketBatchSampler (one global sort with jitter, cap on padded seconds) against
+   Lhotse's DynamicBucketingSampler (duration buckets over a buffer, cap on the sum of durations), at the same
+   cap: padding fraction, batches, the largest padded batch (what memory must hold), batches per second of the
+   sampler alone, and whether a resumed epoch gives exactly the batches an uninterrupted one gives.
 
-    python benchmarks/data_loading.py                    # synthesises 6 min per language first
-    python benchmarks/data_loading.py --corpus DIR       # a corpus made by `wavadapt synth`
+    python benchmarks/data_loading.py --demo demo_out [--passes 2]
 """
 
 import argparse
@@ -17,91 +21,139 @@ from pathlib import Path
 import numpy as np
 
 from wavadapt.data.audio import SAMPLE_RATE
-from wavadapt.data.batching import (
-    AudioDataset,
-    LengthBucketBatchSampler,
-    filter_by_length,
-    make_dataloader,
-    padding_fraction,
-)
+from wavadapt.data.batching import AudioDataset, LengthBucketBatchSampler, filter_by_length, make_dataloader
 from wavadapt.data.corpora import open_corpus
+from wavadapt.data.shard_stream import ShardStream, stream_batches
+from wavadapt.data.stores.lhotse_cuts import write_shar
+from wavadapt.data.stores.tar_shards import write_shards
 
-LAYOUTS = {"en": "LibriSpeech flac 16 kHz", "es": "Common Voice mp3 48 kHz"}
 
-
-def throughput(utterances, max_seconds_per_batch: float, num_workers: int) -> float:
-    """Audio seconds per wall second over one epoch (worker start-up included, as in training)."""
-    loader = make_dataloader(AudioDataset(utterances), max_seconds_per_batch, num_workers=num_workers)
+def indexed_speed(utterances, workers: int, cap: float) -> float:
+    loader = make_dataloader(AudioDataset(utterances), cap, num_workers=workers)
     start = time.perf_counter()
-    samples = sum(int(batch["attention_mask"].sum()) for batch in loader if batch is not None)
+    samples = sum(int(b["attention_mask"].sum()) for b in loader if b is not None)
     return samples / SAMPLE_RATE / (time.perf_counter() - start)
 
 
-def random_batches(lengths: list[int], cap: int, seed: int = 0) -> list[list[int]]:
-    """Shuffled utterances packed greedily under the same padded-size cap (no length sorting)."""
-    batches, batch, longest = [], [], 0
-    for i in np.random.default_rng(seed).permutation(len(lengths)).tolist():
-        if batch and max(longest, lengths[i]) * (len(batch) + 1) > cap:
-            batches.append(batch)
-            batch, longest = [], 0
-        batch.append(i)
-        longest = max(longest, lengths[i])
-    return batches + [batch] if batch else batches
+def streamed_speed(shards: list[str], workers: int, cap: float) -> float:
+    start = time.perf_counter()
+    samples = sum(int(item["batch"]["attention_mask"].sum()) for item in stream_batches(ShardStream(shards, cap),
+                                                                                           workers) if item["batch"])
+    return samples / SAMPLE_RATE / (time.perf_counter() - start)
+
+
+def write_parquet(utterances, out: Path) -> Path:
+    import datasets
+    from datasets.table import embed_table_storage
+
+    datasets.disable_progress_bars()
+    ds = datasets.Dataset.from_dict({"audio": [str(u.path) for u in utterances], "text": [u.text for u in utterances],
+                                     "id": [u.id for u in utterances]}).cast_column("audio", datasets.Audio())
+    ds = ds.with_format("arrow").map(embed_table_storage, batched=True).with_format(None)
+    (out / "data").mkdir(parents=True)
+    ds.to_parquet(out / "data" / "train-00000-of-00001.parquet")
+    return out
+
+
+def padded(batches, lengths) -> tuple[float, float]:
+    """Padding fraction, and the largest padded batch in seconds."""
+    real = sum(lengths[i] for b in batches for i in b)
+    cells = [max(lengths[i] for i in b) * len(b) for b in batches]
+    return 1 - real / sum(cells), max(cells) / SAMPLE_RATE
+
+
+def ours(lengths, cap: float, epoch: int = 0) -> list[list[int]]:
+    sampler = LengthBucketBatchSampler(lengths, cap, seed=0)
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+def lhotse_sampler(utterances, cap: float):
+    from lhotse import CutSet, MonoCut, Recording
+    from lhotse.audio import AudioSource
+    from lhotse.dataset import DynamicBucketingSampler
+
+    cuts = CutSet.from_cuts(
+        MonoCut(u.id, 0.0, u.num_samples / SAMPLE_RATE, 0, recording=Recording(
+            u.id, [AudioSource("file", [0], str(u.path))], SAMPLE_RATE, u.num_samples, u.num_samples / SAMPLE_RATE))
+        for u in utterances)
+    return DynamicBucketingSampler(cuts, max_duration=cap, shuffle=True, seed=0, num_buckets=10)
+
+
+def lhotse_batches(sampler, index: dict[str, int]) -> list[list[int]]:
+    return [[index[c.id] for c in batch] for batch in sampler]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--corpus", type=Path, help="corpus root from `wavadapt synth` (default: synthesise one)")
-    parser.add_argument("--split", default="pretrain")
-    parser.add_argument("--minutes", type=float, default=6.0, help="minutes per language to synthesise")
-    parser.add_argument("--max-seconds-per-batch", type=float, default=60.0)
-    parser.add_argument("--repeats", type=int, default=2, help="epochs per setting; the best one counts")
-    parser.add_argument(
-        "--passes", type=int, default=16, help="times each file is read per epoch, so worker start-up is amortised"
-    )
+    parser.add_argument("--demo", type=Path, required=True, help="a finished `wavadapt demo` folder")
+    parser.add_argument("--cap", type=float, default=60.0, help="seconds of audio per batch")
+    parser.add_argument("--passes", type=int, default=1, help="epochs per setting; the best one counts")
     args = parser.parse_args()
+    utterances = filter_by_length(open_corpus(args.demo / "corpus", "train", "nl"), max_seconds=args.cap).kept
+    seconds = sum(u.num_samples for u in utterances) / SAMPLE_RATE
+    print(f"real Dutch train split: {len(utterances)} utterances, {seconds / 60:.1f} min, Ogg Vorbis")
 
     with tempfile.TemporaryDirectory() as tmp:
-        root = args.corpus
-        if root is None:
-            from wavadapt.data.synth import synthesize_corpus
-
-            root = Path(tmp)
-            start = time.perf_counter()
-            synthesize_corpus(root, tuple(LAYOUTS), minutes={args.split: args.minutes}, seed=0, progress=False)
-            print(f"synthesised {args.minutes:g} min per language in {time.perf_counter() - start:.0f} s")
-        corpora = {
-            lang: filter_by_length(open_corpus(root, args.split, lang), max_seconds=args.max_seconds_per_batch)[0]
-            for lang in LAYOUTS
+        tmp = Path(tmp)
+        shards, _ = write_shards(utterances, tmp / "wds", "train", per_shard=200)
+        write_shar(utterances, tmp / "shar" / "train", per_shard=200)
+        stores = {
+            "files": utterances,
+            "WebDataset shards, indexed": open_corpus(tmp / "wds", "train", "nl"),
+            "Lhotse Shar (FLAC)": open_corpus(tmp / "shar", "train", "nl"),
+            "Parquet (HF datasets)": open_corpus(write_parquet(utterances, tmp / "parquet"), "train", "nl"),
         }
-
-        print(f"\nthroughput: audio seconds per wall second (x real time), best of {args.repeats} epochs")
-        print(f"{'corpus':<26}{'files':>6}{'audio s':>9}{'0 workers':>11}{'2 workers':>11}{'2w / 0w':>9}")
-        print(f"(each file read {args.passes} times per epoch)")
-        speed = {}
-        for lang, utterances in corpora.items():
-            seconds = sum(u.num_samples for u in utterances) / SAMPLE_RATE
+        print(f"\nthroughput: audio seconds per wall second, best of {args.passes} epoch(s)")
+        print(f"{'source':<30}{'0 workers':>11}{'2 workers':>11}")
+        base = None
+        for name, found in [*stores.items(), ("WebDataset shards, streamed", None)]:
+            speeds = []
             for workers in (0, 2):
-                epoch = utterances * args.passes
-                runs = [throughput(epoch, args.max_seconds_per_batch, workers) for _ in range(args.repeats)]
-                speed[lang, workers] = max(runs)
-            print(
-                f"{LAYOUTS[lang]:<26}{len(utterances):>6}{seconds:>9.0f}{speed[lang, 0]:>10.0f}x"
-                f"{speed[lang, 2]:>10.0f}x{speed[lang, 2] / speed[lang, 0]:>9.2f}"
-            )
-        print(f"mp3 48 kHz costs {speed['en', 0] / speed['es', 0]:.1f}x the time of flac 16 kHz per audio second")
+                runs = [streamed_speed([str(s) for s in shards], workers, args.cap) if found is None
+                        else indexed_speed(filter_by_length(found).kept, workers, args.cap) for _ in range(args.passes)]
+                speeds.append(max(runs))
+            base = base or speeds
+            print(f"{name:<30}{speeds[0]:>10.0f}x{speeds[1]:>10.0f}x   ({speeds[0] / base[0]:.2f}x / "
+                  f"{speeds[1] / base[1]:.2f}x of the files)")
 
-        cap = int(args.max_seconds_per_batch * SAMPLE_RATE)
-        print(f"\npadding fraction at {args.max_seconds_per_batch:g} s of padded audio per batch")
-        print(f"{'corpus':<26}{'bucketed':>10}{'random':>10}{'batches b/r':>13}")
-        for lang, utterances in corpora.items():
-            lengths = [u.num_samples for u in utterances]
-            bucketed = LengthBucketBatchSampler(lengths, args.max_seconds_per_batch)
-            shuffled = random_batches(lengths, cap)
-            print(
-                f"{LAYOUTS[lang]:<26}{bucketed.padding_fraction:>10.1%}{padding_fraction(shuffled, lengths):>10.1%}"
-                f"{len(bucketed) / len(shuffled):>13.2f}"
-            )
+    lengths = [u.num_samples for u in utterances]
+    index = {u.id: i for i, u in enumerate(utterances)}
+    print(f"\nbucketing at {args.cap:g} s per batch (wavadapt: padded seconds; Lhotse: summed durations)")
+    print(f"{'sampler':<34}{'padding':>9}{'batches':>9}{'largest padded':>16}{'batches/s':>11}{'exact resume':>14}")
+    start = time.perf_counter()
+    mine = ours(lengths, args.cap)
+    rate = len(mine) / (time.perf_counter() - start)
+    sampler = LengthBucketBatchSampler(lengths, args.cap, seed=0)  # resume: a fresh sampler at the same epoch
+    resumed = list(sampler)[len(mine) // 2:] == mine[len(mine) // 2:]
+    fraction, largest = padded(mine, lengths)
+    print(f"{'wavadapt LengthBucketBatchSampler':<34}{fraction:>9.1%}{len(mine):>9}{largest:>15.1f}s{rate:>11.0f}"
+          f"{'yes' if resumed else 'no':>14}")
+
+    start = time.perf_counter()
+    theirs = lhotse_batches(lhotse_sampler(utterances, args.cap), index)
+    rate = len(theirs) / (time.perf_counter() - start)
+    first = lhotse_sampler(utterances, args.cap)
+    batches = iter(first)
+    for _ in range(len(theirs) // 2):  # half an epoch, then its state saved
+        next(batches)
+    state = first.state_dict()
+    again = lhotse_sampler(utterances, args.cap)
+    again.load_state_dict(state)
+    resumed = lhotse_batches(again, index) == theirs[len(theirs) // 2:]
+    fraction, largest = padded(theirs, lengths)
+    print(f"{'Lhotse DynamicBucketingSampler':<34}{fraction:>9.1%}{len(theirs):>9}{largest:>15.1f}s{rate:>11.0f}"
+          f"{'yes' if resumed else 'no':>14}")
+    shuffled = np.random.default_rng(0).permutation(len(lengths)).tolist()
+    random_batches, batch = [], []
+    for i in shuffled:  # no bucketing, same padded cap as wavadapt's
+        if batch and max(lengths[j] for j in [*batch, i]) * (len(batch) + 1) > args.cap * SAMPLE_RATE:
+            random_batches.append(batch)
+            batch = []
+        batch.append(i)
+    random_batches.append(batch)
+    fraction, largest = padded(random_batches, lengths)
+    print(f"{'no bucketing (random order)':<34}{fraction:>9.1%}{len(random_batches):>9}{largest:>15.1f}s")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Corpus readers: LibriSpeech, Common Voice, fairseq manifests and simple manifests -> list[Utterance].
+"""Corpus readers: LibriSpeech, Common Voice, fairseq manifests and simple manifests -> list[Utterance], and
+:func:`open_corpus`, which tells from a path which layout (or which store of `wavadapt.data.stores`) it is.
 
 Readers only list files and transcripts (cheap even for 10^6 clips); durations that the layout does
 not record stay None and are filled on demand from file headers (see batching.filter_by_length).
@@ -210,6 +211,9 @@ def write_fairseq_manifest(utterances: list[Utterance], out_dir: str | Path, spl
     """
     if not utterances:
         raise CorpusError(f"no utterances to write to {out_dir}/{split}.tsv")
+    if inside := next((u for u in utterances if u.record is not None), None):
+        raise CorpusError(f"{inside.audio}: a fairseq manifest lists audio files, and this audio lies inside another "
+                          "file (write the corpus as shards with wavadapt shard instead)")
     labeled = sum(u.text is not None for u in utterances)
     if 0 < labeled < len(utterances):
         raise CorpusError(

@@ -6,6 +6,7 @@ it (``--overwrite``), so a finished run is never overwritten, nor two runs' logs
 """
 
 import datetime
+import os
 import shlex
 import shutil
 import sys
@@ -32,10 +33,13 @@ def claim(out_dir: str | Path, markers: tuple[str, ...] = RUN_MARKERS, *, resume
           overwrite: bool = False, can_resume: bool = True) -> None:
     """Make ``out_dir`` ready for a new run, or refuse: a folder holding any of ``markers`` holds a run already.
     With ``resume`` that run continues and nothing is touched; with ``overwrite`` the folder is emptied (but for
-    :data:`KEPT_ON_OVERWRITE`)."""
+    :data:`KEPT_ON_OVERWRITE`). Under torchrun only rank 0 claims: the folder is shared by every process of every
+    node, and rank 0 alone writes into it."""
     out_dir = Path(out_dir)
     if resume and overwrite:
         raise RunFolderError("--resume continues the run in the output folder, --overwrite replaces it: give one")
+    if int(os.environ.get("RANK", 0)) != 0:
+        return
     found = [name for name in markers if (out_dir / name).exists()]
     if resume or not found:
         return

@@ -56,11 +56,11 @@ def read_shards(shards: list[str]) -> list[Utterance]:
     for shard in shards:
         samples = _remote_samples(shard) if is_url(shard) else _local_samples(shard)
         for key, audio, meta in samples:
-            utterances.append(_utterance(shard, key, audio, meta))
+            utterances.append(_utterance(key, audio, meta))
     return utterances
 
 
-def _utterance(shard: str, key: str, audio: Record, meta: dict) -> Utterance:
+def _utterance(key: str, audio: Record, meta: dict) -> Utterance:
     text = next((str(meta[k]) for k in TEXT_KEYS if meta.get(k) not in (None, "")), None)
     return Utterance(id=str(meta.get("id") or key), path=Path(audio.name), text=text.strip() if text else None,
                      language=str(meta.get("language") or UNKNOWN_LANGUAGE), speaker=meta.get("speaker") or None,
@@ -96,18 +96,21 @@ def _remote_samples(url: str) -> Iterator[tuple[str, Record, dict]]:
     import fsspec
     from webdataset.tariterators import group_by_keys, tar_file_iterator
 
+    read = 0
     try:
         with fsspec.open(url, "rb") as stream:
             files = ({**f, "__url__": url} for f in tar_file_iterator(stream))
             for sample in group_by_keys(files):
-                key = sample["__key__"]
+                key, read = sample["__key__"], read + 1
                 audio = next((s for s in sample if f".{s}" in AUDIO_SUFFIXES), None)
                 if audio is None:
                     log.warning("skipping %s:%s: no audio member", url, key)
                     continue
                 yield key, InMemory(f"{url}:{key}.{audio}", sample[audio]), _metadata(url, key, sample)
     except (OSError, ValueError, tarfile.TarError) as e:  # fsspec's HTTP errors are OSErrors, aiohttp's ValueErrors
-        raise CorpusError(f"{url}: cannot read the shard ({e})") from None
+        if not read:
+            raise CorpusError(f"{url}: cannot read the shard ({e})") from None
+        log.warning("%s: read %d samples, then %s: the rest of the shard is skipped", url, read, e)
 
 
 def _key(name: str) -> tuple[str | None, str]:

@@ -1,0 +1,42 @@
+"""Past one machine: two torchrun "nodes" (one process each, c10d rendezvous on 127.0.0.1) fine-tune into one shared
+output folder exactly as one node with two processes does; only rank 0 writes the run."""
+
+import os
+import socket
+import subprocess
+import sys
+
+from safetensors.torch import load_file
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def finetune_args(corpus, out) -> list[str]:
+    return ["-m", "wavadapt", "finetune", str(corpus), "--language", "en", "--model", "tiny", "--out", str(out),
+            "--method", "top-n-adapters", "--top-n", "1", "--adapter-size", "8", "--max-updates", "2",
+            "--max-seconds-per-batch", "6", "--valid-split", "", "--no-progress"]
+
+
+def test_two_nodes_train_as_one_node_with_two_processes(synth_corpus, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = [sys.executable, "-m", "torch.distributed.run"]
+    subprocess.run([*run, "--standalone", "--nproc_per_node", "2", *finetune_args(synth_corpus, tmp_path / "one")],
+                   check=True, env=env, timeout=300, capture_output=True)
+    port, shared = free_port(), tmp_path / "shared"
+    nodes = [subprocess.Popen([*run, "--nnodes", "2", "--nproc_per_node", "1", "--node_rank", str(rank),
+                               "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "job",
+                               *finetune_args(synth_corpus, shared)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
+    try:
+        outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    finally:
+        for node in nodes:
+            node.kill()
+    assert [node.returncode for node in nodes] == [0, 0], outputs
+    one, two = (load_file(folder / "adapter.en.safetensors") for folder in (tmp_path / "one", shared))
+    assert one.keys() == two.keys() and all((one[k] == two[k]).all() for k in one)
+    assert sorted(p.name for p in shared.iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
