@@ -1,5 +1,6 @@
 """The command that fine-tunes: finetune (CTC ASR, or a language identifier); the helpers of every training command."""
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -62,6 +63,10 @@ def finetune(
                                                     "0.05; 0 on tiny models).")] = None,
     language_temperature: LanguageTemperature = None,
     stream: Stream = False,
+    fsdp: Annotated[bool, typer.Option("--fsdp", help="Under torchrun: shard the parameters, gradients and optimizer "
+                                       "state over the processes (FSDP, one unit per encoder layer) instead of a "
+                                       "whole copy in each, for full fine-tuning of models that do not fit one "
+                                       "device.")] = False,
     amp: Amp = "auto",
     validate_every: ValidateEvery = 0,
     checkpoint_every: CheckpointEvery = 0,
@@ -105,6 +110,9 @@ def finetune(
     if language_temperature is not None and objective != "lid":
         raise WavadaptError("--language-temperature weighs the languages of --objective lid (a CTC task has one)")
     shards = stream_shards(data, split, language) if stream else None  # before a model loads
+    if fsdp and int(os.environ.get("WORLD_SIZE", 1)) < 2:
+        raise WavadaptError("--fsdp shards the model over torchrun's processes: launch with torchrun "
+                            "--nproc_per_node N (one process holds the whole model anyway)")
     if stream and objective == "lid":
         raise WavadaptError("--stream trains CTC tasks; the language identifier reads an indexed corpus")
     claim(out, resume=resume, overwrite=overwrite)  # before a model loads for minutes
@@ -124,7 +132,8 @@ def finetune(
     lr = lr or default_lr(method, hidden)
     config = TrainConfig(max_updates=max_updates, lr=lr, update_freq=update_freq, clip_norm=clip_norm,
                          max_seconds_per_batch=max_seconds_per_batch, amp=amp, validate_every=validate_every,
-                         checkpoint_every=checkpoint_every, num_workers=num_workers, seed=seed, progress=progress)
+                         checkpoint_every=checkpoint_every, num_workers=num_workers, seed=seed, progress=progress,
+                         fsdp=fsdp)
     given = {"mask_time_prob": mask_time_prob, "mask_feature_prob": mask_feature_prob, "layerdrop": layerdrop}
     augment = replace(AugmentConfig.for_size(hidden), **{k: v for k, v in given.items() if v is not None})
     valid = open_corpus(data, valid_split, language, raw_format) if valid_split else None

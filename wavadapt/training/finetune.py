@@ -140,7 +140,8 @@ def finetune(model: CTCModel, task: str, train: list[Utterance] | Shards, method
     trainer = Trainer(model, params, ctc_objective(model), dataset, config, out_dir,
                       validate=validate if valid else None,
                       on_update=freeze_phase if method.method == "full" and method.freeze_updates else None,
-                      find_unused_parameters=bool(method.freeze_updates) or model.backbone.config.layerdrop > 0)
+                      find_unused_parameters=bool(method.freeze_updates) or model.backbone.config.layerdrop > 0,
+                      fsdp_units=list(model.backbone.encoder.layers))
     trainer.start({
         "task": task, "method": asdict(method), "train": asdict(config), "augment": asdict(augment),
         "backbone": {**(model.source or {}), "fingerprint": backbone_fingerprint(model.backbone)},
@@ -153,6 +154,7 @@ def finetune(model: CTCModel, task: str, train: list[Utterance] | Shards, method
         "dropped_characters": dropped}, resume)
     history = trainer.train()
     if trainer.env.main:
+        model = trainer.trained_model
         model.eval()
         if method.method in ("full", "top-n-full"):
             save_backbone(model.backbone, out_dir / "backbone")

@@ -37,6 +37,7 @@ from tqdm import tqdm
 from wavadapt.data.batching import AudioDataset, DataStats, LengthBucketBatchSampler, collate
 from wavadapt.data.shard_stream import ShardStream, stream_batches
 from wavadapt.errors import WavadaptError
+from wavadapt.training import sharding
 from wavadapt.training.run_folder import provenance
 
 log = logging.getLogger("wavadapt.training.loop")
@@ -79,6 +80,9 @@ class TrainConfig:
     checkpoint_every: int = 0
     """0: checkpoint at the end only."""
     num_workers: int = 0
+    fsdp: bool = False
+    """Under torchrun, shard parameters, gradients and optimizer state over the processes (FSDP) instead of holding
+    them whole in each (DDP): for full fine-tuning of models that do not fit one device."""
     language_temperature: float = 1.0
     """Several languages: each epoch gives language l a share of the audio proportional to hours_l ** this (1: as
     the corpus holds them; XLS-R's 0.5 raises the smaller ones; 0: all alike)."""
@@ -169,7 +173,7 @@ class Trainer:
                  on_update: Callable[[nn.Module, int], None] | None = None,
                  on_checkpoint: Callable[[nn.Module, int], None] | None = None,
                  find_unused_parameters: bool = False, dist_env: Distributed | None = None,
-                 languages: Sequence[str] | None = None):
+                 languages: Sequence[str] | None = None, fsdp_units: Sequence[nn.Module] = ()):
         self.env = dist_env or Distributed.from_env()
         # Dropout uses torch's generator, transformers' SpecAugment masks numpy's global one.
         torch.manual_seed(config.seed + self.env.rank)
@@ -188,7 +192,12 @@ class Trainer:
             num_replicas=self.env.world_size, rank=self.env.rank, groups=languages,
             temperature=config.language_temperature)
         self.net = model
-        if self.env.world_size > 1:
+        self.sharded, self.full_model = config.fsdp and self.env.world_size > 1, None
+        if self.sharded:  # the parameters become shards: the trainable ones are looked up again by name
+            self.full_model = sharding.shard(model, fsdp_units, self.env.device, self.env.world_size)
+            named = dict(model.named_parameters())
+            self.params = params = {k: named[k] for k in params}
+        elif self.env.world_size > 1:
             self.net = DistributedDataParallel(model, find_unused_parameters=find_unused_parameters)
         decay = [p for p in params.values() if p.ndim > 1]
         no_decay = [p for p in params.values() if p.ndim <= 1]  # biases and norms (fairseq/BERT practice)
@@ -244,6 +253,8 @@ class Trainer:
 
     def _micro_step(self, batch: dict, sync: bool) -> tuple[float, int, dict[str, float]]:
         batch = {k: v.to(self.env.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        if self.sharded:
+            self.net.set_requires_gradient_sync(sync)
         accumulate = not sync and isinstance(self.net, DistributedDataParallel)
         with self.net.no_sync() if accumulate else contextlib.nullcontext():
             with torch.autocast(self.env.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
@@ -279,6 +290,7 @@ class Trainer:
                 p.grad.div_(max(count, 1))
         norm = nn.utils.clip_grad_norm_(list(self.params.values()),
                                         self.config.clip_norm if self.config.clip_norm > 0 else math.inf)
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # sharded: a DTensor
         finite = math.isfinite(loss_sum) and bool(torch.isfinite(norm))
         if finite or self.scaler.is_enabled():
             self.scaler.step(self.optimizer)  # GradScaler itself skips fp16 overflows
@@ -352,12 +364,20 @@ class Trainer:
         finally:
             bar.close()
             writer.close()
+        if self.sharded:
+            sharding.fill(self.model, self.full_model)
         return self.history
+
+    @property
+    def trained_model(self) -> nn.Module:
+        """The model with its trained weights whole, to save (sharded: rank 0's full copy, after :meth:`train`)."""
+        return self.full_model if self.sharded else self.model
 
     def _validate(self) -> dict[str, float]:
         self.model.eval()
         with torch.no_grad():
-            result = self.validate(self.model) if self.env.main else {}
+            # Sharded, every rank runs the model's forward (it gathers each layer), rank 0 keeps the scores.
+            result = self.validate(self.model) if self.env.main or self.sharded else {}
         if self.env.world_size > 1:
             dist.barrier()
         return result
@@ -365,9 +385,15 @@ class Trainer:
     # --- checkpoints ---
 
     def state_dict(self) -> dict:
+        """The run's state with full tensors (sharded, every rank calls; rank 0's is whole)."""
+        if self.sharded:
+            params, optimizer = sharding.full_state(self.model, self.optimizer, list(self.params))
+        else:
+            params = {k: p.detach().cpu() for k, p in self.params.items()}
+            optimizer = self.optimizer.state_dict()
         return {
-            "params": {k: p.detach().cpu() for k, p in self.params.items()},
-            "optimizer": self.optimizer.state_dict(),
+            "params": params,
+            "optimizer": optimizer,
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "progress": {"update": self.update, "epoch": self.epoch, "batches_done": self.batches_done,
@@ -381,11 +407,12 @@ class Trainer:
     def save_checkpoint(self, path: Path) -> None:
         """Everything ``resume`` needs; written by rank 0 atomically (a crash never leaves half a file)."""
         streams = self._stream_positions()  # every rank takes part
+        state = self.state_dict() if self.env.main or self.sharded else None
         if not self.env.main:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        torch.save({**self.state_dict(), "streams": streams}, tmp)
+        torch.save({**state, "streams": streams, "sharded": self.sharded}, tmp)
         os.replace(tmp, path)
 
     def _stream_positions(self) -> list[dict]:
@@ -417,10 +444,16 @@ class Trainer:
         missing = set(self.params) ^ set(state["params"])
         if missing:
             raise WavadaptError(f"{path}: checkpoint parameters differ from this run's: {sorted(missing)[:5]}")
-        with torch.no_grad():
-            for k, p in self.params.items():
-                p.copy_(state["params"][k])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.sharded:
+            sharding.load_full_state(self.model, self.optimizer, state["params"], state["optimizer"])
+        elif state.get("sharded"):
+            raise WavadaptError(f"{path}: a run trained with --fsdp resumes with --fsdp (its optimizer state is "
+                                "keyed by parameter name)")
+        else:
+            with torch.no_grad():
+                for k, p in self.params.items():
+                    p.copy_(state["params"][k])
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         for k, v in state["progress"].items():
