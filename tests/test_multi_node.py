@@ -64,7 +64,7 @@ def test_fsdp_full_fine_tuning_matches_ddp(synth_corpus, tmp_path):
     assert heads[0].keys() == heads[1].keys()
     for k in heads[0]:
         torch.testing.assert_close(heads[1][k], heads[0][k], rtol=1e-4, atol=1e-5)
-    preset = load_asr_model("tiny").backbone.state_dict()
+    preset = load_asr_model("tiny", []).backbone.state_dict()
     moved = [k for k in ddp if k in preset and not torch.equal(ddp[k], preset[k])]
     assert len(moved) > len(ddp) // 2  # full fine-tuning moved the encoder: the match is not of two untrained models
 

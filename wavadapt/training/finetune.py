@@ -137,14 +137,17 @@ def finetune(model: CTCModel, task: str, train: list[Utterance] | Shards, method
     def freeze_phase(m: CTCModel, update: int) -> None:
         m.freeze_backbone = update < method.freeze_updates
 
+    fingerprint = backbone_fingerprint(model.backbone)  # before the trainer may shard it
     trainer = Trainer(model, params, ctc_objective(model), dataset, config, out_dir,
                       validate=validate if valid else None,
                       on_update=freeze_phase if method.method == "full" and method.freeze_updates else None,
-                      find_unused_parameters=bool(method.freeze_updates) or model.backbone.config.layerdrop > 0,
+                      # What may not take part in an update: frozen phases, dropped layers, the mask embedding unmasked
+                      find_unused_parameters=bool(method.freeze_updates) or model.backbone.config.layerdrop > 0
+                      or ("backbone.masked_spec_embed" in params and model.backbone.config.mask_time_prob == 0),
                       fsdp_units=list(model.backbone.encoder.layers))
     trainer.start({
         "task": task, "method": asdict(method), "train": asdict(config), "augment": asdict(augment),
-        "backbone": {**(model.source or {}), "fingerprint": backbone_fingerprint(model.backbone)},
+        "backbone": {**(model.source or {}), "fingerprint": fingerprint},
         "data": data_source, "languages": sorted({u.language for u in kept}),
         "train_utterances": len(kept), "dropped_by_length": len(outside), "feature_cache": cache_info,
         "streamed": streamed,
