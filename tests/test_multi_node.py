@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 from cli_runner import run_cli
@@ -73,3 +74,16 @@ def test_fsdp_outside_torchrun_is_refused(synth_corpus, tmp_path, capsys):
     code, out, err = run_cli(capsys, "finetune", synth_corpus, "--language", "en", "--model", "tiny", "--out",
                              tmp_path / "x", "--method", "full", "--fsdp")
     assert code == 1 and out == "" and err.startswith("error: --fsdp shards the model over torchrun's processes")
+
+
+def test_a_sharded_run_resumes_bit_for_bit(synth_corpus, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    worker = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+              str(Path(__file__).parent / "fsdp_worker.py"), str(synth_corpus)]
+    for folder, mode in (("straight", "straight"), ("split", "stop"), ("split", "resume")):
+        subprocess.run([*worker, str(tmp_path / folder), mode], check=True, env=env, timeout=300, capture_output=True)
+    straight = torch.load(tmp_path / "straight" / "straight.pt")
+    stopped, resumed = (torch.load(tmp_path / "split" / f"{mode}.pt") for mode in ("stop", "resume"))
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    assert any(not torch.equal(straight[k], stopped[k]) for k in straight)  # the resumed half did train
