@@ -21,6 +21,7 @@ from wavadapt.data.audio import read_audio
 from wavadapt.data.batching import AudioDataset, filter_by_length, make_dataloader
 from wavadapt.data.check import check_corpus
 from wavadapt.data.corpora import open_corpus
+from wavadapt.data.shard_stream import ShardStream, stream_batches
 from wavadapt.data.stores.hf_datasets import TEXT_COLUMN_ENV
 from wavadapt.data.text import Vocabulary
 from wavadapt.errors import CorpusError
@@ -105,6 +106,9 @@ def test_shards_stream_from_a_local_http_server(folder, stores):
         assert described(got) == described(folder)
         for a, b in zip(got, folder, strict=True):
             assert np.array_equal(read_audio(a.audio), read_audio(b.audio))
+        urls = [f"http://127.0.0.1:{server.server_port}/{name}" for name in shards]  # training streams them too
+        streamed = [i for item in stream_batches(ShardStream(urls, 30), 0) for i in item["batch"]["ids"]]
+        assert sorted(streamed) == sorted(u.id for u in folder)
         with pytest.raises(CorpusError, match="cannot read the shard"):
             open_corpus(f"http://127.0.0.1:{server.server_port}/missing-000000.tar")
     finally:

@@ -91,7 +91,8 @@ def evaluate_corpus(
 def evaluate_continual_runs(
     runs: Annotated[list[Path], typer.Argument(help="Run directories: the first task's pretrain run and each "
                                                "method's continual run (--keep-snapshots adds learning curves).")],
-    data: Annotated[Path, typer.Option(help="Labeled corpus with train / dev / test splits per language.")],
+    data: Annotated[str, typer.Option(metavar="DATA", help="Labeled corpus with train / dev / test splits per "
+                                      "language (any corpus `evaluate` reads).")],
     out: Annotated[Path, typer.Option(help="Where forgetting.csv/json, efficiency.csv/json and the fine-tuning "
                                       "runs go.")],
     language: Annotated[list[str] | None, typer.Option(help="Probe only this language (repeat; default: every "

@@ -159,7 +159,7 @@ class ProbeConfig:
     """How every checkpoint is probed: adapter fine-tuning on a labeled corpus scored on its test split, and
     the self-supervised loss on another split. Seeded, so that equal models score equally."""
 
-    corpus: Path
+    corpus: str | Path
     """Labeled corpus root (``open_corpus(corpus, split, language)``), e.g. a synthetic corpus."""
     max_updates: int = 20000
     lr: float = 5e-5
