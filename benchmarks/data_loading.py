@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from wavadapt.data.audio import SAMPLE_RATE
-from wavadapt.data.batching import AudioDataset, LengthBucketBatchSampler, filter_by_length, make_dataloader
+from wavadapt.data.batching import AudioDataset, LengthBucketBatchSampler, filter_by_length, make_dataloader, pack
 from wavadapt.data.corpora import open_corpus
 from wavadapt.data.shard_stream import ShardStream, stream_batches
 from wavadapt.data.stores.lhotse_cuts import write_shar
@@ -144,14 +144,8 @@ def main() -> None:
     fraction, largest = padded(theirs, lengths)
     print(f"{'Lhotse DynamicBucketingSampler':<34}{fraction:>9.1%}{len(theirs):>9}{largest:>15.1f}s{rate:>11.0f}"
           f"{'yes' if resumed else 'no':>14}")
-    shuffled = np.random.default_rng(0).permutation(len(lengths)).tolist()
-    random_batches, batch = [], []
-    for i in shuffled:  # no bucketing, same padded cap as wavadapt's
-        if batch and max(lengths[j] for j in [*batch, i]) * (len(batch) + 1) > args.cap * SAMPLE_RATE:
-            random_batches.append(batch)
-            batch = []
-        batch.append(i)
-    random_batches.append(batch)
+    shuffled = np.random.default_rng(0).permutation(len(lengths)).tolist()  # no bucketing, the same padded cap
+    random_batches = pack(shuffled, lengths, int(args.cap * SAMPLE_RATE))
     fraction, largest = padded(random_batches, lengths)
     print(f"{'no bucketing (random order)':<34}{fraction:>9.1%}{len(random_batches):>9}{largest:>15.1f}s")
 

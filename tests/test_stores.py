@@ -174,7 +174,9 @@ def test_the_text_column_is_chosen_by_option(folder, tmp_path, monkeypatch, caps
     monkeypatch.setenv(TEXT_COLUMN_ENV, "")  # the option sets it for the command's readers: restored after the test
     datasets.Dataset.from_dict({"audio": [str(u.path) for u in folder], "raw_transcription": [u.text for u in folder]}
                                ).cast_column("audio", datasets.Audio()).save_to_disk(tmp_path / "fleurs")
-    assert all(u.text is None for u in open_corpus(tmp_path / "fleurs"))  # no column of a known name
+    unnamed = open_corpus(tmp_path / "fleurs")
+    assert all(u.text is None for u in unnamed)  # no column of a known name
+    assert [u.id for u in unnamed] == [u.id for u in folder]  # no id column: the audio file's name
     result = runner.invoke(app, ["--text-column", "raw_transcription", "check", str(tmp_path / "fleurs"),
                                  "--language", "en", "--json"])
     assert result.exit_code == 0, result.output

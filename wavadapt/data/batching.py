@@ -110,6 +110,19 @@ def padding_fraction(batches: Sequence[Sequence[int]], lengths: Sequence[int]) -
     return 1.0 - real / padded if padded else 0.0
 
 
+def pack(order: Sequence[int], lengths: Sequence[int], cap: int) -> list[list[int]]:
+    """The utterances ``order`` lists, packed greedily in that order into batches whose padded size (the longest
+    one's length times their number) stays under ``cap``."""
+    batches, batch, longest = [], [], 0
+    for i in order:
+        if batch and max(longest, int(lengths[i])) * (len(batch) + 1) > cap:
+            batches.append(batch)
+            batch, longest = [], 0
+        batch.append(i)
+        longest = max(longest, int(lengths[i]))
+    return batches + [batch] if batch else batches
+
+
 class LengthBucketBatchSampler(Sampler[list[int]]):
     """Batches of similar-length utterances whose padded size stays under a cap (fairseq's max_tokens).
 
@@ -174,16 +187,7 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
         keys = self.lengths[chosen].astype(np.float64)
         if self.shuffle:
             keys = keys * rng.uniform(1.0 - self.jitter, 1.0 + self.jitter, size=len(keys))
-        batches, batch, longest = [], [], 0
-        for i in chosen[np.argsort(keys, kind="stable")].tolist():
-            n = int(self.lengths[i])
-            if batch and max(longest, n) * (len(batch) + 1) > self.cap:
-                batches.append(batch)
-                batch, longest = [], 0
-            batch.append(i)
-            longest = max(longest, n)
-        if batch:
-            batches.append(batch)
+        batches = pack(chosen[np.argsort(keys, kind="stable")].tolist(), self.lengths, self.cap)
         if self.shuffle:  # before dividing, so drop_last drops random batches, not the longest ones
             rng.shuffle(batches)
         return self._divide_evenly(batches)

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from wavadapt.data.audio import SAMPLE_RATE, audio_info, normalize_waveform, read_audio
-from wavadapt.data.batching import Encoder, collate
+from wavadapt.data.batching import Encoder, collate, pack
 from wavadapt.data.corpora import in_language
 from wavadapt.data.stores.tar_shards import read_shards
 from wavadapt.data.text import normalize, normalize_text
@@ -52,8 +52,8 @@ class ShardStream(IterableDataset):
     With a ``vocab`` each batch has labels and a sample without a usable transcript in ``language`` is skipped;
     ``crop_seconds`` crops longer samples as :class:`~wavadapt.data.batching.AudioDataset` does (pre-training);
     samples outside ``min_seconds``-``max_seconds`` are skipped, and with ``ids`` those it does not hold. ``rank`` and
-    ``world_size`` are torchrun's. Each
-    item is ``{"reader", "number", "batch"}`` (``batch`` None when every file in it failed).
+    ``world_size`` are torchrun's. Each item is ``{"reader", "number", "batch"}`` (``batch`` None when every file
+    in it failed).
     """
 
     def __init__(self, shards: Sequence[str], max_seconds_per_batch: float, vocab: Encoder | None = None,
@@ -136,14 +136,7 @@ class ShardStream(IterableDataset):
         crop = int(self.crop * SAMPLE_RATE) if self.crop else math.inf
         lengths = np.array([min(u.num_samples, crop) for u in buffer])
         keys = lengths * rng.uniform(0.95, 1.05, size=len(lengths))
-        batches, batch, longest = [], [], 0
-        for i in np.argsort(keys, kind="stable").tolist():
-            if batch and max(longest, lengths[i]) * (len(batch) + 1) > self.cap:
-                batches.append(batch)
-                batch, longest = [], 0
-            batch.append(i)
-            longest = max(longest, lengths[i])
-        batches.append(batch)
+        batches = pack(np.argsort(keys, kind="stable").tolist(), lengths, self.cap)
         return [batches[i] for i in rng.permutation(len(batches))]
 
     def _item(self, u: Utterance) -> dict | None:

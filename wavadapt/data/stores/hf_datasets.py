@@ -67,25 +67,25 @@ def read_hf_dataset(kind: str, location: str, split: str | None, text_column: st
     text_column = text_column or os.environ.get(TEXT_COLUMN_ENV) or None
     if text_column is not None and text_column not in ds.column_names:
         raise CorpusError(f"{location}: no text column {text_column!r}; columns: {', '.join(ds.column_names)}")
-    text = text_column or next((c for c in TEXT_KEYS if c in ds.column_names), None)
-    columns = {role: next((c for c in keys if c in ds.column_names), None)
-               for role, keys in (("language", LANGUAGE_KEYS), ("speaker", SPEAKER_KEYS), ("id", ID_KEYS))}
-    chosen = [c for c in (text, *columns.values()) if c is not None]
-    rows = ds.select_columns(chosen)[:] if chosen else {}
-    paths = [cell.get("path") if isinstance(cell, dict) else None for cell in _paths(ds, audio)]
-    name = _name(kind, location, split)
+    columns = {"text": (text_column,) if text_column else TEXT_KEYS, "language": LANGUAGE_KEYS,
+               "speaker": SPEAKER_KEYS, "id": ID_KEYS}
+    values = {role: _strings(ds, next((c for c in names if c in ds.column_names), None))
+              for role, names in columns.items()}
+    paths, name = _paths(ds, audio), _name(kind, location, split)
     utterances = []
     for i in range(len(ds)):
-
-        def value(role, i=i):
-            column = text if role == "text" else columns[role]
-            return None if column is None or rows[column][i] in (None, "") else str(rows[column][i])
-
-        utterance_id = value("id") or (Path(paths[i]).stem if paths[i] else f"{Path(location).name}-{i:06d}")
-        cell = TableCell(kind, location, split, i, audio)
-        utterances.append(Utterance(utterance_id, Path(f"{name}[{i}]"), (value("text") or "").strip() or None,
-                                    value("language") or UNKNOWN_LANGUAGE, value("speaker"), record=cell))
+        utterance_id = values["id"][i] or (Path(paths[i]).stem if paths[i] else f"{Path(location).name}-{i:06d}")
+        utterances.append(Utterance(utterance_id, Path(f"{name}[{i}]"), (values["text"][i] or "").strip() or None,
+                                    values["language"][i] or UNKNOWN_LANGUAGE, values["speaker"][i],
+                                    record=TableCell(kind, location, split, i, audio)))
     return utterances
+
+
+def _strings(ds, column: str | None) -> list[str | None]:
+    """A column's values as text, None where empty (or for every row when there is no such column)."""
+    if column is None:
+        return [None] * len(ds)
+    return [None if v in (None, "") else str(v) for v in ds.select_columns([column])[column]]
 
 
 def audio_column(ds) -> str:
@@ -101,10 +101,10 @@ def audio_column(ds) -> str:
     return found[0]
 
 
-def _paths(ds, audio: str) -> list:
+def _paths(ds, audio: str) -> list[str | None]:
     """Each row's audio ``path`` (the original file name: its stem names the utterance), without the bytes."""
     try:
-        return ds.select_columns([audio]).flatten().select_columns([f"{audio}.path"])[f"{audio}.path"]
+        return list(ds.select_columns([audio]).flatten().select_columns([f"{audio}.path"])[f"{audio}.path"])
     except (ValueError, KeyError):  # a column of plain bytes or paths
         return [None] * len(ds)
 
