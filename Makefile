@@ -7,7 +7,7 @@ VENV := .venv
 SYSTEM_PACKAGES := espeak-ng fortunes fortunes-es fortunes-de fortunes-it chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test setup system-packages shipped-model shipped-model-en-synth
+.PHONY: demo test test-gpu setup system-packages shipped-model shipped-model-en-synth
 
 # Run again, it resumes demo_out (finished runs are kept; another recipe's folder is refused with what to do).
 demo: setup
@@ -17,6 +17,11 @@ test: setup
 	$(VENV)/bin/ruff check wavadapt tests benchmarks
 	$(VENV)/bin/lint-imports  # the layers and no-cycles contracts of pyproject.toml
 	$(VENV)/bin/pytest -q
+
+# The device-aware tests (transformers parity, per-row routing, exact batching, the server) on the GPU; without a
+# CUDA device they are skipped, saying so. benchmarks/gpu.py measures the GPU.
+test-gpu: setup
+	WAVADAPT_TEST_DEVICE=cuda $(VENV)/bin/pytest -q tests/test_exact_batching.py tests/test_routing.py tests/test_server.py
 
 setup: system-packages $(VENV)/.installed
 

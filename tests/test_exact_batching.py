@@ -34,11 +34,11 @@ def kind(request) -> tuple[str, dict]:
 
 
 @pytest.fixture(scope="module")
-def reference(kind) -> nn.Module:
-    """transformers' own CTC model of the tiny preset, vocabulary of the ``en`` task."""
+def reference(kind, device) -> nn.Module:
+    """transformers' own CTC model of the tiny preset, vocabulary of the ``en`` task, on the tests' device."""
     family, overrides = kind
     torch.manual_seed(0)
-    return CTC_MODELS[family](make_config("tiny", family, vocab_size=len(VOCABS["en"]), **overrides)).eval()
+    return CTC_MODELS[family](make_config("tiny", family, vocab_size=len(VOCABS["en"]), **overrides)).eval().to(device)
 
 
 def _copy(reference: nn.Module) -> CTCModel:
@@ -49,28 +49,29 @@ def _copy(reference: nn.Module) -> CTCModel:
     model.add_task("en", VOCABS["en"])
     model.heads["en"].load_state_dict(reference.lm_head.state_dict())
     model.activate("en")
-    return model
+    return model.to(reference.device)
 
 
 @pytest.fixture(scope="module")
-def adapted(reference) -> CTCModel:
+def adapted(reference, device) -> CTCModel:
     """Tasks ``en`` and ``es`` on adapter sets of their own, trained-looking (not the identity)."""
     model = CTCModel(FAMILIES[reference.config.model_type][1](reference.config)).eval()
     for task, vocab in VOCABS.items():
         with torch.no_grad():
             for p in prepare(model, task, vocab, MethodConfig("adapters", adapter_size=16)).values():
                 p.add_(torch.randn_like(p) * 0.1)  # logits of order 1, so that atol 1e-5 is fp32's precision
-    return model
+    return model.to(device)
 
 
 @pytest.fixture(scope="module")
-def rows() -> list[torch.Tensor]:
+def rows(device) -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(1)
-    return [0.1 * torch.randn(n, generator=generator) for n in LENGTHS]
+    return [0.1 * torch.randn(n, generator=generator).to(device) for n in LENGTHS]
 
 
 def _batch(rows: list[torch.Tensor]) -> dict:
-    return collate([{"id": str(i), "waveform": w} for i, w in enumerate(rows)])
+    batch = collate([{"id": str(i), "waveform": w.cpu()} for i, w in enumerate(rows)])
+    return {k: v.to(rows[0].device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def test_masked_group_norm_is_group_norm_without_lengths_and_per_row_with_them():
@@ -109,7 +110,7 @@ def test_the_swap_keeps_parameter_names_state_dict_keys_and_fingerprint():
 
 
 def test_unpadded_input_is_bit_identical_to_transformers(reference):
-    model, x = _copy(reference), 0.1 * torch.randn(2, 8_000)
+    model, x = _copy(reference), 0.1 * torch.randn(2, 8_000).to(reference.device)
     ones = torch.ones_like(x, dtype=torch.long)
     layer_norm = reference.config.feat_extract_norm == "layer"
     with torch.no_grad():
@@ -122,7 +123,7 @@ def test_unpadded_input_is_bit_identical_to_transformers(reference):
 
 def test_unpadded_training_step_is_bit_identical_to_transformers(reference):
     """Training mode (dropout, layerdrop, SpecAugment) draws the same random numbers and computes the same."""
-    model, x = _copy(reference), 0.1 * torch.randn(2, 8_000)
+    model, x = _copy(reference), 0.1 * torch.randn(2, 8_000).to(reference.device)
     ones = torch.ones_like(x, dtype=torch.long)
     outputs = []
     for net, mask in ((reference, ones if reference.config.feat_extract_norm == "layer" else None), (model, ones)):

@@ -35,7 +35,7 @@ PRE_LN_STACKS = [("m1",), ("m2",), (), ("h", "m1"), ("m2", "h"), ("h",), ("h2", 
 SCENARIOS = {"houlsby-post-ln": (False, POST_LN_SETS, POST_LN_STACKS), "mms-pre-ln": (True, PRE_LN_SETS, PRE_LN_STACKS)}
 
 
-def _model(scenario: str):
+def _model(scenario: str, device: torch.device | str = "cpu"):
     pre_ln, sets, stacks = SCENARIOS[scenario]
     torch.manual_seed(0)
     model = build_backbone("tiny", **(LARGE_STYLE if pre_ln else {})).eval()
@@ -44,7 +44,7 @@ def _model(scenario: str):
         with torch.no_grad():  # far from identity, so that a row on the wrong set shows
             for p in adapter_parameters(model, name).values():
                 p.add_(torch.randn_like(p), alpha=0.1)
-    return model, stacks
+    return model.to(device), stacks
 
 
 def _mixed(model, stacks, waves=WAVES):
@@ -62,15 +62,16 @@ def _alone(model, stacks, waves=WAVES):
 
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
-def test_mixed_batch_equals_each_row_alone_and_the_grouped_loop(scenario):
-    model, stacks = _model(scenario)
+def test_mixed_batch_equals_each_row_alone_and_the_grouped_loop(scenario, device):
+    model, stacks = _model(scenario, device)
+    waves = WAVES.to(device)
     with torch.inference_mode():
-        mixed = _mixed(model, stacks)
-        alone = _alone(model, stacks)
+        mixed = _mixed(model, stacks, waves)
+        alone = _alone(model, stacks, waves)
         with grouped_routing(model):
-            grouped = _mixed(model, stacks)
+            grouped = _mixed(model, stacks, waves)
         set_active(model, None)
-        bare = model(WAVES).last_hidden_state
+        bare = model(waves).last_hidden_state
     torch.testing.assert_close(mixed, alone, atol=1e-5, rtol=0)
     torch.testing.assert_close(grouped, alone, atol=1e-5, rtol=0)
     for i, stack in enumerate(stacks):  # every set moves its rows, so a row routed wrongly would show
@@ -78,13 +79,13 @@ def test_mixed_batch_equals_each_row_alone_and_the_grouped_loop(scenario):
 
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
-def test_mixed_batch_gradients_equal_the_grouped_loop_and_per_row_runs(scenario):
+def test_mixed_batch_gradients_equal_the_grouped_loop_and_per_row_runs(scenario, device):
     # float64: fp32 gradients summed over a batch and over separate runs differ by rounding (~1e-4 relative here).
-    model, stacks = _model(scenario)
+    model, stacks = _model(scenario, device)
     model.double()
-    waves = WAVES.double()
+    waves = WAVES.double().to(device)
     weights = torch.randn(len(stacks), 1, model.config.hidden_size, generator=torch.Generator().manual_seed(2),
-                          dtype=torch.float64)
+                          dtype=torch.float64).to(device)
 
     def gradients(run) -> dict[str, torch.Tensor]:
         model.zero_grad(set_to_none=True)
@@ -108,19 +109,20 @@ def test_mixed_batch_gradients_equal_the_grouped_loop_and_per_row_runs(scenario)
         assert all(gathered[k].abs().sum() > 0 for k in adapter_parameters(model, name))
 
 
-def test_cached_tables_follow_in_place_changes_and_reloads():
-    model, stacks = _model("houlsby-post-ln")
+def test_cached_tables_follow_in_place_changes_and_reloads(device):
+    model, stacks = _model("houlsby-post-ln", device)
+    waves = WAVES.to(device)
     saved = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.inference_mode():
-        before = _mixed(model, stacks)
+        before = _mixed(model, stacks, waves)
         with torch.no_grad():  # an in-place change, as optimizers make
             for p in adapter_parameters(model, "es").values():
                 p.mul_(1.5)
-        changed = _mixed(model, stacks)
-        torch.testing.assert_close(changed, _alone(model, stacks), atol=1e-5, rtol=0)
+        changed = _mixed(model, stacks, waves)
+        torch.testing.assert_close(changed, _alone(model, stacks, waves), atol=1e-5, rtol=0)
         assert not torch.allclose(changed[1], before[1])
         model.load_state_dict(saved)
-        torch.testing.assert_close(_mixed(model, stacks), before, atol=0, rtol=0)
+        torch.testing.assert_close(_mixed(model, stacks, waves), before, atol=0, rtol=0)
 
 
 def test_tables_cached_under_inference_mode_serve_autograd_through_frozen_sets():

@@ -45,8 +45,8 @@ TIMEOUT = 60.0
 
 
 @pytest.fixture(scope="module")
-def registry() -> Registry:
-    return Registry(_two_task_model("layer"))
+def registry(device) -> Registry:
+    return Registry(_two_task_model("layer").to(device))
 
 
 @pytest.fixture(scope="module")

@@ -125,6 +125,18 @@ def test_half_precision_is_a_gpu_option(files):
         transcribe_requests(model, [Request(files[0], "en")], precision="int8")
 
 
+def test_the_device_is_chosen_or_refused_in_one_line(files, tmp_path, capsys, device):
+    task = save_task(_two_task_model("group"), "en", tmp_path / "tasks")  # on the tiny preset's weights
+    common = ["transcribe", files[0], "--model", "tiny", "--adapter", task, "--format", "jsonl"]
+    code, out, err = run_cli(capsys, *common, "--device", device.type)
+    assert code == 0 and json.loads(out)["text"] is not None
+    code, out, err = run_cli(capsys, *common, "--device", "tpu")
+    assert code == 1 and out == "" and err == "error: --device 'tpu': choose auto, cpu, cuda or cuda:N\n"
+    code, out, err = run_cli(capsys, *common, "--device", f"cuda:{torch.cuda.device_count()}")  # one past the last
+    assert code == 1 and out == "" and err.startswith(f"error: --device cuda:{torch.cuda.device_count()}: this machine "
+                                                      f"has {torch.cuda.device_count()} CUDA device(s)")
+
+
 def test_subtitles_of_same_named_files_mirror_their_folders_and_never_overwrite(files, tmp_path, capsys):
     model = _two_task_model("group")
     task = save_task(model, "en", tmp_path / "tasks")

@@ -10,6 +10,7 @@ from wavadapt.cli.options import (
     BeamSize,
     CorpusArgument,
     DecoderKind,
+    DeviceOption,
     Family,
     Jobs,
     LexiconOption,
@@ -52,6 +53,7 @@ def evaluate_corpus(
                        ] = "lid",
     lid_threshold: Annotated[float, typer.Option(help="With --task auto: see transcribe.")] = 0.5,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    device: DeviceOption = "auto",
 ) -> None:
     """Score a task on a corpus: WER / CER per language.
 
@@ -72,7 +74,7 @@ def evaluate_corpus(
     utterances = open_corpora(data, split, languages, raw_format)
     routed = task is not None and (task in (AUTO, LANGUAGE_ID) or "+" in task)
     config = decoder_config(decoder, beam_size, lm, lm_weight, word_score, lexicon)  # a bad LM fails before loading
-    asr = asr_model(model, adapter, task, family, trust_pickle, vocab)
+    asr = asr_model(model, adapter, task, family, trust_pickle, vocab, device)
     if task == LANGUAGE_ID:
         from wavadapt.evaluation.language_id import identify_corpus
 

@@ -87,20 +87,43 @@ def decoder_config(kind: str | None, beam_size: int, lm: Path | None, lm_weight:
     return DecoderConfig(kind, beam_size=beam_size, lm=lm, lexicon=lexicon, **weights)
 
 
+DeviceOption = Annotated[str, typer.Option("--device", help="Where the model runs: auto (the GPU when there is "
+                                            "one), cpu, cuda or cuda:N.")]
+
+
+def torch_device(name: str):
+    """The device ``--device`` names, refused in one line where this machine has none such."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise WavadaptError(f"--device {name!r}: choose auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise WavadaptError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                            f"(torch {torch.__version__})")
+    return device
+
+
 def asr_model(model: str, adapters: list[Path] | None, task: str | None, family: str | None, trust_pickle: bool,
-               vocab: Path | None = None):
-    """The backbone with its task files loaded and ``task`` (or the last loaded one) active; a request routed by
-    language (auto, a+b) or for the identifier itself (lid) activates none."""
+              vocab: Path | None = None, device: str = "auto"):
+    """The backbone with its task files loaded and ``task`` (or the last loaded one) active, on ``device``; a request
+    routed by language (auto, a+b) or for the identifier itself (lid) activates none."""
     from wavadapt.interop.loading import load_asr_model
     from wavadapt.model.auto_routing import AUTO
     from wavadapt.model.checkpoint import LANGUAGE_ID
 
+    where = torch_device(device)  # a machine without it refuses before the model loads
     routed = task is not None and (task in (AUTO, LANGUAGE_ID) or "+" in task)
     asr = load_asr_model(model, adapters or [], trust_pickle=trust_pickle, family=family,
                          task=None if routed else task, vocab=vocab)
     if asr.active is None and not routed:
         raise WavadaptError("no task to run: pass a task file with --adapter")
-    return asr
+    return asr.to(where)
 
 
 LanguageTemperature = Annotated[float | None, typer.Option(

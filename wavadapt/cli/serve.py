@@ -9,6 +9,7 @@ from wavadapt.cli.options import (
     AdapterOption,
     BeamSize,
     DecoderKind,
+    DeviceOption,
     Family,
     LexiconOption,
     LmOption,
@@ -22,6 +23,7 @@ from wavadapt.cli.options import (
     WordScore,
     asr_model,
     decoder_config,
+    torch_device,
 )
 from wavadapt.cli.program import app
 from wavadapt.errors import WavadaptError
@@ -68,6 +70,7 @@ def transcribe_files(
                                        "`arecord -f S16_LE -r 16000 -t raw`: a partial line as the text grows, a "
                                        "final one with its start and end where a pause ends an utterance; greedy "
                                        "CTC, Ctrl-C ends.")] = False,
+    device: DeviceOption = "auto",
 ) -> None:
     """Transcribe audio files with one or many tasks.
 
@@ -76,7 +79,8 @@ def transcribe_files(
     """
     if live:
         pcm = _live_input(files, raw_format or "s16le:16000", output_format)  # a bad option fails before loading
-        return _transcribe_live(asr_model(model, adapter, task, family, trust_pickle, vocab), pcm, output_format)
+        return _transcribe_live(asr_model(model, adapter, task, family, trust_pickle, vocab, device), pcm,
+                                output_format)
     from wavadapt.data.audio import RawFormat, is_headerless
     from wavadapt.data.corpora import read_audio_folder, read_manifest
     from wavadapt.decoding import DecoderPool
@@ -93,7 +97,7 @@ def transcribe_files(
         raise WavadaptError(f"--format {output_format} writes one file per input: give the directory with --out")
     raw = str(RawFormat.parse(raw_format)) if raw_format else None  # a typo fails before the model loads
     config = decoder_config(decoder, beam_size, lm, lm_weight, word_score, lexicon)
-    asr = asr_model(model, adapter, task, family, trust_pickle, vocab)
+    asr = asr_model(model, adapter, task, family, trust_pickle, vocab, device)
     default = task if routed else asr.active
     requests = []
     for f in files:
@@ -213,6 +217,7 @@ def serve(
     combine: Annotated[str, typer.Option(help="model=auto and a+b: how rows combine tasks (uniform, lid, entropy; "
                                          "see transcribe); an adapter.lid.json in --adapters enables auto.")] = "lid",
     lid_threshold: Annotated[float, typer.Option(help="model=auto: see transcribe.")] = 0.5,
+    device: DeviceOption = "auto",
 ) -> None:
     """Serve tasks over an OpenAI-compatible HTTP API.
 
@@ -223,7 +228,7 @@ def serve(
     from wavadapt.inference.server import serve as run_server
     from wavadapt.model.auto_routing import AutoConfig
 
-    run_server(model, adapters, host, port, trust_pickle=trust_pickle, echo=typer.echo,
+    run_server(model, adapters, host, port, trust_pickle=trust_pickle, echo=typer.echo, device=torch_device(device),
                decoder=decoder_config(decoder, beam_size, None, lm_weight, word_score, None), max_wait_ms=max_wait_ms,
                max_batch_seconds=max_batch_seconds, max_queue=max_queue, max_upload_mb=max_upload_mb,
                max_audio_seconds=max_audio_seconds, api_key=api_key, max_streams=max_streams, ssl_certfile=ssl_certfile,

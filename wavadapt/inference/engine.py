@@ -26,7 +26,7 @@ def forward_padded(model: CTCModel, waveforms: torch.Tensor, attention_mask: tor
                    tasks: list[str] | None = None) -> CTCOutput:
     """Run a zero-padded batch with the active task, or ``tasks[i]`` for row i (``CTCModel.forward_mixed``); audio
     shorter than one frame's receptive field (25 ms) decodes to nothing instead of failing in the CNN."""
-    lengths = model.output_lengths(attention_mask, *waveforms.shape)
+    lengths = model.output_lengths(attention_mask, *waveforms.shape, device=waveforms.device)
     waveforms, attention_mask = padded_batch(model, waveforms, attention_mask)
     if tasks is not None:
         return CTCOutput(model.forward_mixed(waveforms, tasks, attention_mask=attention_mask).logits, lengths)

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import torch
+
 from wavadapt.decoding import DecoderConfig, DecoderPool
 from wavadapt.errors import CheckpointError, WavadaptError
 from wavadapt.interop.loading import load_asr_model
@@ -67,10 +69,10 @@ class Registry:
     @classmethod
     def load(cls, backbone: str | Path, task_files: Sequence[Path] = (), *, trust_pickle: bool = False,
              vocab: Path | None = None, decoder: DecoderConfig | None = None,
-             decoding_dir: Path | None = None) -> "Registry":
-        """The backbone with its own tasks, then ``task_files`` in order (a language adapter before a task on it),
-        each under the name its file bears (:func:`file_task_name`)."""
-        model = load_asr_model(backbone, [], trust_pickle=trust_pickle, vocab=vocab)
+             decoding_dir: Path | None = None, device: torch.device | str = "cpu") -> "Registry":
+        """The backbone with its own tasks on ``device``, then ``task_files`` in order (a language adapter before a
+        task on it), each under the name its file bears (:func:`file_task_name`)."""
+        model = load_asr_model(backbone, [], trust_pickle=trust_pickle, vocab=vocab).to(device)
         for task_file in task_files:
             load_task(model, task_file, file_task_name(task_file))
         return cls(model, decoder, decoding_dir)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
+import torch
 import uvicorn
 from fastapi import FastAPI, File, Form, Request, UploadFile, WebSocket
 from fastapi.exceptions import RequestValidationError
@@ -505,14 +506,15 @@ def serving(app: FastAPI, host: str = "127.0.0.1", port: int = 0, timeout: float
 
 def serve(model_path: str | Path, adapters_dir: Path | None = None, host: str = "127.0.0.1", port: int = 8000, *,
           trust_pickle: bool = False, echo: Callable[[str], None] = print, decoder: DecoderConfig | None = None,
-          ssl_certfile: Path | None = None, ssl_keyfile: Path | None = None, **options) -> None:
+          ssl_certfile: Path | None = None, ssl_keyfile: Path | None = None, device: torch.device | str = "cpu",
+          **options) -> None:
     """Serve the backbone's tasks and those of ``adapters_dir`` (with their LMs and lexicons) until interrupted,
     over https with ``ssl_certfile`` and ``ssl_keyfile``; ``decoder`` is every task's default, ``options`` are
     ServerConfig's. Each transcription request is logged in one line."""
     if (ssl_certfile is None) != (ssl_keyfile is None):
         raise WavadaptError("https needs both --ssl-certfile and --ssl-keyfile")
     registry = Registry.load(model_path, Registry.task_files(adapters_dir) if adapters_dir else [],
-                             trust_pickle=trust_pickle, decoder=decoder, decoding_dir=adapters_dir)
+                             trust_pickle=trust_pickle, decoder=decoder, decoding_dir=adapters_dir, device=device)
     app = create_app(registry, ServerConfig(**options))
     requests = logging.StreamHandler()
     requests.setFormatter(logging.Formatter("%(asctime)s %(message)s"))

@@ -225,7 +225,8 @@ def _routed(model: CTCModel, requests: Sequence[Request], rows: list[_Piece], x:
     """A batch with rows for ``auto`` or a combination: each row's route (recorded in its transcript) and words. A
     row routed to one task is decoded in that task's vocabulary, by the request's decoder when it named the task;
     a combination greedily in the merged vocabulary."""
-    lengths = model.output_lengths(mask, *x.shape)  # before padding: a row under one frame decodes to nothing
+    # Before padding: a row under one frame decodes to nothing.
+    lengths = model.output_lengths(mask, *x.shape, device=x.device)
     x, mask = padded_batch(model, x, mask)
     output, vocabulary, routes = route(model, x, [requests[p.request].task for p in rows], auto, mask)
     logits, decoded = output.logits.float().cpu(), []

@@ -129,7 +129,7 @@ def route(model: CTCModel, waveforms: torch.Tensor, requests: Sequence[str], con
 def _route_shared(model: CTCModel, waveforms: torch.Tensor, requests: Sequence[str], config: AutoConfig,
                   attention_mask: torch.Tensor | None) -> tuple[CTCOutput, Vocabulary, list[Route]]:
     """One forward: a hook where the identifier reads identifies every row and routes the layers above."""
-    lengths = model.output_lengths(attention_mask, *waveforms.shape).to(waveforms.device)
+    lengths = model.output_lengths(attention_mask, *waveforms.shape, device=waveforms.device)
     routes: list[Route] = []
 
     def identified(hidden: torch.Tensor) -> None:

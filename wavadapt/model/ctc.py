@@ -88,8 +88,10 @@ class CTCModel(nn.Module):
         set_active(self.backbone, self.stacks[task])
         self.active = task
 
-    def output_lengths(self, attention_mask: torch.Tensor | None, batch: int, samples: int) -> torch.Tensor:
-        lengths = attention_mask.sum(-1) if attention_mask is not None else torch.full((batch,), samples)
+    def output_lengths(self, attention_mask: torch.Tensor | None, batch: int, samples: int,
+                       device: torch.device | None = None) -> torch.Tensor:
+        lengths = attention_mask.sum(-1) if attention_mask is not None else torch.full((batch,), samples,
+                                                                                        device=device)
         return self.backbone._get_feat_extract_output_lengths(lengths).long().clamp(min=0)
 
     def _encode(self, waveforms: torch.Tensor | None, attention_mask: torch.Tensor | None,
@@ -101,7 +103,7 @@ class CTCModel(nn.Module):
             raise WavadaptError("give either waveforms or cnn_features")
         if cnn_features is not None:
             return self._encode_cnn_output(cnn_features, frame_mask)
-        lengths = self.output_lengths(attention_mask, *waveforms.shape)
+        lengths = self.output_lengths(attention_mask, *waveforms.shape, device=waveforms.device)
         padding = contextlib.nullcontext()
         if self.group_norm_cnn:
             # A padded batch runs each row as if alone: its first-layer statistics over its own frames, and the mask
@@ -120,7 +122,7 @@ class CTCModel(nn.Module):
         ref = next(self.backbone.parameters())
         features = features.to(device=ref.device, dtype=ref.dtype)
         batch, _, frames = features.shape
-        lengths = frame_mask.sum(-1).long() if frame_mask is not None else torch.full((batch,), frames)
+        lengths = (frame_mask.sum(-1).long() if frame_mask is not None else torch.full((batch,), frames)).to(ref.device)
         attention_mask = None
         if bool((lengths < frames).any()):
             field, hop = conv_geometry(self.backbone.config)
@@ -177,7 +179,7 @@ class CTCModel(nn.Module):
         the identifier's layer only, without autograd (it is frozen)."""
         if self.language_id is None:
             raise WavadaptError("the model has no language identifier: load its task file (adapter.lid.json)")
-        lengths = self.output_lengths(attention_mask, *waveforms.shape).to(waveforms.device)
+        lengths = self.output_lengths(attention_mask, *waveforms.shape, device=waveforms.device)
         with torch.no_grad(), disable_adapters(self.backbone):
             hidden = run_to_layer(lambda: self._encode(waveforms, attention_mask), self.backbone,
                                   self.language_id.layer)
