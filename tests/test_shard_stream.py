@@ -143,3 +143,10 @@ def test_two_torchrun_processes_stream_their_own_shards(shards, tmp_path):
     readers = [set(s["position"]) for s in state["streams"]]
     assert len(readers) == 2 and readers[0] and readers[1] and not readers[0] & readers[1]
     assert (tmp_path / "run" / "adapter.en.safetensors").is_file()
+
+
+def test_a_stream_with_nothing_usable_is_refused_not_awaited(synth_corpus, shards, tmp_path):
+    model, params, _, config = make_run(synth_corpus, "adapters", max_updates=2)
+    stream = ShardStream(shards, 6, language="xx", seed=0)  # every record is English
+    with pytest.raises(WavadaptError, match="gave this process no usable utterance"):
+        Trainer(model, params, ctc_objective(model), stream, config, tmp_path).train()

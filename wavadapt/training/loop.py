@@ -243,9 +243,14 @@ class Trainer:
         while True:
             self.dataset.set_epoch(self.epoch)
             self.dataset.resume_at(self.stream_position)
+            fresh, batches = not self.stream_position, 0
             for item in stream_batches(self.dataset, self.config.num_workers):
                 self.stream_position[item["reader"]] = item["number"] + 1
+                batches += 1
                 yield item["batch"]
+            if fresh and not batches:  # else the loop would wait forever
+                raise WavadaptError(f"a whole epoch of {len(self.dataset.shards)} shards gave this process no usable "
+                                    "utterance (language, transcripts, length limits): check the shards")
             self.epoch += 1
             self.stream_position = {}
 
