@@ -11,6 +11,7 @@ from wavadapt.errors import WavadaptError
 from wavadapt.interop.fairseq import is_fairseq_file, load_fairseq_file
 from wavadapt.interop.hf import is_ctc_dir, load_ctc_dir, read_do_normalize
 from wavadapt.interop.mms import is_mms_dir, load_mms_dir
+from wavadapt.interop.omniasr import is_omniasr_dir, load_omniasr_dir
 from wavadapt.model.backbone import PRESETS, build_backbone, load_backbone, resolve_checkpoint, source_of
 from wavadapt.model.checkpoint import load_task, safe_name, task_file_spec
 from wavadapt.model.ctc import CTCModel
@@ -48,6 +49,8 @@ def load_asr_model(model: str | Path, adapters: list[Path], *, trust_pickle: boo
         raise WavadaptError("--family applies to presets only: a checkpoint names its own family")
     elif is_mms_dir(path):  # one language when only it is asked for: mms-1b-all holds 1162 (10 GB in fp32)
         asr = load_mms_dir(path, task, languages=[task] if task is not None and not adapters else None)
+    elif is_omniasr_dir(path):
+        asr = load_omniasr_dir(path)
     elif is_ctc_dir(path):
         asr = load_ctc_dir(path)
     elif is_fairseq_file(path):
