@@ -70,10 +70,10 @@ def _global_options(
                                         "WAVADAPT_DEBUG=1).")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
-    text_column: Annotated[str | None, typer.Option(help="The transcript column of Hugging Face datasets (default: the "
-                                                    "first of text, sentence, transcript, transcription, "
-                                                    "normalized_text), before the command: wavadapt --text-column "
-                                                    "raw_transcription check DATA.")] = None,
+    text_column: Annotated[str | None, typer.Option(metavar="NAME", help="The transcript column of Hugging Face "
+                                                    "datasets (default: the first of text, sentence, transcript, "
+                                                    "transcription, normalized_text), before the command: wavadapt "
+                                                    "--text-column raw_transcription check DATA.")] = None,
 ) -> None:
     if debug:
         os.environ["WAVADAPT_DEBUG"] = "1"
