@@ -135,12 +135,14 @@ def info(
 @app.command()
 def export(
     model: ModelOption,
-    out: Annotated[Path, typer.Option(help="Output: a directory (mms) or a .pt file (fairseq).")],
+    out: Annotated[Path, typer.Option(help="Output: a directory (mms), a .pt file (fairseq) or a .onnx file.")],
     files: Annotated[list[Path] | None, typer.Argument(help="Task files (adapter.<task>.json) to export, loaded in "
                                                         "order onto --model.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="mms: transformers' MMS layout (mms-form tasks; the first "
                                      "is the main language). fairseq: a fairseq 0.12 checkpoint of the backbone, "
-                                     "or of one task without adapters (a fine-tuned Wav2VecCtc + dict.ltr.txt).")] = (
+                                     "or of one task without adapters (a fine-tuned Wav2VecCtc + dict.ltr.txt). "
+                                     "onnx: one task (backbone, adapters, head) as an ONNX graph for onnxruntime, "
+                                     "its vocabulary in OUT's .vocab.json.")] = (
         "mms"
     ),
     task: Annotated[list[str] | None, typer.Option(help="Also export this task of the model itself (e.g. a "
@@ -148,21 +150,31 @@ def export(
     family: Family = None,
     trust_pickle: TrustPickle = False,
 ) -> None:
-    """Write tasks in transformers' MMS or fairseq's layout.
+    """Write tasks in transformers' MMS, fairseq's or ONNX's layout.
 
     --format mms writes a folder that transformers' Wav2Vec2ForCTC.from_pretrained(DIR, target_lang=...) and
-    load_adapter(...) load; --format fairseq a checkpoint fairseq's load_model_ensemble_and_task loads.
+    load_adapter(...) load; --format fairseq a checkpoint fairseq's load_model_ensemble_and_task loads; --format onnx
+    a graph onnxruntime runs, with dynamic batch and length.
     """
     from wavadapt.interop.fairseq import export_fairseq
     from wavadapt.interop.loading import load_asr_model
     from wavadapt.interop.mms import export_mms
     from wavadapt.model.checkpoint import load_task
 
-    if fmt not in ("mms", "fairseq"):
-        raise WavadaptError(f"--format {fmt!r}: choose mms or fairseq (a Houlsby-form adapter task stays a wavadapt "
-                            "task file: neither transformers nor fairseq has a module for it)")
+    if fmt not in ("mms", "fairseq", "onnx"):
+        raise WavadaptError(f"--format {fmt!r}: choose mms, fairseq or onnx (a Houlsby-form adapter task stays a "
+                            "wavadapt task file for transformers and fairseq: neither has a module for it)")
+    if fmt == "onnx" and out.suffix != ".onnx":
+        raise WavadaptError(f"--out {out}: an ONNX file's name ends in .onnx")
     asr = load_asr_model(model, [], trust_pickle=trust_pickle, family=family)
     tasks = [*(task or []), *(load_task(asr, f) for f in files or [])]
+    if fmt == "onnx":
+        from wavadapt.interop.onnx import export_onnx
+
+        if len(tasks) != 1:
+            raise WavadaptError(f"an ONNX graph holds one task; got {', '.join(tasks) or 'none'}")
+        typer.echo(f"{export_onnx(asr, tasks[0], out)}: {tasks[0]} with its adapters, and its vocabulary")
+        return
     if fmt == "fairseq":
         if len(tasks) > 1:
             raise WavadaptError(f"a fairseq checkpoint holds one task; got {', '.join(tasks)}")
