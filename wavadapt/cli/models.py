@@ -150,7 +150,7 @@ def export(
     family: Family = None,
     trust_pickle: TrustPickle = False,
 ) -> None:
-    """Write tasks in transformers' MMS, fairseq's or ONNX's layout.
+    """Write tasks as MMS, fairseq or ONNX files.
 
     --format mms writes a folder that transformers' Wav2Vec2ForCTC.from_pretrained(DIR, target_lang=...) and
     load_adapter(...) load; --format fairseq a checkpoint fairseq's load_model_ensemble_and_task loads; --format onnx
