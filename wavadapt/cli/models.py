@@ -164,8 +164,10 @@ def export(
     if fmt not in ("mms", "fairseq", "onnx"):
         raise WavadaptError(f"--format {fmt!r}: choose mms, fairseq or onnx (a Houlsby-form adapter task stays a "
                             "wavadapt task file for transformers and fairseq: neither has a module for it)")
-    if fmt == "onnx" and out.suffix != ".onnx":
-        raise WavadaptError(f"--out {out}: an ONNX file's name ends in .onnx")
+    if fmt == "onnx":
+        from wavadapt.interop.onnx import check_onnx_name
+
+        check_onnx_name(out)  # before the model loads
     asr = load_asr_model(model, [], trust_pickle=trust_pickle, family=family)
     tasks = [*(task or []), *(load_task(asr, f) for f in files or [])]
     if fmt == "onnx":

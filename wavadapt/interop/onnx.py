@@ -9,6 +9,7 @@ same computation). ``X.onnx`` gets ``X.vocab.json``: the tokens in id order, the
 whether waveforms are normalised.
 """
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -31,11 +32,9 @@ class _Graph(nn.Module):
 
     def forward(self, waveforms: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         samples = attention_mask.sum(-1)
-        norm = masked_group_norm(self.model.backbone) if self.model.group_norm_cnn else None
-        if norm is not None:
-            with norm.valid_samples(samples):
-                hidden = self.model.backbone(waveforms, attention_mask=attention_mask).last_hidden_state
-        else:
+        rows = masked_group_norm(self.model.backbone).valid_samples(samples) if self.model.group_norm_cnn \
+            else contextlib.nullcontext()
+        with rows:
             hidden = self.model.backbone(waveforms, attention_mask=attention_mask).last_hidden_state
         lengths = self.model.backbone._get_feat_extract_output_lengths(samples).long()
         return self.model.heads[self.task](hidden), lengths
@@ -43,8 +42,7 @@ class _Graph(nn.Module):
 
 def export_onnx(model: CTCModel, task: str, out: Path) -> Path:
     """Write ``task`` of ``model`` (eval mode, on the CPU) as ``out`` (.onnx) and its vocabulary beside it."""
-    if out.suffix != ".onnx":
-        raise WavadaptError(f"--out {out}: an ONNX file's name ends in .onnx")
+    check_onnx_name(out)
     if task not in model.heads:
         raise WavadaptError(f"no task {task!r} to export; the model has {sorted(model.heads)}")
     model = model.eval().cpu()
@@ -63,6 +61,11 @@ def export_onnx(model: CTCModel, task: str, out: Path) -> Path:
                                            "unk": vocab.unk, "normalize": model.normalize_waveforms},
                                           ensure_ascii=False, indent=1), encoding="utf-8")
     return out
+
+
+def check_onnx_name(out: Path) -> None:
+    if out.suffix != ".onnx":
+        raise WavadaptError(f"--out {out}: an ONNX file's name ends in .onnx")
 
 
 def vocab_file(onnx_file: Path) -> Path:

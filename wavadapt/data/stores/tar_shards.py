@@ -11,7 +11,6 @@ by WebDataset's tar iterator, their audio kept in memory.
 
 import json
 import logging
-import re
 import tarfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -69,14 +68,16 @@ def _utterance(key: str, audio: Record, meta: dict) -> Utterance:
 
 def _local_samples(shard: str) -> Iterator[tuple[str, Record, dict]]:
     """(key, audio member, metadata) of each sample of a local shard, from its tar headers and small members."""
+    from webdataset.tariterators import base_plus_ext  # a second to import: only where shards are read
+
     groups: dict[str, dict[str, tarfile.TarInfo]] = {}
     try:
         with tarfile.open(shard, "r:") as tar:
             try:
                 for member in tar:
-                    key, suffix = _key(member.name)
+                    key, suffix = base_plus_ext(member.name)  # WebDataset's own grouping rule
                     if member.isfile() and key is not None:
-                        groups.setdefault(key, {})[suffix] = member
+                        groups.setdefault(key, {})[suffix.lower()] = member
             except (tarfile.TarError, OSError) as e:  # a cut-off shard: what came before it still counts
                 log.warning("%s: read %d samples, then %s: the rest of the shard is skipped", shard, len(groups), e)
             for key, members in groups.items():
@@ -111,11 +112,6 @@ def _remote_samples(url: str) -> Iterator[tuple[str, Record, dict]]:
         if not read:
             raise CorpusError(f"{url}: cannot read the shard ({e})") from None
         log.warning("%s: read %d samples, then %s: the rest of the shard is skipped", url, read, e)
-
-
-def _key(name: str) -> tuple[str | None, str]:
-    match = re.match(r"^((?:.*/|)[^.]+)[.]([^/]*)$", name)  # WebDataset's base_plus_ext
-    return (match.group(1), match.group(2).lower()) if match else (None, "")
 
 
 def _metadata(shard: str, key: str, members: dict) -> dict:
